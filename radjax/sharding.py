@@ -1,0 +1,140 @@
+"""Device mesh, the logical-axis rules table and activation constraints.
+
+Parameters name their axes with logical names (``embed``, ``mlp``, ``heads``, ...),
+activations with ``act_*`` names. One table maps each name to a mesh axis (or
+``None`` = replicated). Meshes always have the four axes ``data``, ``fsdp``,
+``tensor``, ``expert`` with Auto axis types, so the same rules serve every run.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+# One entry per logical name. Parameters first, then activations.
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    # parameters
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("expert", "expert"),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+    ("classes", "tensor"),
+    ("norm", None),
+    ("layers", None),
+    # activations
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_depth", None),
+    ("act_spatial", None),
+    ("act_channels", None),
+    ("act_classes", None),
+)
+
+
+def make_mesh(shape: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """Builds a (data, fsdp, tensor, expert) mesh with Auto axis types.
+
+    Args:
+      shape: mesh size per axis; missing axes are 1, and one axis may be -1
+        (fill with the remaining devices). ``None`` puts every device on ``data``.
+      devices: devices to use (default: all).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = dict(shape or {"data": -1})
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"mesh: unknown axes {sorted(unknown)}; allowed {MESH_AXES}")
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got {shape}")
+    if -1 in sizes:
+        known = int(np.prod([s for s in sizes if s != -1]))
+        if len(devices) % known:
+            raise ValueError(f"mesh: {len(devices)} devices do not divide into {shape}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh: shape {dict(zip(MESH_AXES, sizes))} needs "
+                         f"{int(np.prod(sizes))} devices, have {len(devices)}")
+    device_array = np.asarray(devices, dtype=object).reshape(sizes)
+    return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(names: Sequence[str | None] | None,
+                    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> P:
+    """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
+    if names is None:
+        return P()
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for name in names:
+        target = table.get(name) if name is not None else None
+        if name is not None and name not in table:
+            raise KeyError(f"logical axis {name!r} has no sharding rule")
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        axes = tuple(a for a in axes if a not in used)
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*out)
+
+
+def _fit_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
+    """Drops mesh axes that do not divide the dimension they shard (small tiny-config dims)."""
+    fitted = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        kept, size = [], 1
+        for a in axes:
+            if dim % (size * mesh.shape[a]) == 0:
+                kept.append(a)
+                size *= mesh.shape[a]
+        fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return P(*fitted)
+
+
+def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
+                    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> Any:
+    """NamedShardings for an (abstract) nnx.State or any pytree of nnx Variables/arrays.
+
+    Variables carrying ``out_sharding`` logical names are sharded by the rules;
+    everything else (RNG counters, BatchNorm statistics, optimizer scalars) is replicated.
+    """
+    def one(leaf):
+        names = None
+        if isinstance(leaf, nnx.Variable):
+            names = leaf.get_metadata().get("out_sharding")
+            shape = leaf.get_value().shape
+        else:
+            shape = np.shape(leaf)
+        spec = logical_to_spec(names, rules) if names else P()
+        return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
+
+    return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_act(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Constrains an activation's sharding by logical names; a no-op outside a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or not mesh.axis_names:
+        return x
+    spec = _fit_spec(logical_to_spec(names), x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
+    """Sharding of a batch array: leading axis over (data, fsdp), the rest replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
