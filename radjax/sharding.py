@@ -112,18 +112,27 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
 
     Variables carrying ``out_sharding`` logical names are sharded by the rules;
     everything else (RNG counters, BatchNorm statistics, optimizer scalars) is replicated.
+    The result has the same tree structure as ``abstract_state`` (Variables keep their
+    metadata and hold a NamedSharding), so it zips with it leaf by leaf.
     """
-    def one(leaf):
-        names = None
-        if isinstance(leaf, nnx.Variable):
-            names = leaf.get_metadata().get("out_sharding")
-            shape = leaf.get_value().shape
-        else:
-            shape = np.shape(leaf)
+    def sharding(shape, names):
         spec = logical_to_spec(names, rules) if names else P()
         return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
 
+    def one(leaf):
+        if isinstance(leaf, nnx.Variable):
+            value = leaf.get_value()
+            names = leaf.get_metadata().get("out_sharding")
+            return leaf.replace(value=sharding(value.shape, names))
+        return sharding(np.shape(leaf), None)
+
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def with_shardings(abstract_state: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying the target shardings (a restore target for orbax)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract_state, shardings)
 
 
 def shard_act(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -1,0 +1,122 @@
+"""grain pipelines shared by every data format.
+
+Training: ``source.seed(seed).shuffle().repeat()`` → per-host slice → seeded ``random_map``
+(the format's ``load_example``) → skip-and-count bad records → ``batch``. All randomness is in
+the seeded map, so the iterator state (saved in checkpoints) replays exactly.
+
+Evaluation: the split in order, per-host slice, deterministic loading (``rng=None``), batches
+padded to a fixed size with a ``valid`` mask so one compiled step serves the whole split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from radjax.data.errors import BadRecordError
+from radjax.sharding import batch_sharding
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Skipped:
+    """Stands in for an example whose record could not be loaded."""
+    error: str
+
+
+@dataclasses.dataclass
+class SkipCounter:
+    """Counts bad records dropped under ``data.skip_bad_records`` (never silently)."""
+    count: int = 0
+
+    def keep(self, example: Any) -> bool:
+        if isinstance(example, _Skipped):
+            self.count += 1
+            log.warning("skipping bad record (%d so far): %s", self.count, example.error)
+            return False
+        return True
+
+
+class _Load(grain.transforms.RandomMap):
+    """Runs the format's ``load_example``; bad records become markers when skipping."""
+
+    def __init__(self, fmt: ModuleType, data_cfg: ml_collections.ConfigDict, random: bool):
+        self._fmt, self._cfg, self._random = fmt, data_cfg, random
+        self._skip = bool(data_cfg.get("skip_bad_records", False))
+
+    def random_map(self, record, rng: np.random.Generator):
+        try:
+            return self._fmt.load_example(record, self._cfg, rng if self._random else None)
+        except BadRecordError as e:
+            if not self._skip:
+                raise
+            return _Skipped(str(e))
+
+
+def _read_options(data_cfg) -> grain.ReadOptions:
+    threads = int(data_cfg.get("num_threads", 2))
+    return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * threads, 1))
+
+
+def _host_batch(global_batch: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise ValueError(f"batch size {global_batch} is not divisible by {process_count} processes")
+    return global_batch // process_count
+
+
+def train_dataset(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, *, global_batch: int,
+                  seed: int, split: str = "train", process_index: int | None = None,
+                  process_count: int | None = None) -> tuple[grain.IterDataset, SkipCounter]:
+    """Infinite shuffled training batches of this process's share of ``global_batch``."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    source = fmt.make_source(data_cfg, split)
+    if len(source) == 0:
+        raise ValueError(f"data split {split!r} under {data_cfg.root} has no records")
+    ds = source.seed(seed).shuffle().repeat()
+    ds = ds[process_index::process_count]
+    counter = SkipCounter()
+    it = (ds.random_map(_Load(fmt, data_cfg, random=True))
+          .to_iter_dataset(_read_options(data_cfg))
+          .filter(counter.keep)
+          .batch(_host_batch(global_batch, process_count), drop_remainder=True))
+    return it, counter
+
+
+def eval_batches(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, split: str, *,
+                 batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None) -> tuple[Iterator[dict], SkipCounter]:
+    """This process's share of ``split`` in order, as fixed-size batches with a ``valid`` mask."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    host_batch = _host_batch(batch_size, process_count)
+    source = fmt.make_source(data_cfg, split)[process_index::process_count]
+    counter = SkipCounter()
+    ds = (source.seed(0).random_map(_Load(fmt, data_cfg, random=False))
+          .to_iter_dataset(_read_options(data_cfg))
+          .filter(counter.keep)
+          .batch(host_batch, drop_remainder=False))
+
+    def padded():
+        for batch in ds:
+            n = len(next(iter(batch.values())))
+            pad = lambda x: np.concatenate([x, np.zeros((host_batch - n,) + x.shape[1:], x.dtype)])
+            out = {k: pad(np.asarray(v)) for k, v in batch.items()}
+            out["valid"] = np.arange(host_batch) < n
+            yield out
+    return padded(), counter
+
+
+def to_global(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+    """Assembles process-local numpy batches into global arrays sharded over (data, fsdp)."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)),
+                                                      np.asarray(v))
+            for k, v in batch.items()}

@@ -1,0 +1,92 @@
+"""Builds everything a run needs from a config: paper and format modules, mesh, compiled steps.
+
+A paper plugs in through two modules named by the config (see WORKSPACE.md, CONTRACT):
+``radjax.models.<config.model.name>`` and ``radjax.data.formats.<config.data.format>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import ModuleType
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from radjax import sharding
+from radjax.train import optim, step as step_lib
+
+
+def paper_module(config: ml_collections.ConfigDict) -> ModuleType:
+    return importlib.import_module(f"radjax.models.{config.model.name}")
+
+
+def format_module(config: ml_collections.ConfigDict) -> ModuleType:
+    return importlib.import_module(f"radjax.data.formats.{config.data.format}")
+
+
+def prepare_config(config: ml_collections.ConfigDict) -> ModuleType:
+    """Writes phantom data if asked, lets the format fill data-derived model fields
+    (``complete_config``, e.g. the number of classes), and returns the format module."""
+    fmt = format_module(config)
+    fmt.ensure_data(config.data)
+    if hasattr(fmt, "complete_config"):
+        with config.unlocked():
+            fmt.complete_config(config)
+    return fmt
+
+
+@dataclasses.dataclass
+class Experiment:
+    """The compiled pieces of one run on one mesh."""
+    config: ml_collections.ConfigDict
+    paper: ModuleType
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    abstract_state: Any
+    state_shardings: Any
+    schedule: optax.Schedule
+    init: Callable[[], dict]
+    train_step: Callable[[dict, dict], tuple[dict, dict]]
+    predict_step: Callable[[dict, dict], dict]
+
+    def restore_target(self) -> Any:
+        return sharding.with_shardings(self.abstract_state, self.state_shardings)
+
+
+def _groups(config) -> tuple:
+    return tuple(tuple(g) for g in config.optim.get("groups", ()))
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
+    """Abstract init → shardings → jitted init / train / predict steps (not yet compiled)."""
+    paper = paper_module(config)
+    mesh = mesh or sharding.make_mesh(dict(config.mesh))
+    groups = _groups(config)
+    total_steps = int(config.train.steps)
+
+    def make_model():
+        return paper.build_model(config, rngs=nnx.Rngs(config.seed))
+
+    abstract_model = nnx.eval_shape(make_model)
+    _, parts = step_lib.split_model(abstract_model, groups)
+    tx, schedule = optim.make_optimizer(config.optim, total_steps, parts["trainable"])
+
+    def init() -> dict:
+        return step_lib.init_train_state(make_model(), groups, tx)[1]
+
+    graphdef = step_lib.split_model(abstract_model, groups)[0]
+    abstract_state = jax.eval_shape(init)
+    state_sh = sharding.state_shardings(abstract_state, mesh)
+    train_step = step_lib.make_train_step(graphdef, paper.loss_fn, tx, schedule, config)
+    predict_step = step_lib.make_predict_step(graphdef, paper.predict_fn, config)
+    return Experiment(
+        config=config, paper=paper, mesh=mesh, graphdef=graphdef,
+        abstract_state=abstract_state, state_shardings=state_sh, schedule=schedule,
+        init=jax.jit(init, out_shardings=state_sh),
+        train_step=jax.jit(train_step, in_shardings=(state_sh, None),
+                           out_shardings=(state_sh, None), donate_argnums=0),
+        predict_step=jax.jit(predict_step, in_shardings=(state_sh, None)),
+    )

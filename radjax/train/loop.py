@@ -1,0 +1,176 @@
+"""The generic train / evaluate loops behind ``experiments.train`` and ``experiments.evaluate``.
+
+Workdir layout (DESIGN.md): ``config.json`` (resolved config), ``metrics.jsonl`` (one JSON
+object a line: ``step`` plus ``<split>/<name>`` keys), ``eval/<step>.json``, ``checkpoints/``.
+Re-running the same command resumes from the newest readable checkpoint (state, data iterator,
+RNG streams and the skipped-record count) and ends exactly where an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from radjax.checkpoint import Checkpointer
+from radjax.data import pipeline
+from radjax.train import experiment as experiment_lib
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    """Appends metric rows to ``metrics.jsonl`` (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._enabled = jax.process_index() == 0
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows newer than ``step`` (written by a run that died before checkpointing)."""
+        if not self._enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(self.path, "w") as f:
+            f.writelines(rows)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self._enabled:
+            return
+        row = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _jsonable(v: Any) -> Any:
+    v = np.asarray(v).item() if np.ndim(v) == 0 else np.asarray(v).tolist()
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_eval(exp: experiment_lib.Experiment, fmt, state: dict, split: str) -> dict[str, float]:
+    """Predicts a whole split and scores it with the paper's ``evaluate``."""
+    config = exp.config
+    batches, counter = pipeline.eval_batches(fmt, config.data, split,
+                                             batch_size=int(config.eval.batch_size))
+    chunks: dict[str, list[np.ndarray]] = {}
+    with jax.set_mesh(exp.mesh):
+        for batch in batches:
+            valid = batch.pop("valid")
+            out = exp.predict_step(state, pipeline.to_global(batch, exp.mesh))
+            out = multihost_utils.process_allgather(out, tiled=True)
+            valid = multihost_utils.process_allgather(valid, tiled=True)
+            for k, v in out.items():
+                chunks.setdefault(k, []).append(np.asarray(v)[np.asarray(valid)])
+    if not chunks:
+        raise ValueError(f"evaluation split {split!r} produced no examples")
+    outputs = {k: np.concatenate(v) for k, v in chunks.items()}
+    metrics = exp.paper.evaluate(outputs, config)
+    metrics["num_examples"] = len(next(iter(outputs.values())))
+    metrics["skipped_records"] = counter.count
+    return metrics
+
+
+def _save_eval(workdir: str, step: int, split: str, metrics: dict, log_: MetricsLog) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+        with open(os.path.join(workdir, "eval", f"{step}.json"), "w") as f:
+            json.dump({"step": step, "split": split,
+                       **{k: _jsonable(v) for k, v in metrics.items()}}, f, indent=2)
+    log_.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming if checkpoints exist); returns the final state."""
+    os.makedirs(workdir, exist_ok=True)
+    fmt = experiment_lib.prepare_config(config)
+    write_config(config, workdir)
+    exp = experiment_lib.build(config, mesh)
+    total = int(config.train.steps)
+    data, skips = pipeline.train_dataset(fmt, config.data, global_batch=int(config.train.batch_size),
+                                         seed=int(config.seed))
+    data_iter = iter(data)
+    ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                        keep=int(config.checkpoint.keep))
+    metrics_log = MetricsLog(workdir)
+
+    with jax.set_mesh(exp.mesh):
+        restored = ckpt.restore_latest(exp.restore_target(), data_iter)
+        if restored is None:
+            start, state = 0, exp.init()
+            metrics_log.truncate_after(-1)
+        else:
+            start, state, meta = restored
+            skips.count = int(meta.get("skipped_records", 0))
+            metrics_log.truncate_after(start)
+            log.info("resumed from step %d", start)
+
+        log_every, ckpt_every = int(config.train.log_every), int(config.checkpoint.every)
+        eval_every = int(config.train.get("eval_every", 0))
+        t0, timed_from = time.time(), start
+        for step in range(start + 1, total + 1):
+            batch = pipeline.to_global(next(data_iter), exp.mesh)
+            state, metrics = exp.train_step(state, batch)
+            if step % log_every == 0 or step == total:
+                values = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+                values["train/skipped_records"] = skips.count
+                rate = (step - timed_from) / max(time.time() - t0, 1e-9)
+                values["train/steps_per_sec"] = rate
+                metrics_log.write(step, values)
+                log.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, total,
+                         values["train/loss"], rate, _format_eta((total - step) / max(rate, 1e-9)))
+            if step % ckpt_every == 0 or step == total:
+                ckpt.save(step, state, data_iter, meta=dict(skipped_records=skips.count))
+            if eval_every and (step % eval_every == 0 or step == total):
+                split = config.train.get("eval_split", "test")
+                result = run_eval(exp, fmt, state, split)
+                _save_eval(workdir, step, split, result, metrics_log)
+                log.info("eval at step %d on %s: %s", step, split, _summary(result))
+    ckpt.close()
+    return state
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str,
+                        mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+    """Evaluates the newest readable checkpoint in ``workdir`` on ``split`` (step 0 if none)."""
+    fmt = experiment_lib.prepare_config(config)
+    exp = experiment_lib.build(config, mesh)
+    ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                        keep=int(config.checkpoint.keep))
+    with jax.set_mesh(exp.mesh):
+        restored = ckpt.restore_latest(exp.restore_target())
+        step, state = (0, exp.init()) if restored is None else restored[:2]
+    ckpt.close()
+    if restored is None:
+        log.warning("no checkpoint in %s: evaluating the untrained model", workdir)
+    result = run_eval(exp, fmt, state, split)
+    os.makedirs(workdir, exist_ok=True)
+    _save_eval(workdir, step, split, result, MetricsLog(workdir))
+    log.info("eval at step %d on %s: %s", step, split, _summary(result))
+    return result
+
+
+def _summary(metrics: dict) -> str:
+    keys = [k for k in metrics if "/" not in k][:8]
+    return "  ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else
+                     f"{k} {metrics[k]}" for k in keys)
