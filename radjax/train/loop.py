@@ -127,14 +127,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
         log_every, ckpt_every = int(config.train.log_every), int(config.checkpoint.every)
         eval_every = int(config.train.get("eval_every", 0))
-        t0, timed_from = time.time(), start
+        last_time, last_step = time.time(), start
         for step in range(start + 1, total + 1):
             batch = pipeline.to_global(next(data_iter), exp.mesh)
             state, metrics = exp.train_step(state, batch)
             if step % log_every == 0 or step == total:
                 values = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
                 values["train/skipped_records"] = skips.count
-                rate = (step - timed_from) / max(time.time() - t0, 1e-9)
+                now = time.time()
+                rate = (step - last_step) / max(now - last_time, 1e-9)
+                last_time, last_step = now, step
                 values["train/steps_per_sec"] = rate
                 metrics_log.write(step, values)
                 log.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, total,

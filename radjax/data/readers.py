@@ -1,0 +1,314 @@
+"""Readers for medical image files: NIfTI, DICOM series, ``.npy`` and PNG/JPEG.
+
+Every reader turns bad input (missing, truncated or corrupt file, wrong rank, NaN/Inf
+voxels) into a :class:`~radjax.data.errors.BadRecordError` that names the file, so a
+broken record never surfaces as a crash deep inside a model.
+
+Volumes follow the NIfTI voxel convention: ``Volume.array[i, j, k]`` with ``i`` the
+column index of a slice, ``j`` the row index and ``k`` the slice index (a 4-D NIfTI keeps
+its extra axes after ``k``). ``Volume.affine`` maps ``(i, j, k, 1)`` to RAS+ millimetres,
+as nibabel does; DICOM's LPS patient coordinates are converted to RAS.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from PIL import Image
+
+from radjax.data.errors import BadRecordError
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+    """A voxel array with its geometry.
+
+    Attributes:
+      array: f32 ``(I, J, K, ...)`` voxels, axis order as in the module docstring.
+      affine: f64 ``(4, 4)`` voxel index -> RAS+ millimetres.
+      spacing: voxel size in mm along ``(i, j, k)``.
+      orientation: axis codes of ``(i, j, k)`` in RAS terms, e.g. ``('R', 'A', 'S')``.
+    """
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    orientation: tuple[str, str, str]
+
+
+def check_finite(array: np.ndarray, path: str | os.PathLike[str], field: str | None = None
+                 ) -> np.ndarray:
+    """Returns ``array`` unchanged, or raises BadRecordError if it holds NaN or Inf."""
+    if np.issubdtype(array.dtype, np.inexact):
+        bad = np.size(array) - np.count_nonzero(np.isfinite(array))
+        if bad:
+            raise BadRecordError(path, field, f"{bad} non-finite values (NaN/Inf) "
+                                              f"in an array of shape {array.shape}")
+    return array
+
+
+def check_rank(array: np.ndarray, ndim: int | Sequence[int] | None,
+               path: str | os.PathLike[str], field: str | None = None) -> np.ndarray:
+    """Returns ``array`` unchanged, or raises BadRecordError if its rank is not allowed."""
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if allowed is not None and array.ndim not in allowed:
+        raise BadRecordError(path, field, f"expected rank {' or '.join(map(str, allowed))}, "
+                                          f"got shape {array.shape}")
+    return array
+
+
+def resolve_path(root: str | os.PathLike[str], relative: str | os.PathLike[str]) -> Path:
+    """Joins ``relative`` onto ``root``; raises BadRecordError if the result leaves ``root``.
+
+    Symbolic links and ``..`` are resolved before the check, so neither can reach outside the
+    data root. An absolute ``relative`` is accepted only if it lies inside ``root``.
+    """
+    root_path = Path(root).resolve()
+    resolved = (root_path / relative).resolve()
+    if not resolved.is_relative_to(root_path):
+        raise BadRecordError(relative, None, f"path resolves to {resolved}, outside the data "
+                                             f"root {root_path}")
+    return resolved
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise BadRecordError(path, None, "file not found")
+
+
+def read_npy(path: str | os.PathLike[str], *, ndim: int | Sequence[int] | None = None
+             ) -> np.ndarray:
+    """Loads a ``.npy`` array without unpickling; checks rank (if given) and finiteness."""
+    path = Path(path)
+    _require_file(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise BadRecordError(path, None, f"not a readable .npy file ({err})") from err
+    if not isinstance(array, np.ndarray):
+        raise BadRecordError(path, None, "expected one array, found an .npz archive")
+    return check_finite(check_rank(array, ndim, path), path)
+
+
+def read_nifti(path: str | os.PathLike[str], *, canonical: bool = False,
+               ndim: int | Sequence[int] | None = None) -> Volume:
+    """Reads a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel.
+
+    Args:
+      path: the file.
+      canonical: reorient to the closest RAS+ voxel order (``nib.as_closest_canonical``).
+      ndim: allowed rank(s) of the voxel array, e.g. ``3`` or ``(3, 4)``; None = any.
+
+    Returns:
+      A :class:`Volume` with f32 voxels (header scaling applied) of shape ``(I, J, K, ...)``;
+      a 2-D file gets a slice axis of length 1.
+    """
+    path = Path(path)
+    _require_file(path)
+    try:
+        image = nib.load(path)
+        if canonical:
+            image = nib.as_closest_canonical(image)
+        array = np.asarray(image.get_fdata(dtype=np.float32))
+    except Exception as err:  # nibabel, gzip and zlib raise many kinds of errors.
+        raise BadRecordError(path, None, f"not a readable NIfTI file ({type(err).__name__}: "
+                                         f"{err})") from err
+    check_finite(check_rank(array, ndim, path), path)
+    if array.ndim == 2:  # a single slice: give it its slice axis
+        array = array[..., None]
+    affine = np.asarray(image.affine, dtype=np.float64)
+    zooms = (tuple(float(z) for z in image.header.get_zooms()[:3]) + (1.0, 1.0))[:3]
+    return Volume(array, affine, zooms, tuple(nib.aff2axcodes(affine)))
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Reads a PNG/JPEG (any Pillow format) as ``(H, W)`` grey or ``(H, W, C)`` colour.
+
+    Palette images become RGB(A); the pixel dtype is kept (uint8, or uint16/int32 for
+    16-bit PNGs).
+    """
+    path = Path(path)
+    _require_file(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode == "P":
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            elif image.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+                image = image.convert("L" if image.mode == "1" else "RGB")
+            array = np.asarray(image)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL reports truncation as OSError.
+        raise BadRecordError(path, None, f"not a readable image ({err})") from err
+    return check_rank(array, (2, 3), path)
+
+
+def _dicom_files(path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+                 ) -> list[Path]:
+    """A directory's files (sorted by name), one file, or the given list of files."""
+    if isinstance(path_or_files, (str, os.PathLike)):
+        path = Path(path_or_files)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise BadRecordError(path, None, "directory holds no DICOM files")
+            return files
+        return [path]
+    files = [Path(p) for p in path_or_files]
+    if not files:
+        raise BadRecordError("<empty DICOM file list>", None, "no files given")
+    return files
+
+
+def _read_dicom_file(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
+    """One DICOM file and its pixels as f32 ``(frames, rows, cols)``, rescale not yet applied."""
+    _require_file(path)
+    try:
+        dataset = pydicom.dcmread(path)
+        pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
+    except Exception as err:  # pydicom and its pixel decoders raise many kinds of errors.
+        raise BadRecordError(path, None, f"not a readable DICOM image ({type(err).__name__}: "
+                                         f"{err})") from err
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if int(dataset.get("SamplesPerPixel", 1)) != 1:
+        raise BadRecordError(path, "SamplesPerPixel", "colour DICOM images are not volumes")
+    return dataset, pixels.reshape(frames, *pixels.shape[-2:])
+
+
+def _functional_group(dataset: pydicom.Dataset, frame: int, sequence: str
+                      ) -> pydicom.Dataset | None:
+    """The per-frame (else shared) functional group item ``sequence`` of an enhanced image."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
+                          ("SharedFunctionalGroupsSequence", 0)):
+        items = dataset.get(groups)
+        if items is not None and len(items) > index and sequence in items[index]:
+            return items[index][sequence][0]
+    return None
+
+
+def _frame_attribute(dataset: pydicom.Dataset, frame: int, sequence: str, keyword: str):
+    """An attribute from the top level or from an enhanced image's functional groups.
+
+    Returns None when the attribute is absent or empty.
+    """
+    if keyword in dataset:
+        value = dataset.get(keyword)
+    else:
+        item = _functional_group(dataset, frame, sequence)
+        value = None if item is None else item.get(keyword)
+    return None if value is None or value == "" else value
+
+
+def _field(path: Path, keyword: str, value, length: int) -> np.ndarray:
+    """A multi-valued DICOM attribute as ``length`` finite f64 numbers, else BadRecordError."""
+    try:
+        array = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise BadRecordError(path, keyword, f"not numeric: {value!r}") from err
+    if array.shape != (length,) or not np.all(np.isfinite(array)):
+        raise BadRecordError(path, keyword, f"expected {length} finite numbers, got {value!r}")
+    return array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slice:
+    """One 2-D frame of a series with the geometry needed to stack it."""
+    pixels: np.ndarray          # f32 (rows, cols), rescaled
+    position: np.ndarray | None  # ImagePositionPatient (LPS mm) or None
+    instance: int               # InstanceNumber (or frame order)
+    orientation: np.ndarray     # (6,) row and column direction cosines (LPS)
+    pixel_spacing: np.ndarray   # (2,) spacing between rows, between columns (mm)
+    slice_gap: float            # SpacingBetweenSlices / SliceThickness fallback (mm)
+
+
+def _slices_of(path: Path, dataset: pydicom.Dataset, frames: np.ndarray) -> list[_Slice]:
+    """Splits a (possibly multi-frame) DICOM file into rescaled, geometry-tagged slices."""
+    out = []
+    for f, pixels in enumerate(frames):
+        attr = lambda seq, key: _frame_attribute(dataset, f, seq, key)
+        slope = attr("PixelValueTransformationSequence", "RescaleSlope")
+        intercept = attr("PixelValueTransformationSequence", "RescaleIntercept")
+        pixels = pixels * np.float32(1.0 if slope is None else float(slope))
+        pixels = pixels + np.float32(0.0 if intercept is None else float(intercept))
+        position = attr("PlanePositionSequence", "ImagePositionPatient")
+        orientation = attr("PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = attr("PixelMeasuresSequence", "PixelSpacing")
+        gap = (dataset.get("SpacingBetweenSlices")
+               or attr("PixelMeasuresSequence", "SpacingBetweenSlices")
+               or attr("PixelMeasuresSequence", "SliceThickness") or 1.0)
+        instance = dataset.get("InstanceNumber") if len(frames) == 1 else f
+        out.append(_Slice(
+            pixels=pixels,
+            position=(None if position is None else
+                      _field(path, "ImagePositionPatient", position, 3)),
+            instance=int(instance or 0),
+            orientation=(np.array([1.0, 0, 0, 0, 1, 0]) if orientation is None else
+                         _field(path, "ImageOrientationPatient", orientation, 6)),
+            pixel_spacing=(np.ones(2) if spacing is None else
+                           _field(path, "PixelSpacing", spacing, 2)),
+            slice_gap=float(gap)))
+    return out
+
+
+def _stack_order(slices: list[_Slice], normal: np.ndarray) -> tuple[list[int], np.ndarray | None]:
+    """Slice order along ``normal`` (by position), else by InstanceNumber; and the positions."""
+    if all(s.position is not None for s in slices):
+        distances = np.array([s.position @ normal for s in slices])
+        order = sorted(range(len(slices)), key=lambda n: (distances[n], slices[n].instance))
+        return order, distances[order]
+    return sorted(range(len(slices)), key=lambda n: slices[n].instance), None
+
+
+def read_dicom_series(path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+                      ) -> Volume:
+    """Reads a DICOM series (a directory, a list of files, or one single/multi-frame file).
+
+    Slices are sorted by ``ImagePositionPatient`` projected on the slice normal (the cross
+    product of the ``ImageOrientationPatient`` row and column directions), falling back to
+    ``InstanceNumber`` when positions are missing. ``RescaleSlope``/``RescaleIntercept``
+    are applied (per frame for enhanced multi-frame files). Spacing comes from
+    ``PixelSpacing`` and the sorted slice positions (else ``SpacingBetweenSlices``, else
+    ``SliceThickness``); missing geometry defaults to 1 mm and identity directions.
+
+    Returns:
+      A :class:`Volume` of f32 ``(cols, rows, slices)`` = ``(I, J, K)`` voxels with a RAS
+      affine, like a NIfTI converted from the series.
+    """
+    slices: list[_Slice] = []
+    files = _dicom_files(path_or_files)
+    for path in files:
+        dataset, frames = _read_dicom_file(path)
+        slices.extend(_slices_of(path, dataset, frames))
+    shapes = {s.pixels.shape for s in slices}
+    if len(shapes) != 1:
+        raise BadRecordError(files[0], "Rows/Columns", f"slices differ in size: {sorted(shapes)}")
+    first = slices[0]
+    row_dir, col_dir = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    order, distances = _stack_order(slices, normal)
+    ordered = [slices[n] for n in order]
+    if distances is not None and len(ordered) > 1:
+        gaps = np.diff(distances)
+        if np.any(gaps == 0):
+            raise BadRecordError(files[0], "ImagePositionPatient", "two slices share a position")
+        slice_gap = float(np.median(gaps))
+        slice_step = (ordered[-1].position - ordered[0].position) / (len(ordered) - 1)
+    else:
+        slice_gap = first.slice_gap
+        slice_step = normal * slice_gap
+    row_spacing, col_spacing = (float(v) for v in first.pixel_spacing)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_spacing    # i runs along a row, i.e. across columns
+    lps[:3, 1] = col_dir * row_spacing    # j runs down a column, i.e. across rows
+    lps[:3, 2] = slice_step
+    lps[:3, 3] = ordered[0].position if ordered[0].position is not None else 0.0
+    affine = _LPS_TO_RAS @ lps
+    array = np.stack([s.pixels.T for s in ordered], axis=-1)
+    check_finite(array, files[0])
+    return Volume(array, affine, (col_spacing, row_spacing, abs(slice_gap)),
+                  tuple(nib.aff2axcodes(affine)))
