@@ -34,8 +34,16 @@ class _Skipped:
 
 @dataclasses.dataclass
 class SkipCounter:
-    """Counts bad records dropped under ``data.skip_bad_records`` (never silently)."""
+    """Counts bad records dropped under ``data.skip_bad_records`` (never silently).
+
+    ``count`` = records the format left out of its index (``source.skipped_records``) plus
+    every draw whose loading failed (a bad file drawn in two epochs counts twice).
+    """
     count: int = 0
+
+    @classmethod
+    def for_source(cls, source: grain.MapDataset) -> "SkipCounter":
+        return cls(count=len(getattr(source, "skipped_records", ())))
 
     def keep(self, example: Any) -> bool:
         if isinstance(example, _Skipped):
@@ -81,9 +89,9 @@ def train_dataset(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, *, globa
     source = fmt.make_source(data_cfg, split)
     if len(source) == 0:
         raise ValueError(f"data split {split!r} under {data_cfg.root} has no records")
+    counter = SkipCounter.for_source(source)
     ds = source.seed(seed).shuffle().repeat()
     ds = ds[process_index::process_count]
-    counter = SkipCounter()
     it = (ds.random_map(_Load(fmt, data_cfg, random=True))
           .to_iter_dataset(_read_options(data_cfg))
           .filter(counter.keep)
@@ -98,8 +106,9 @@ def eval_batches(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, split: st
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     host_batch = _host_batch(batch_size, process_count)
-    source = fmt.make_source(data_cfg, split)[process_index::process_count]
-    counter = SkipCounter()
+    source = fmt.make_source(data_cfg, split)
+    counter = SkipCounter.for_source(source)
+    source = source[process_index::process_count]
     ds = (source.seed(0).random_map(_Load(fmt, data_cfg, random=False))
           .to_iter_dataset(_read_options(data_cfg))
           .filter(counter.keep)

@@ -1,0 +1,21 @@
+"""Runs the absl launchers on the tiny RP3D config in fresh processes."""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_launcher(module: str, workdir, *overrides, devices: int = 1, check=True, **kwargs):
+    """Runs ``python -m <module>`` on the tiny RP3D config in a fresh process."""
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    cmd = [sys.executable, "-m", module, "--config", "configs/rp3d_diag.py:tiny",
+           "--workdir", str(workdir), *overrides]
+    if not check:  # a background run; its output goes to <workdir>.log
+        log = open(f"{workdir}.log", "w")
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                **kwargs)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
