@@ -1,0 +1,250 @@
+"""Timing, matmul-ceiling and FLOP-counting helpers shared by the benchmarks.
+
+Conventions
+-----------
+* A timing is the **median** wall time of ``iters`` calls after ``warmup`` untimed calls.
+  Every JAX call is followed by ``jax.block_until_ready`` on its outputs, so the time covers
+  the computation, not just the asynchronous dispatch. Medians are robust to the odd slow
+  call on a shared machine; the min and max are kept too so noise is visible.
+* The **matmul ceiling** is the measured throughput (GFLOP/s) of a jitted f32 ``a @ b`` on
+  this machine: the best a dense kernel reaches here. Model FLOP utilisation (MFU) is
+  ``step FLOPs / step time / ceiling``.
+* **Step FLOPs** come from XLA's cost analysis of the compiled step
+  (``jit(f).lower(...).compile().cost_analysis()['flops']``) -- everything XLA executes,
+  including elementwise work and the optimizer update. When XLA does not report it, the
+  caller's analytic count (multiply-adds of the convolutions and matmuls, x2, x3 for
+  forward + backward) is used instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Per-call wall times in seconds of one benchmarked function."""
+    times: tuple[float, ...]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def median_ms(self) -> float:
+        return 1e3 * self.median_s
+
+    @property
+    def min_ms(self) -> float:
+        return 1e3 * min(self.times)
+
+    @property
+    def max_ms(self) -> float:
+        return 1e3 * max(self.times)
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may run on; XLA's CPU thread pool uses this many threads."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS does not report one)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the platform's machine name."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int = 2, iters: int = 5,
+               sync: Callable[[Any], Any] = jax.block_until_ready) -> Timing:
+    """Times ``fn()`` (no arguments): ``warmup`` untimed calls, then ``iters`` timed ones.
+
+    ``sync`` is applied to each result inside the timed region (default: block until JAX
+    arrays are ready; pass ``lambda out: out`` for synchronous code such as eager PyTorch).
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - t0)
+    return Timing(tuple(times))
+
+
+def time_stateful(step: Callable[[Any], Any], state: Any, *, warmup: int = 2, iters: int = 5,
+                  sync: Callable[[Any], Any] = jax.block_until_ready) -> tuple[Timing, Any]:
+    """Times ``state = step(state)`` (e.g. a train step with donated state).
+
+    Returns the timing and the final state. The first warm-up call also absorbs compilation
+    if ``step`` was not compiled ahead of time.
+    """
+    box = [state]
+
+    def call():
+        box[0] = step(box[0])
+        return box[0]
+
+    timing = time_calls(call, warmup=warmup, iters=iters, sync=sync)
+    return timing, box[0]
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, iters: int = 3,
+                     sync: dict[str, Callable[[Any], Any]] | None = None) -> dict[str, Timing]:
+    """Times several no-argument callables round-robin: one call of each per round.
+
+    Alternating exposes every candidate to the same background load (a shared machine's
+    noise then cancels in their ratio far better than with back-to-back blocks). Stateful
+    steps keep their state inside the callable. ``sync[name]`` defaults to
+    ``jax.block_until_ready``.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    sync = {name: (sync or {}).get(name, jax.block_until_ready) for name in fns}
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            sync[name](fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            sync[name](fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(tuple(t)) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Matmul ceiling
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Ceiling:
+    """Measured f32 matmul throughput for one (m, k, n) shape."""
+    m: int
+    k: int
+    n: int
+    timing: Timing
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.k * self.n
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / self.timing.median_s / 1e9
+
+    @property
+    def label(self) -> str:
+        return f"({self.m}x{self.k}) @ ({self.k}x{self.n})"
+
+
+def matmul_ceiling(m: int = 2048, k: int | None = None, n: int | None = None, *,
+                   warmup: int = 2, iters: int = 10, seed: int = 0) -> Ceiling:
+    """Measures a jitted f32 ``(m, k) @ (k, n)`` (default square 2048) on the default device."""
+    k = m if k is None else k
+    n = m if n is None else n
+    rng = np.random.default_rng(seed)
+    a = jnp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+    b = jnp.asarray(rng.standard_normal((k, n), dtype=np.float32))
+    mm = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
+    return Ceiling(m, k, n, time_calls(lambda: mm(a, b), warmup=warmup, iters=iters))
+
+
+def weighted_median_shape(shapes: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """The (m, k, n) matmul at the FLOP-weighted median of ``shapes``: half the model's
+    matmul FLOPs are in matmuls at most this large (ordered by FLOPs per call)."""
+    if not shapes:
+        raise ValueError("no matmul shapes given")
+    ordered = sorted(shapes, key=lambda s: s[0] * s[1] * s[2])
+    weights = np.array([s[0] * s[1] * s[2] for s in ordered], dtype=np.float64)
+    idx = int(np.searchsorted(np.cumsum(weights), weights.sum() / 2))
+    return ordered[min(idx, len(ordered) - 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------------
+
+def xla_flops(compiled: Any) -> float | None:
+    """FLOPs XLA's cost analysis reports for a compiled executable, or None if it reports none."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 -- backends without cost analysis raise various errors
+        return None
+    if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
+        analysis = analysis[0] if analysis else None
+    if not analysis:
+        return None
+    flops = analysis.get("flops")
+    if flops is None or not np.isfinite(flops) or flops <= 0:
+        return None
+    return float(flops)
+
+
+def step_flops(compiled: Any, analytic: float) -> tuple[float, str]:
+    """(FLOPs, source): XLA's count of ``compiled`` if available, else ``analytic``."""
+    flops = xla_flops(compiled)
+    if flops is None:
+        return float(analytic), "analytic"
+    return flops, "xla"
+
+
+def mfu(flops: float, seconds: float, ceiling_gflops: float) -> float:
+    """Model FLOP utilisation: achieved FLOP/s as a fraction of the matmul ceiling."""
+    return flops / seconds / (ceiling_gflops * 1e9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain, aligned text table (first column left-aligned, the rest right-aligned)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths)))
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if not np.isfinite(v):
+            return str(v)
+        if v == 0 or abs(v) >= 100:
+            return f"{v:.0f}"
+        if abs(v) >= 1:
+            return f"{v:.2f}"
+        return f"{v:.3f}"
+    return str(v)

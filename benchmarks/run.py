@@ -1,0 +1,119 @@
+"""``make bench``: radjax vs PyTorch on the same network, batch and machine, in one run.
+
+Usage::
+
+    python -m benchmarks.run                 # benchmark size; the largest single part of the
+                                             # wall time is radjax's one-off XLA compile
+    python -m benchmarks.run --size tiny     # smoke size (what the test runs); its ratio measures
+                                             # per-op overhead, not the network -- don't quote it
+    python -m benchmarks.run --iters 5 --warmup 2
+
+How to read the output
+----------------------
+The header names the machine (CPU threads, versions), the **matmul ceiling** -- measured
+GFLOP/s of a jitted f32 ``a @ b`` at 2048^2 and at the model's FLOP-weighted median matmul
+shape; the larger is "the ceiling" -- and the exact input shapes. Then one row per
+implementation of the RP3D-Diag late-fusion train step (forward, BCE, backward, AdamW):
+
+``ms/step``       median wall time of the timed steps (after warm-up); ``min``/``max`` show
+                  the spread. The two sides are timed interleaved, step by step.
+``torch/radjax``  speed ratio torch_ms / radjax_ms: **> 1 means radjax is faster**.
+``GFLOP/s``       step FLOPs / median time. Step FLOPs are XLA's cost analysis of the
+                  compiled radjax step (source and the analytic count are printed above the
+                  table); the same number divides both times.
+``MFU``           model FLOP utilisation: GFLOP/s / matmul ceiling.
+``params``        trainable parameters; asserted equal within 1 % before timing.
+``compile s``     radjax's ahead-of-time compile (not in ms/step). Torch is eager.
+``loss``          the last step's loss (a sanity check that both sides really trained).
+
+The footer repeats the ratio, gives the compile time in wall and CPU seconds, and the 1-minute
+load average before and after timing. A load above the core count means other processes
+competed for the cores: every time is inflated, and eager torch (an OpenMP barrier per op)
+suffers more than XLA, so the ratio then flatters radjax. Quote only runs on an idle machine.
+
+Ratios are the meaningful output; absolute times move with the machine and with anything
+else running on it. Both frameworks use the same number of threads (torch is set to the
+number of cores XLA's CPU thread pool uses).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+import jax
+
+from benchmarks import common, rp3d_diag
+
+
+def ceilings(shapes: list[tuple[int, int, int]], *, iters: int = 10) -> list[common.Ceiling]:
+    return [common.matmul_ceiling(m, k, n, iters=iters) for m, k, n in shapes]
+
+
+def run(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
+        ceiling_shapes: list[tuple[int, int, int]] | None = None,
+        ceiling_iters: int = 10, out=sys.stdout) -> tuple[str, rp3d_diag.Report, float]:
+    """Runs the benchmark, prints the report to ``out`` and returns (table, report, ceiling)."""
+    t_start = time.perf_counter()
+    size = rp3d_diag.SIZES[size_name]
+    threads = common.cpu_threads()
+    rp3d_diag.set_torch_threads(threads)
+    import torch
+    import transformers
+
+    if ceiling_shapes is None:
+        ceiling_shapes = [(2048, 2048, 2048), rp3d_diag.typical_matmul(size)]
+    ceils = ceilings(ceiling_shapes, iters=ceiling_iters)
+    ceiling = max(c.gflops for c in ceils)
+
+    p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
+    p(f"radjax benchmark ({size_name}) on {common.cpu_name()}, "
+      f"{threads} CPU threads: XLA CPU uses {threads}, torch.set_num_threads({threads}) "
+      f"(torch reports {torch.get_num_threads()})")
+    p(f"jax {jax.__version__} ({jax.devices()[0].platform}, 1 device used), "
+      f"torch {torch.__version__}, transformers {transformers.__version__}, "
+      f"python {platform.python_version()}")
+    for c in ceils:
+        p(f"matmul ceiling f32 {c.label}: {c.gflops:.1f} GFLOP/s "
+          f"(median {c.timing.median_ms:.2f} ms of {len(c.timing.times)})")
+    p(f"ceiling used for MFU: {ceiling:.1f} GFLOP/s")
+    p(f"RP3D-Diag: {size.describe()}")
+    p("batch: " + "; ".join(rp3d_diag.input_shapes(size)))
+    load_before = common.load_average()
+
+    report = rp3d_diag.run(size, warmup=warmup, iters=iters, threads=threads)
+    p(f"step FLOPs: {report.flops / 1e9:.2f} GFLOP ({report.flops_source}); analytic "
+      f"conv+matmul count {report.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
+      f"{iters} timed steps each, interleaved, median")
+    headers, rows = rp3d_diag.table_rows(report, ceiling)
+    table = common.format_table(headers, rows)
+    p("")
+    p(table)
+    p("")
+    ratio = report.results["torch"].timing.median_ms / report.results["radjax"].timing.median_ms
+    rj = report.results["radjax"]
+    p(f"speed ratio torch/radjax = {ratio:.2f} ({'radjax' if ratio > 1 else 'torch'} faster); "
+      f"radjax compile {rj.compile_s:.1f} s wall / {rj.compile_cpu_s:.1f} s CPU; "
+      f"total benchmark wall time {time.perf_counter() - t_start:.0f} s")
+    load_after = common.load_average()
+    if load_before is not None and load_after is not None:
+        busy = max(load_before, load_after) > threads + 0.5
+        p(f"1-min load average {load_before:.1f} before / {load_after:.1f} after timing on "
+          f"{threads} cores" + ("  <-- machine busy: times are inflated and the ratio is "
+                                "unreliable (eager torch's thread barriers suffer most)"
+                                if busy else ""))
+    return table, report, ceiling
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=sorted(rp3d_diag.SIZES), default="bench")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=3)
+    args = ap.parse_args(argv)
+    run(args.size, warmup=args.warmup, iters=args.iters)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Smoke run of ``make bench`` at the tiny size: both sides build, train and report.
+
+No timing assertions (times depend on the machine); only that the table has both rows,
+the times are finite and positive, and the two networks have the same parameter count.
+"""
+import io
+import math
+
+import numpy as np
+
+from benchmarks import common, rp3d_diag, run as bench_run
+
+
+def test_tiny_benchmark_runs_both_sides():
+    out = io.StringIO()
+    table, report, ceiling = bench_run.run("tiny", warmup=0, iters=1,
+                                           ceiling_shapes=[(128, 128, 128)], ceiling_iters=2,
+                                           out=out)
+    lines = table.splitlines()
+    assert sum(line.startswith("torch (eager)") for line in lines) == 1, table
+    assert sum(line.startswith("radjax") for line in lines) == 1, table
+    assert "torch/radjax" in lines[0] and "MFU" in lines[0]
+    assert "speed ratio torch/radjax" in out.getvalue()
+
+    assert set(report.results) == {"radjax", "torch"}
+    for r in report.results.values():
+        assert len(r.timing.times) == 1
+        assert all(math.isfinite(t) and t > 0 for t in r.timing.times), r
+        assert math.isfinite(r.final_loss), r
+    rj, th = report.results["radjax"], report.results["torch"]
+    assert rj.params == th.params > 0
+    assert rj.compile_s is not None and rj.compile_s > 0
+    assert math.isfinite(ceiling) and ceiling > 0
+    assert report.flops > 0 and report.analytic_flops > 0
+
+
+def test_analytic_shapes_and_helpers():
+    size = rp3d_diag.SIZES["bench"]
+    shapes = rp3d_diag.matmul_shapes(size)
+    # ResNet-50: 1 stem + 16 blocks x 3 convs + 4 projections; 1 encoder layer (8); head (2).
+    assert len(shapes) == 1 + 16 * 3 + 4 + 8 + 2
+    assert shapes[-1] == (size.batch, 2048, size.num_classes)
+    assert rp3d_diag.typical_matmul(size) in shapes
+    assert common.weighted_median_shape([(1, 1, 1), (10, 10, 10)]) == (10, 10, 10)
+    t = common.time_calls(lambda: np.float32(1.0), warmup=0, iters=3, sync=lambda x: x)
+    assert len(t.times) == 3 and t.min_ms <= t.median_ms <= t.max_ms
+    assert common.format_table(["a", "b"], [["x", 1.5]]).splitlines()[2].startswith("x")
