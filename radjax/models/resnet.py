@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from radjax.nn.remat import checkpointed
+
 from radjax.sharding import shard_act
 
 _KAIMING = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -79,15 +81,7 @@ class _Block(nnx.Module):
         """(B, *spatial, C_in) -> (B, *spatial / stride, planes * expansion)."""
         if not self.remat:
             return self.forward(x)
-        graphdef, state = nnx.split(self)
-
-        def pure(state, x):
-            block = nnx.merge(graphdef, state, copy=True)
-            return block.forward(x), nnx.state(block)
-
-        y, state = jax.checkpoint(pure)(state, x)
-        nnx.update(self, state)  # BatchNorm statistics in train mode
-        return y
+        return checkpointed(self, x, method=type(self).forward)
 
     def forward(self, x: jax.Array) -> jax.Array:
         shortcut = x if self.downsample is None else self.downsample(x)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 from flax import nnx
 
 from radjax.nn.attention import MultiHeadAttention
 from radjax.nn.norms import StdLayerNorm, layer_norm
+from radjax.nn.remat import checkpointed
 from radjax.sharding import shard_act
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -38,20 +38,6 @@ NormFactory = Callable[..., nnx.Module]  # norm(dim, *, rngs) -> module
 gelu_exact = functools.partial(jax.nn.gelu, approximate=False)  # torch nn.GELU()
 # torch's default nn.Linear weight init (kaiming_uniform with a=sqrt(5)).
 torch_linear_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def checkpointed(module: nnx.Module, *args: Any) -> Any:
-    """``module(*args)`` under ``jax.checkpoint``: activations are recomputed in the backward
-    pass. State the call changes (BatchNorm statistics, RNG counters) is written back."""
-    graphdef, state = nnx.split(module)
-
-    def run(state, *args):
-        inner = nnx.merge(graphdef, state)
-        return inner(*args), nnx.state(inner)
-
-    out, state = jax.checkpoint(run)(state, *args)
-    nnx.update(module, state)
-    return out
 
 
 class Mlp(nnx.Module):

@@ -11,7 +11,6 @@ The train state is a plain dict pytree (what orbax saves):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
