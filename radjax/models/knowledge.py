@@ -1,7 +1,8 @@
 """Knowledge enhancement, text side (RP3D-Diag §1.3): frozen label-text embeddings.
 
 Each class is described by a text (its disorder name, or its ICD-10 code's
-description), encoded once by a frozen BERT and L2-normalised into a constant
+description), encoded once by a frozen text encoder (BERT or MPNet, picked by the
+directory's ``config.json``) and L2-normalised into a constant
 (C, H) matrix. The RP3D model projects it with ``fcke`` Linear(H, feat_dim) and
 scores ``feat @ proj(emb).T``.
 
@@ -23,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from radjax.convert.bert import load_bert, minilm_path
+from radjax.convert.bert import load_text_encoder, minilm_path
 from radjax.models.bert import BertModel
+from radjax.models.mpnet import MPNetModel
 
 POOLINGS = ("mean", "cls")
 LEVELS = ("articles", "icd10")
@@ -62,13 +64,13 @@ def _tokenize(tokenizer: Any, texts: Sequence[str],
     return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
 
 
-def encode_texts(model: BertModel, tokenizer: Any, texts: Sequence[str], *,
+def encode_texts(model: BertModel | MPNetModel, tokenizer: Any, texts: Sequence[str], *,
                  pooling: str = "mean", max_length: int = 64,
                  batch_size: int = 64) -> np.ndarray:
-    """Encodes texts with a frozen BERT into L2-normalised embeddings.
+    """Encodes texts with a frozen text encoder into L2-normalised embeddings.
 
     Args:
-      model: BERT encoder (run in eval mode here; the caller's module is untouched).
+      model: BERT or MPNet encoder (run in eval mode here; the caller's module is untouched).
       tokenizer: its transformers tokenizer.
       texts: N non-empty strings.
       pooling: ``mean`` over valid tokens or ``cls`` token.
@@ -143,14 +145,14 @@ def label_embeddings(config: Mapping[str, Any], texts: Sequence[str]) -> np.ndar
 
     Args:
       config: the knowledge-enhancement config (``config.model.ke``): ``text_encoder``
-        (local BERT directory; '' = bundled MiniLM), optional ``pooling`` ('mean'),
+        (local BERT or MPNet directory; '' = bundled MiniLM), optional ``pooling`` ('mean'),
         ``max_length`` (64), ``batch_size`` (64).
       texts: C class texts (``label_texts``).
     """
     path = config.get("text_encoder", "") or minilm_path()
     if not os.path.isdir(path):
         raise FileNotFoundError(f"ke.text_encoder: no such directory {path!r}")
-    model, tokenizer = load_bert(path)
+    model, tokenizer = load_text_encoder(path)
     return encode_texts(model, tokenizer, texts, pooling=config.get("pooling", "mean"),
                         max_length=config.get("max_length", 64),
                         batch_size=config.get("batch_size", 64))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from radjax.nn.conv import conv_general_dilated
 from radjax.nn.remat import checkpointed
 
 from radjax.sharding import shard_act
@@ -51,6 +52,7 @@ def _conv(cin: int, cout: int, kernel: int, *, ndim: int, stride: Any = 1, dilat
     pad = dilation * (kernel - 1) // 2
     return nnx.Conv(cin, cout, (kernel,) * ndim, strides=stride, padding=((pad, pad),) * ndim,
                     kernel_dilation=dilation, use_bias=False, dtype=dtype, kernel_init=_KAIMING,
+                    conv_general_dilated=conv_general_dilated,
                     kernel_metadata={"out_sharding": (None,) * ndim + ("conv_in", "conv_out")},
                     rngs=rngs)
 

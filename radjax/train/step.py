@@ -55,11 +55,6 @@ def _remat(fn: Callable, policy: str) -> Callable:
     return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy))
 
 
-def _tree_all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict,
                     ) -> Callable[[dict, dict], tuple[dict, dict]]:
@@ -102,17 +97,24 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         args = (state["trainable"], state["frozen"], state["rest"], batch)
         (loss, (metrics, rest)), grads = (grad_fn(*args) if accum == 1 else accumulate(*args))
-        finite = jnp.isfinite(loss) & _tree_all_finite(grads)
-        updates, opt = tx.update(grads, state["opt"], state["trainable"])
-        trainable = optax.apply_updates(state["trainable"], updates)
-        keep_if_finite = lambda new, old: jax.tree.map(
-            lambda n, o: jnp.where(finite, n, o), new, old)
+        grad_norm = optax.global_norm(grads)
+        # A NaN/Inf anywhere in the gradients makes their norm non-finite: one pass decides.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        def update(_):
+            updates, opt = tx.update(grads, state["opt"], state["trainable"])
+            return optax.apply_updates(state["trainable"], updates), opt, rest
+
+        def skip(_):
+            return state["trainable"], state["opt"], state["rest"]
+
+        # cond, not a select: the skipped branch costs nothing and the update branch writes
+        # the donated buffers in place.
+        trainable, opt, rest = jax.lax.cond(finite, update, skip, None)
         skipped = state["skipped"] + (~finite).astype(jnp.int32)
         new_state = dict(step=state["step"] + 1, frozen=state["frozen"], skipped=skipped,
-                         trainable=keep_if_finite(trainable, state["trainable"]),
-                         rest=keep_if_finite(rest, state["rest"]),
-                         opt=keep_if_finite(opt, state["opt"]))
-        out = dict(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]),
+                         trainable=trainable, rest=rest, opt=opt)
+        out = dict(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]),
                    skipped_updates=skipped, **metrics)
         return new_state, out
 
