@@ -74,7 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train = t = ml_collections.ConfigDict()
     t.batch_size = 8
     t.steps = 100_000
-    t.grad_accum = 1
+    t.grad_accum = 1                    # microbatches per step (gradients averaged in the step)
+    t.remat_policy = ""                 # '' | 'full' | a jax.checkpoint_policies name
     t.log_every = 50
     t.eval_every = 5_000
     t.eval_split = "test"
