@@ -24,7 +24,7 @@ from flax import nnx
 
 from radjax.sharding import shard_act
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -95,9 +95,9 @@ class EncoderConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"{name}: hidden_size {self.hidden_size} is not a multiple "
                              f"of num_heads {self.num_heads}")
-        if self.hidden_act not in _ACTIVATIONS:
+        if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"{name}: hidden_act {self.hidden_act!r} not supported; "
-                             f"use one of {sorted(_ACTIVATIONS)}")
+                             f"use one of {sorted(ACTIVATIONS)}")
 
     @property
     def head_dim(self) -> int:
@@ -253,7 +253,7 @@ class BertLayer(nnx.Module):
                              ("mlp", "embed"), rngs=rngs)
         self.output_norm = layer_norm(cfg, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout, rngs=rngs)
-        self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.act = ACTIVATIONS[cfg.hidden_act]
 
     def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         """(B, L, H), f32 logit bias broadcastable to (B, N, L, L) -> (B, L, H)."""

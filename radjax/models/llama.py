@@ -1,0 +1,376 @@
+"""Decoder-only language models of the LLaMA family, numerically equal to transformers'
+``LlamaForCausalLM``, ``MistralForCausalLM`` and ``Phi3ForCausalLM``.
+
+One pre-norm block stack serves all three: token embedding, ``num_layers`` blocks of
+``x + Attn(RMSNorm(x))``, ``x + MLP(RMSNorm(x))``, a final RMSNorm and the LM head
+(its own kernel, or the embedding table when ``tie_word_embeddings``). Attention is
+causal with rotary position embeddings (RoPE; ``default``, ``linear`` and ``llama3``
+frequency scaling, partial rotary for Phi-3) and grouped-query attention (``num_kv_heads``
+key/value heads each serving ``num_heads / num_kv_heads`` query heads). The MLP is SwiGLU:
+``down(silu(gate(x)) * up(x))``. Mistral and Phi-3 add a sliding window: a query at index
+i sees keys at indices ``i - sliding_window < j <= i``.
+
+Family differences live in the checkpoint converter (``radjax.convert.llama``): Phi-3's
+fused ``qkv_proj`` / ``gate_up_proj`` weights are split there into the separate
+projections used here. Parameter names follow transformers' module names.
+
+Not implemented: KV cache / generation, dropout (inference and fine-tuning run without),
+attention / MLP biases, and the ``dynamic``, ``yarn`` and ``longrope`` RoPE scalings
+(``from_hf_config`` rejects such configs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Self
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from radjax.models.bert import read_hf_config
+from radjax.nn.attention import MASK_FILL
+from radjax.sharding import shard_act
+
+MODEL_TYPES = ("llama", "mistral", "phi3")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Hyper-parameters of a LLaMA / Mistral / Phi-3 decoder (transformers names in comments).
+
+    ``rope_type`` ``llama3`` uses ``rope_factor``, ``rope_low_freq_factor``,
+    ``rope_high_freq_factor`` and ``rope_original_max_positions``; ``linear`` divides
+    the frequencies by ``rope_factor``.
+    """
+    vocab_size: int
+    hidden_size: int
+    num_layers: int                 # num_hidden_layers
+    num_heads: int                  # num_attention_heads
+    intermediate_size: int
+    num_kv_heads: int | None = None  # num_key_value_heads; None = num_heads
+    head_dim: int | None = None      # None = hidden_size // num_heads
+    model_type: str = "llama"
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_positions: int = 8192
+    partial_rotary_factor: float = 1.0
+    sliding_window: int | None = None
+    tie_word_embeddings: bool = False
+    init_std: float = 0.02          # initializer_range
+    dtype: str = "float32"          # compute dtype; parameters are always f32
+
+    def __post_init__(self):
+        kv = self.num_kv_heads or self.num_heads
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"DecoderConfig: model_type {self.model_type!r} not one of {MODEL_TYPES}")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"DecoderConfig: rope_type {self.rope_type!r} not supported; "
+                             f"use one of {ROPE_TYPES}")
+        if self.num_heads % kv:
+            raise ValueError(f"DecoderConfig: num_heads {self.num_heads} is not a multiple of "
+                             f"num_kv_heads {kv}")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"DecoderConfig: hidden_size {self.hidden_size} is not a multiple "
+                             f"of num_heads {self.num_heads}; set head_dim")
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.dim_per_head:
+            raise ValueError(f"DecoderConfig: partial_rotary_factor {self.partial_rotary_factor} "
+                             f"gives rotary dim {self.rotary_dim} for head dim {self.dim_per_head}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.dim_per_head * self.partial_rotary_factor)
+
+    @classmethod
+    def from_hf_config(cls, config: Mapping[str, Any] | str | os.PathLike) -> Self:
+        """Reads a transformers ``config.json`` (a dict, the file, or its directory).
+
+        Accepts both RoPE spellings: top-level ``rope_theta`` + ``rope_scaling`` (files
+        written before transformers 5) and ``rope_parameters`` (transformers 5).
+
+        Raises:
+          ValueError: naming the file, for a missing required field or a setting
+            this implementation does not have (other activations, biases, RoPE types).
+        """
+        config, where = read_hf_config(config)
+        model_type = config.get("model_type", "llama")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"{where}: model_type {model_type!r} is not one of {MODEL_TYPES}")
+        unsupported = {"hidden_act": ("silu",), "attention_bias": (False,), "mlp_bias": (False,)}
+        for field, allowed in unsupported.items():
+            if config.get(field, allowed[0]) not in allowed:
+                raise ValueError(f"{where}: {field} {config[field]!r} not supported; "
+                                 f"expected one of {allowed}")
+        required = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
+                    "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                    "intermediate_size": "intermediate_size"}
+        missing = [name for name in required.values() if name not in config]
+        if missing:
+            raise ValueError(f"{where}: missing fields {missing}")
+        kwargs = {field: config[name] for field, name in required.items()}
+        kwargs.update(
+            model_type=model_type,
+            num_kv_heads=config.get("num_key_value_heads"),
+            head_dim=config.get("head_dim"),
+            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+            sliding_window=config.get("sliding_window") if model_type != "llama" else None,
+            tie_word_embeddings=config.get("tie_word_embeddings", False),
+            init_std=config.get("initializer_range", 0.02),
+            **_rope_fields(config, where))
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+
+
+def _rope_fields(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """RoPE settings of a transformers config -> DecoderConfig fields."""
+    rope = {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"{where}: RoPE type {rope_type!r} not supported; use one of {ROPE_TYPES}")
+    fields = {"rope_type": rope_type,
+                  "rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+                  "partial_rotary_factor": float(rope.get("partial_rotary_factor",
+                                                       config.get("partial_rotary_factor", 1.0)))}
+    if rope_type != "default":
+        fields["rope_factor"] = float(rope["factor"])
+    if rope_type == "llama3":
+        fields.update(rope_low_freq_factor=float(rope["low_freq_factor"]),
+                      rope_high_freq_factor=float(rope["high_freq_factor"]),
+                      rope_original_max_positions=int(rope["original_max_position_embeddings"]))
+    return fields
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
+    """Inverse rotary frequencies (rotary_dim // 2,) f32, after the config's scaling."""
+    dim = cfg.rotary_dim
+    inv = (1.0 / cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)).astype(np.float32)
+    if cfg.rope_type == "linear":
+        return (inv / cfg.rope_factor).astype(np.float32)
+    if cfg.rope_type == "llama3":
+        return _llama3_scaling(inv, cfg)
+    return inv
+
+
+def _llama3_scaling(inv: np.ndarray, cfg: DecoderConfig) -> np.ndarray:
+    """Llama 3.1 RoPE: long wavelengths divided by ``factor``, short ones kept, the band
+    between them interpolated smoothly."""
+    old_len, low, high = cfg.rope_original_max_positions, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > old_len / low, inv / cfg.rope_factor, inv)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions: jax.Array, cfg: DecoderConfig) -> tuple[jax.Array, jax.Array]:
+    """positions (B, L) int -> cos, sin (B, L, 1, rotary_dim) f32 (halves repeated)."""
+    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates the first rotary_dim channels of x (B, L, H, Dh) in half-split layout
+    (channel i pairs with i + rotary_dim / 2); the rest pass through."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    first, second = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    out = x_rot * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
+    return jnp.concatenate([out, x_pass], axis=-1)
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def default_positions(valid: jax.Array) -> jax.Array:
+    """(B, L) validity -> (B, L) int32 positions counting real tokens only (0 at the first
+    real token, so left padding does not shift positions); padding gets 0."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def decoder_mask(valid: jax.Array, sliding_window: int | None) -> jax.Array:
+    """(B, L) validity -> (B, 1, 1, L, L) boolean mask (True = attend): causal, keys must
+    be real tokens, and within ``sliding_window`` indices of the query when set."""
+    idx = jnp.arange(valid.shape[-1])
+    allowed = idx[None, :] <= idx[:, None]
+    if sliding_window is not None:
+        allowed &= idx[None, :] > idx[:, None] - sliding_window
+    return (allowed[None] & (valid[:, None, :] != 0))[:, None, None]
+
+
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention, scores and softmax in f32.
+
+    Args:
+      q: (B, Lq, H, Dh). k, v: (B, Lk, K, Dh) with H a multiple of K; query head h uses
+        key/value head h // (H / K).
+      mask: boolean, broadcastable to (B, K, H / K, Lq, Lk); True = attend.
+    Returns:
+      (B, Lq, H, Dh) in v's dtype.
+    """
+    b, lq, h, dh = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, lq, kv, h // kv, dh)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores * (dh ** -0.5), MASK_FILL)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v)
+    return out.reshape(b, lq, h, dh)
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def linear(cfg: DecoderConfig, din: int, dout: int, axes: tuple[str, str], *,
+           rngs: nnx.Rngs) -> nnx.Linear:
+    """Bias-free Linear, N(0, init_std) kernel (din, dout) with logical axes ``axes``."""
+    return nnx.Linear(din, dout, use_bias=False, dtype=cfg.dtype, param_dtype=jnp.float32,
+                      kernel_init=nnx.initializers.normal(cfg.init_std),
+                      kernel_metadata={"out_sharding": axes}, rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+    """x / sqrt(mean(x^2) + eps) * scale over the last axis, in f32: (..., dim) -> (..., dim)."""
+
+    def __init__(self, dim: int, *, eps: float):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.scale[...] * y).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal GQA self-attention with RoPE: (B, L, hidden) -> (B, L, hidden).
+
+    ``q_proj`` (hidden, H*Dh) is sharded over heads; ``k_proj``/``v_proj`` (hidden, K*Dh)
+    use the ``kv`` logical axis (few GQA heads: replicated by the default rules).
+    """
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, dh = cfg.hidden_size, cfg.dim_per_head
+        self.q_proj = linear(cfg, d, cfg.num_heads * dh, ("embed", "heads"), rngs=rngs)
+        self.k_proj = linear(cfg, d, cfg.kv_heads * dh, ("embed", "kv"), rngs=rngs)
+        self.v_proj = linear(cfg, d, cfg.kv_heads * dh, ("embed", "kv"), rngs=rngs)
+        self.o_proj = linear(cfg, cfg.num_heads * dh, d, ("heads", "embed"), rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        """x (B, L, hidden); cos, sin (B, L, 1, rotary_dim); mask (B, 1, 1, L, L)."""
+        b, l, _ = x.shape
+        dh = self.cfg.dim_per_head
+        q = self.q_proj(x).reshape(b, l, self.cfg.num_heads, dh)
+        k = self.k_proj(x).reshape(b, l, self.cfg.kv_heads, dh)
+        v = self.v_proj(x).reshape(b, l, self.cfg.kv_heads, dh)
+        q = shard_act(apply_rope(q, cos, sin), ("act_batch", "act_length", "act_heads", None))
+        k = apply_rope(k, cos, sin)
+        out = grouped_attention(q, k, v, mask)
+        return self.o_proj(out.reshape(b, l, -1))
+
+
+class Mlp(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), (B, L, hidden) -> (B, L, hidden)."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = linear(cfg, d, f, ("embed", "mlp"), rngs=rngs)
+        self.up_proj = linear(cfg, d, f, ("embed", "mlp"), rngs=rngs)
+        self.down_proj = linear(cfg, f, d, ("mlp", "embed"), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(shard_act(h, ("act_batch", "act_length", "act_mlp")))
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then x + MLP(RMSNorm(x))."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.mlp = Mlp(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nnx.Module):
+    """Causal language model: token ids or embeddings (B, L) -> logits (B, L, vocab) f32."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        table = nnx.initializers.normal(cfg.init_std)(rngs.params(),
+                                                      (cfg.vocab_size, cfg.hidden_size))
+        self.embed_tokens = nnx.Param(table, out_sharding=("vocab", "embed"))
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.lm_head = (None if cfg.tie_word_embeddings else
+                        linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs))
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """(B, L) int token ids -> (B, L, hidden) embeddings in the compute dtype."""
+        x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.cfg.dtype)
+        return shard_act(x, ("act_batch", "act_length", "act_embed"))
+
+    def __call__(self, input_ids: jax.Array | None = None, *,
+                 inputs_embeds: jax.Array | None = None,
+                 attention_mask: jax.Array | None = None,
+                 positions: jax.Array | None = None) -> jax.Array:
+        """Next-token logits.
+
+        Args:
+          input_ids: (B, L) int; or instead
+          inputs_embeds: (B, L, hidden), e.g. ``embed(ids)`` with visual embeddings spliced in.
+          attention_mask: (B, L), nonzero = real token (default: all real). Left padding
+            is the usual layout; padded positions' logits are meaningless.
+          positions: (B, L) int RoPE positions (default: counted over real tokens,
+            ``default_positions(attention_mask)``).
+        Returns:
+          (B, L, vocab) f32.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Decoder: pass exactly one of input_ids and inputs_embeds")
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.cfg.dtype)
+        valid = (jnp.ones(x.shape[:2], jnp.bool_) if attention_mask is None
+                 else attention_mask != 0)
+        if positions is None:
+            positions = default_positions(valid)
+        cos, sin = rope_cos_sin(positions, self.cfg)
+        mask = decoder_mask(valid, self.cfg.sliding_window)
+        for layer in self.layers:
+            x = shard_act(layer(x, cos, sin, mask), ("act_batch", "act_length", "act_embed"))
+        x = self.norm(x)
+        if self.lm_head is None:
+            logits = jnp.einsum("bld,vd->blv", x, self.embed_tokens[...].astype(x.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = jnp.einsum("bld,dv->blv", x, self.lm_head.kernel[...].astype(x.dtype),
+                                preferred_element_type=jnp.float32)
+        return shard_act(logits, ("act_batch", "act_length", None))
