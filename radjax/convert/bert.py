@@ -11,14 +11,19 @@ family from ``config.json``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
-from radjax.convert.torch_io import ConversionError, assign, linear_kernel, load_state_dict
+from radjax.convert.torch_io import (
+    ConversionError,
+    assign,
+    load_state_dict,
+    map_keys,
+    module_renamer,
+)
 from radjax.models.bert import BertConfig, BertModel, EncoderConfig, read_hf_config
 
 _PREFIX = "bert."
@@ -40,28 +45,6 @@ _MODULES = (
     (r"encoder\.layer\.(\d+)\.output\.LayerNorm", r"layers/\1/output_norm", "norm"),
     (r"pooler\.dense", "pooler", "linear"),
 )
-# (kind, transformers leaf) -> radjax leaf
-_LEAVES = {
-    ("embed", "weight"): "embedding",
-    ("linear", "weight"): "kernel",
-    ("linear", "bias"): "bias",
-    ("norm", "weight"): "scale",
-    ("norm", "gamma"): "scale",
-    ("norm", "bias"): "bias",
-    ("norm", "beta"): "bias",
-}
-
-
-def _rename(key: str, modules: Sequence[tuple[str, str, str]]) -> str | None:
-    """transformers key -> radjax path by the ``modules`` table, or None when unmatched."""
-    module, _, leaf = key.rpartition(".")
-    for pattern, target, kind in modules:
-        match = re.fullmatch(pattern, module)
-        if match and (kind, leaf) in _LEAVES:
-            return f"{match.expand(target)}/{_LEAVES[kind, leaf]}"
-    return None
-
-
 def map_hf_keys(sd: Mapping[str, np.ndarray], modules: Sequence[tuple[str, str, str]], *,
                 prefix: str, buffers: frozenset[str], caller: str) -> dict[str, np.ndarray]:
     """Maps a transformers encoder state dict onto radjax paths ('/'-joined), f32.
@@ -80,20 +63,8 @@ def map_hf_keys(sd: Mapping[str, np.ndarray], modules: Sequence[tuple[str, str, 
     """
     if any(k.startswith(prefix) for k in sd):
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    out, unknown = {}, []
-    for key, value in sd.items():
-        if key in buffers:
-            continue
-        path = _rename(key, modules)
-        if path is None:
-            unknown.append(key)
-            continue
-        value = np.asarray(value, np.float32)
-        out[path] = linear_kernel(value) if path.endswith("/kernel") else value
-    if unknown:
-        raise ConversionError(f"{caller}: {len(unknown)} keys are no parameter of the encoder: "
-                              f"{sorted(unknown)[:20]}")
-    return out
+    sd = {k: v for k, v in sd.items() if k not in buffers}
+    return map_keys(sd, module_renamer(modules), caller=caller)
 
 
 def from_hf_bert(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

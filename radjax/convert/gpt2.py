@@ -17,13 +17,20 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
-from radjax.convert.torch_io import ConversionError, assign, load_state_dict
+from radjax.convert.torch_io import (
+    ConversionError,
+    assign,
+    drop_tied_copy,
+    load_state_dict,
+    map_keys,
+    module_renamer,
+)
 from radjax.models.gpt2 import GPT2, GPT2Config
 
 _PREFIX = "transformer."
 _HEAD = "lm_head.weight"
 _BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
-# transformers module regex -> radjax module path; leaves by kind below.
+# transformers module regex -> radjax module path; leaves by kind (torch_io.HF_LEAVES).
 _MODULES = (
     (r"wte", "wte", "embed"),
     (r"wpe", "wpe", "embed"),
@@ -31,35 +38,6 @@ _MODULES = (
     (r"h\.(\d+)\.(attn|mlp)\.(c_attn|c_proj|c_fc)", r"h/\1/\2/\3", "linear"),
     (r"ln_f", "ln_f", "norm"),
 )
-_LEAVES = {
-    ("embed", "weight"): "embedding",
-    ("linear", "weight"): "kernel",
-    ("linear", "bias"): "bias",
-    ("norm", "weight"): "scale",
-    ("norm", "bias"): "bias",
-}
-
-
-def _rename(key: str) -> str | None:
-    """transformers key (prefix stripped) -> '/'-joined radjax path, or None."""
-    module, _, leaf = key.rpartition(".")
-    for pattern, target, kind in _MODULES:
-        match = re.fullmatch(pattern, module)
-        if match and (kind, leaf) in _LEAVES:
-            return f"{match.expand(target)}/{_LEAVES[kind, leaf]}"
-    return None
-
-
-def _check_tied_head(sd: Mapping[str, np.ndarray]) -> None:
-    """Raises unless ``lm_head.weight`` is absent or equals ``wte`` (radjax ties them)."""
-    if _HEAD not in sd:
-        return
-    wte = sd.get(_PREFIX + "wte.weight", sd.get("wte.weight"))
-    if wte is None or np.shape(wte) != np.shape(sd[_HEAD]) or not np.array_equal(wte, sd[_HEAD]):
-        raise ConversionError(f"from_hf_gpt2: {_HEAD} differs from wte.weight; untied LM "
-                              "heads are not supported")
-
-
 def from_hf_gpt2(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Maps a transformers GPT-2 state dict onto radjax paths ('/'-joined), f32.
 
@@ -70,26 +48,16 @@ def from_hf_gpt2(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     Raises:
       ConversionError: a key that is no GPT-2 parameter, or an untied LM head.
     """
-    _check_tied_head(sd)
-    sd = {k: v for k, v in sd.items() if k != _HEAD}
+    sd = dict(sd)
+    drop_tied_copy(sd, _HEAD, (_PREFIX + "wte.weight", "wte.weight"), caller="from_hf_gpt2")
     if any(k.startswith(_PREFIX) for k in sd):
         stray = sorted(k for k in sd if not k.startswith(_PREFIX))
         if stray:
             raise ConversionError(f"from_hf_gpt2: keys outside {_PREFIX!r}: {stray[:20]}")
         sd = {k[len(_PREFIX):]: v for k, v in sd.items()}
-    out, unknown = {}, []
-    for key, value in sd.items():
-        if _BUFFER.fullmatch(key):
-            continue
-        path = _rename(key)
-        if path is None:
-            unknown.append(key)
-        else:
-            out[path] = np.asarray(value, np.float32)
-    if unknown:
-        raise ConversionError(f"from_hf_gpt2: {len(unknown)} keys are no GPT-2 parameter: "
-                              f"{sorted(unknown)[:20]}")
-    return out
+    sd = {k: v for k, v in sd.items() if not _BUFFER.fullmatch(k)}
+    # Conv1D weights are stored (in, out) already: no transpose.
+    return map_keys(sd, module_renamer(_MODULES), caller="from_hf_gpt2", transpose_kernels=False)
 
 
 def load_gpt2(model_dir: str | os.PathLike, **overrides) -> GPT2:

@@ -21,8 +21,9 @@ from flax import nnx
 from radjax.convert.torch_io import (
     ConversionError,
     assign,
-    linear_kernel,
+    drop_tied_copy,
     load_state_dict,
+    map_keys,
 )
 from radjax.models.llama import Decoder, DecoderConfig
 
@@ -68,18 +69,6 @@ def _unfuse(sd: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str, np.nd
     return out
 
 
-def _drop_tied_head(sd: dict[str, np.ndarray], cfg: DecoderConfig) -> None:
-    """With tied embeddings, removes a stored ``lm_head.weight`` that repeats the table."""
-    head = sd.get("lm_head.weight")
-    if not cfg.tie_word_embeddings or head is None:
-        return
-    table = sd.get("model.embed_tokens.weight")
-    if table is None or np.shape(head) != np.shape(table) or not np.array_equal(head, table):
-        raise ConversionError("tie_word_embeddings is set but lm_head.weight differs from "
-                              "model.embed_tokens.weight")
-    del sd["lm_head.weight"]
-
-
 def _rename(key: str) -> str | None:
     for pattern, target in _KEYS:
         if m := re.fullmatch(pattern, key):
@@ -100,19 +89,10 @@ def from_hf_llama(sd: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str,
         size, or a tied head that differs from the embedding table.
     """
     sd = _unfuse({k: v for k, v in sd.items() if not _BUFFERS.fullmatch(k)}, cfg)
-    _drop_tied_head(sd, cfg)
-    out, unknown = {}, []
-    for key, value in sd.items():
-        path = _rename(key)
-        if path is None:
-            unknown.append(key)
-            continue
-        value = np.asarray(value, np.float32)
-        out[path] = linear_kernel(value) if path.endswith("/kernel") else value
-    if unknown:
-        raise ConversionError(f"from_hf_llama: {len(unknown)} keys are no decoder parameter: "
-                              f"{sorted(unknown)[:20]}")
-    return out
+    if cfg.tie_word_embeddings:
+        drop_tied_copy(sd, "lm_head.weight", ("model.embed_tokens.weight",),
+                       caller="from_hf_llama")
+    return map_keys(sd, _rename, caller="from_hf_llama")
 
 
 def load_decoder(model_dir: str | os.PathLike, *, dtype: str = "float32") -> Decoder:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -207,6 +208,69 @@ def conv_kernel(w: np.ndarray, *, depth_last: bool = False) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- assigning
+
+
+# ---- key mapping shared by the transformers converters ----
+
+# (kind, torch leaf) -> radjax leaf, for module tables of (regex, radjax path, kind) rows.
+HF_LEAVES = {
+    ("embed", "weight"): "embedding",
+    ("linear", "weight"): "kernel",
+    ("linear", "bias"): "bias",
+    ("norm", "weight"): "scale",
+    ("norm", "gamma"): "scale",
+    ("norm", "bias"): "bias",
+    ("norm", "beta"): "bias",
+}
+
+
+def module_renamer(modules: Sequence[tuple[str, str, str]]) -> Callable[[str], str | None]:
+    """A ``rename`` for ``map_keys`` from ``(torch module regex, radjax path, kind)`` rows;
+    the path may use the regex groups, the leaf comes from ``HF_LEAVES``."""
+    def rename(key: str) -> str | None:
+        module, _, leaf = key.rpartition(".")
+        for pattern, target, kind in modules:
+            match = re.fullmatch(pattern, module)
+            if match and (kind, leaf) in HF_LEAVES:
+                return f"{match.expand(target)}/{HF_LEAVES[kind, leaf]}"
+        return None
+    return rename
+
+
+def map_keys(sd: Mapping[str, Any], rename: Callable[[str], str | None], *, caller: str,
+             transpose_kernels: bool = True) -> dict[str, np.ndarray]:
+    """``{torch key: array}`` -> ``{'/'-joined radjax path: f32 array}``.
+
+    ``rename`` gives the radjax path of a key, or None for a key that is no parameter of the
+    model (all of those are listed in one ConversionError). With ``transpose_kernels``,
+    ``.../kernel`` values are torch Linear weights (out, in) and become (in, out).
+    """
+    out, unknown = {}, []
+    for key, value in sd.items():
+        path = rename(key)
+        if path is None:
+            unknown.append(key)
+            continue
+        value = np.asarray(value, np.float32)
+        out[path] = linear_kernel(value) if transpose_kernels and path.endswith("/kernel") else value
+    if unknown:
+        raise ConversionError(f"{caller}: {len(unknown)} keys are no parameter of the model: "
+                              f"{sorted(unknown)[:_MAX_LISTED]}")
+    return out
+
+
+def drop_tied_copy(sd: dict[str, Any], head_key: str, table_keys: Sequence[str], *,
+                   caller: str) -> None:
+    """Removes ``head_key`` when it repeats the embedding table (torch state dicts store tied
+    tensors twice); raises when it differs, since radjax then ties them."""
+    if head_key not in sd:
+        return
+    table = next((sd[k] for k in table_keys if k in sd), None)
+    head = sd[head_key]
+    if table is None or np.shape(table) != np.shape(head) or not np.array_equal(table, head):
+        raise ConversionError(f"{caller}: {head_key} differs from the embedding table "
+                              f"({' / '.join(table_keys)}) but the model ties them")
+    del sd[head_key]
 
 
 def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:

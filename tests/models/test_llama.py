@@ -151,7 +151,7 @@ def test_bad_checkpoint_raises(edit):
         match = "missing"
     elif edit == "extra":
         sd["model.layers.0.self_attn.extra.weight"] = np.zeros((3, 3), np.float32)
-        match = "no decoder parameter"
+        match = "no parameter of the model"
     else:
         sd["model.layers.0.self_attn.o_proj.weight"] = np.zeros((64, 32), np.float32)
         match = "shape mismatch"
