@@ -14,7 +14,12 @@ Family differences live in the checkpoint converter (``radjax.convert.llama``): 
 fused ``qkv_proj`` / ``gate_up_proj`` weights are split there into the separate
 projections used here. Parameter names follow transformers' module names.
 
-Not implemented: KV cache / generation, dropout (inference and fine-tuning run without),
+Incremental decoding: ``Decoder.init_cache(batch, size)`` allocates a ``KVCache`` (a plain
+NamedTuple pytree, no NNX state) and ``Decoder(..., cache=c)`` writes the new tokens' keys
+and values at slots ``[c.length, c.length + L)`` and returns ``(logits, new_cache)``, so the
+cache travels in and out of pure jitted functions (``radjax.train.generation``).
+
+Not implemented: dropout (inference and fine-tuning run without),
 attention / MLP biases, and the ``dynamic``, ``yarn`` and ``longrope`` RoPE scalings
 (``from_hf_config`` rejects such configs).
 """
@@ -24,7 +29,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +69,7 @@ class DecoderConfig:
     rope_original_max_positions: int = 8192
     partial_rotary_factor: float = 1.0
     sliding_window: int | None = None
+    max_position_embeddings: int | None = None  # longest sequence generation accepts; None = any
     tie_word_embeddings: bool = False
     init_std: float = 0.02          # initializer_range
     dtype: str = "float32"          # compute dtype; parameters are always f32
@@ -130,6 +136,7 @@ class DecoderConfig:
             head_dim=config.get("head_dim"),
             rms_norm_eps=config.get("rms_norm_eps", 1e-6),
             sliding_window=config.get("sliding_window") if model_type != "llama" else None,
+            max_position_embeddings=config.get("max_position_embeddings"),
             tie_word_embeddings=config.get("tie_word_embeddings", False),
             init_std=config.get("initializer_range", 0.02),
             **_rope_fields(config, where))
@@ -221,6 +228,47 @@ def decoder_mask(valid: jax.Array, sliding_window: int | None) -> jax.Array:
     return (allowed[None] & (valid[:, None, :] != 0))[:, None, None]
 
 
+class KVCache(NamedTuple):
+    """Preallocated key/value cache of a ``Decoder``: a plain pytree passed in and out of
+    pure functions.
+
+    Attributes:
+      keys, values: one (B, S, K, Dh) array per layer, compute dtype; slot s holds the
+        RoPE-rotated key (and the value) of the s-th token fed since the cache was made.
+      valid: (B, S) bool, True for slots holding a real (not padding) token. Left padding
+        of a prompt leaves False slots at its start.
+      length: () int32, slots filled so far (the same for every row).
+    """
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    valid: jax.Array
+    length: jax.Array
+
+    @property
+    def size(self) -> int:
+        """S, the number of slots."""
+        return self.valid.shape[1]
+
+
+def cached_mask(valid: jax.Array, length: jax.Array, num_new: int,
+                sliding_window: int | None) -> jax.Array:
+    """Mask of ``num_new`` queries at slots ``length + i`` over all S cache slots.
+
+    Args:
+      valid: (B, S) slot validity after writing the new tokens. length: () int32, slots
+        filled before them.
+    Returns:
+      (B, 1, 1, num_new, S) bool (True = attend): causal over slot indices, real keys only,
+      within ``sliding_window`` slots when set (as ``decoder_mask`` over the whole sequence).
+    """
+    q = length + jnp.arange(num_new)
+    j = jnp.arange(valid.shape[-1])
+    allowed = j[None, :] <= q[:, None]
+    if sliding_window is not None:
+        allowed &= j[None, :] > q[:, None] - sliding_window
+    return (allowed[None] & valid[:, None, :])[:, None, None]
+
+
 def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Grouped-query attention, scores and softmax in f32.
 
@@ -280,8 +328,13 @@ class Attention(nnx.Module):
         self.v_proj = linear(cfg, d, cfg.kv_heads * dh, ("embed", "kv"), rngs=rngs)
         self.o_proj = linear(cfg, cfg.num_heads * dh, d, ("heads", "embed"), rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        """x (B, L, hidden); cos, sin (B, L, 1, rotary_dim); mask (B, 1, 1, L, L)."""
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                 kv: tuple[jax.Array, jax.Array] | None = None,
+                 index: jax.Array | None = None):
+        """x (B, L, hidden); cos, sin (B, L, 1, rotary_dim); mask (B, 1, 1, L, L), or
+        (B, 1, 1, L, S) with a cache ``kv`` = (keys, values) (B, S, K, Dh) whose slots
+        ``[index, index + L)`` receive this call's keys/values; then returns
+        ``(out, (keys, values))``."""
         b, l, _ = x.shape
         dh = self.cfg.dim_per_head
         q = self.q_proj(x).reshape(b, l, self.cfg.num_heads, dh)
@@ -289,8 +342,13 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, l, self.cfg.kv_heads, dh)
         q = shard_act(apply_rope(q, cos, sin), ("act_batch", "act_length", "act_heads", None))
         k = apply_rope(k, cos, sin)
-        out = grouped_attention(q, k, v, mask)
-        return self.o_proj(out.reshape(b, l, -1))
+        if kv is None:
+            return self.o_proj(grouped_attention(q, k, v, mask).reshape(b, l, -1))
+        start = (0, index, 0, 0)
+        keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
+        values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
+        out = grouped_attention(q, keys, values, mask)
+        return self.o_proj(out.reshape(b, l, -1)), (keys, values)
 
 
 class Mlp(nnx.Module):
@@ -316,9 +374,16 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = Mlp(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+                 kv: tuple[jax.Array, jax.Array] | None = None,
+                 index: jax.Array | None = None):
+        """Returns x, or ``(x, (keys, values))`` with a cache ``kv`` (see Attention)."""
+        if kv is None:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, index)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 class Decoder(nnx.Module):
@@ -339,10 +404,18 @@ class Decoder(nnx.Module):
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(self.cfg.dtype)
         return shard_act(x, ("act_batch", "act_length", "act_embed"))
 
+    def init_cache(self, batch: int, size: int) -> KVCache:
+        """An empty cache of ``size`` slots per row (zeros, nothing valid, length 0)."""
+        shape = (batch, size, self.cfg.kv_heads, self.cfg.dim_per_head)
+        zeros = tuple(jnp.zeros(shape, self.cfg.dtype) for _ in range(self.cfg.num_layers))
+        return KVCache(keys=zeros, values=tuple(jnp.zeros_like(z) for z in zeros),
+                       valid=jnp.zeros((batch, size), jnp.bool_), length=jnp.zeros((), jnp.int32))
+
     def __call__(self, input_ids: jax.Array | None = None, *,
                  inputs_embeds: jax.Array | None = None,
                  attention_mask: jax.Array | None = None,
-                 positions: jax.Array | None = None) -> jax.Array:
+                 positions: jax.Array | None = None,
+                 cache: KVCache | None = None):
         """Next-token logits.
 
         Args:
@@ -351,21 +424,57 @@ class Decoder(nnx.Module):
           attention_mask: (B, L), nonzero = real token (default: all real). Left padding
             is the usual layout; padded positions' logits are meaningless.
           positions: (B, L) int RoPE positions (default: counted over real tokens,
-            ``default_positions(attention_mask)``).
+            ``default_positions(attention_mask)``; with a cache, continuing after the real
+            tokens already in it).
+          cache: a ``KVCache`` with room for L more slots: the L tokens are appended to it
+            (prefill, or one decode step with L = 1) and attend to every earlier real slot.
+            Filling past ``cache.size`` inside jit cannot be detected (the write would be
+            clamped); callers size the cache (``radjax.train.generation`` checks).
         Returns:
-          (B, L, vocab) f32.
+          (B, L, vocab) f32; with ``cache``, ``(logits, updated cache)``.
+        Raises:
+          ValueError: both or neither of input_ids / inputs_embeds; L larger than the cache.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Decoder: pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.cfg.dtype)
         valid = (jnp.ones(x.shape[:2], jnp.bool_) if attention_mask is None
                  else attention_mask != 0)
+        if cache is not None:
+            return self._cached(x, valid, positions, cache)
         if positions is None:
             positions = default_positions(valid)
         cos, sin = rope_cos_sin(positions, self.cfg)
         mask = decoder_mask(valid, self.cfg.sliding_window)
         for layer in self.layers:
             x = shard_act(layer(x, cos, sin, mask), ("act_batch", "act_length", "act_embed"))
+        return self._logits(x)
+
+    def _cached(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None,
+                cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """The cache path of ``__call__``: x (B, L, hidden), valid (B, L) bool."""
+        num_new = x.shape[1]
+        if num_new > cache.size:
+            raise ValueError(f"Decoder: {num_new} new tokens do not fit a KV cache of "
+                             f"{cache.size} slots")
+        if positions is None:
+            before = jnp.sum(cache.valid, axis=-1, dtype=jnp.int32)[:, None]
+            positions = before + jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+        cos, sin = rope_cos_sin(positions, self.cfg)
+        slots = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
+        mask = cached_mask(slots, cache.length, num_new, self.cfg.sliding_window)
+        keys, values = [], []
+        for layer, k, v in zip(self.layers, cache.keys, cache.values):
+            x, (k, v) = layer(x, cos, sin, mask, (k, v), cache.length)
+            x = shard_act(x, ("act_batch", "act_length", "act_embed"))
+            keys.append(k)
+            values.append(v)
+        cache = KVCache(keys=tuple(keys), values=tuple(values), valid=slots,
+                        length=cache.length + num_new)
+        return self._logits(x), cache
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        """Final norm and LM head: (B, L, hidden) -> (B, L, vocab) f32."""
         x = self.norm(x)
         if self.lm_head is None:
             logits = jnp.einsum("bld,vd->blv", x, self.embed_tokens[...].astype(x.dtype),

@@ -1,0 +1,176 @@
+"""radjax.train.generation and the Decoder KV cache: token-identical to transformers'
+``generate`` on left-padded batches, cached logits equal full recomputation, EOS handling,
+inputs_embeds prompts, logits warpers, length errors."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import radjax  # noqa: F401  (eager sharding off)
+from radjax.models.llama import Decoder
+from radjax.train.generation import generate, warp_logits
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from test_llama import _convert, _reference
+
+PROMPT = 9
+NEW = 12  # one max_new_tokens everywhere: tests share compiled functions
+
+
+def _prompts():
+    """Left-padded (2, 9) ids and mask: row 1 is a 5-token prompt behind 4 pads."""
+    ids = np.random.default_rng(0).integers(3, 128, (2, PROMPT)).astype(np.int32)
+    mask = np.ones((2, PROMPT), np.int32)
+    mask[1, :4] = 0
+    ids[1, :4] = 0
+    return ids, mask
+
+
+def _hf_generate(reference, ids, mask, max_new_tokens, eos, pad=0):
+    with torch.no_grad():
+        out = reference.generate(input_ids=torch.from_numpy(ids).long(),
+                                 attention_mask=torch.from_numpy(mask).long(),
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=pad).numpy()[:, ids.shape[1]:]
+    # transformers stops early when every row is done; radjax always returns max_new_tokens
+    return np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=pad)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    reference = _reference("llama")
+    return reference, _convert(reference)[0]
+
+
+@pytest.mark.parametrize("case", ["llama", "mistral_window", "phi3_partial"])
+def test_greedy_matches_transformers(case):
+    """12 new tokens: longer than the Mistral (4) and Phi-3 (5) sliding windows."""
+    reference = _reference(case)
+    model, _ = _convert(reference)
+    ids, mask = _prompts()
+    got = np.asarray(generate(*nnx.split(model), input_ids=ids, attention_mask=mask,
+                              max_new_tokens=NEW, eos_token_id=2, pad_token_id=0))
+    want = _hf_generate(reference, ids, mask, NEW, eos=2)
+    assert got.dtype == np.int32 and got.shape == (2, 12)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_eos_stops_and_pads(llama):
+    reference, model = llama
+    ids, mask = _prompts()
+    free = np.asarray(generate(*nnx.split(model), input_ids=ids, attention_mask=mask,
+                               max_new_tokens=NEW, eos_token_id=2, pad_token_id=0))
+    eos = (int(free[0, 2]), int(free[1, 4]))  # row 0 ends at step 2, row 1 by step 4
+    got = np.asarray(generate(*nnx.split(model), input_ids=ids, attention_mask=mask,
+                              max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0))
+    np.testing.assert_array_equal(got, _hf_generate(reference, ids, mask, NEW, eos=list(eos)))
+    for row, free_row in zip(got, free):
+        stop = int(np.flatnonzero(np.isin(row, eos))[0])
+        assert stop <= 4 and (row[stop + 1:] == 0).all()
+        np.testing.assert_array_equal(row[:stop + 1], free_row[:stop + 1])
+
+
+def test_inputs_embeds_start_equals_ids(llama):
+    _, model = llama
+    ids, mask = _prompts()
+    graphdef, state = nnx.split(model)
+    kwargs = {"attention_mask": mask, "max_new_tokens": NEW, "eos_token_id": 2, "pad_token_id": 0}
+    by_ids = generate(graphdef, state, input_ids=ids, **kwargs)
+    by_embeds = generate(graphdef, state, inputs_embeds=model.embed(ids), **kwargs)
+    np.testing.assert_array_equal(np.asarray(by_ids), np.asarray(by_embeds))
+    with pytest.raises(ValueError, match="exactly one"):
+        generate(graphdef, state, **kwargs)
+
+
+@pytest.mark.parametrize("case", ["llama", "mistral_window"])
+def test_cached_logits_equal_full_recompute(case):
+    """Prefill + one-token steps through the cache vs the whole sequence without it."""
+    model, _ = _convert(_reference(case))
+    graphdef, state = nnx.split(model)
+    ids, mask = _prompts()
+    steps = 6
+    new = np.random.default_rng(1).integers(3, 128, (2, steps)).astype(np.int32)
+    full_ids = np.concatenate([ids, new], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(new)], axis=1)
+
+    @jax.jit
+    def full(state):
+        return nnx.merge(graphdef, state, copy=True)(full_ids, attention_mask=full_mask)
+
+    @jax.jit
+    def prefill(state):
+        m = nnx.merge(graphdef, state, copy=True)
+        return m(ids, attention_mask=mask, cache=m.init_cache(2, PROMPT + steps))
+
+    @jax.jit
+    def step(state, token, cache):
+        return nnx.merge(graphdef, state, copy=True)(token, cache=cache)
+
+    logits, cache = prefill(state)
+    got = [logits]
+    for i in range(steps):
+        logits, cache = step(state, new[:, i:i + 1], cache)
+        got.append(logits)
+    assert int(cache.length) == PROMPT + steps and bool(cache.valid[0].all())
+    want, got = np.asarray(full(state)), np.concatenate(got, axis=1)
+    valid = full_mask.astype(bool)
+    rel = np.abs(got[valid] - want[valid]).max() / np.abs(want[valid]).max()
+    print(f"{case}: cached vs full rel err {rel:.2e}")
+    assert rel < 1e-5
+
+
+def test_top_k_one_sampling_equals_greedy(llama):
+    _, model = llama
+    ids, mask = _prompts()
+    kwargs = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": NEW, "eos_token_id": 2,
+                  "pad_token_id": 0}
+    greedy = generate(*nnx.split(model), **kwargs)
+    sampled = [np.asarray(generate(*nnx.split(model), do_sample=True, top_k=1, top_p=0.9,
+                                   temperature=0.7, rng=jax.random.key(seed), **kwargs))
+               for seed in (3, 4)]
+    np.testing.assert_array_equal(sampled[0], np.asarray(greedy))
+    np.testing.assert_array_equal(sampled[1], np.asarray(greedy))
+    with pytest.raises(ValueError, match="rng"):
+        generate(*nnx.split(model), do_sample=True, **kwargs)
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0),
+                                                     (1.0, 0, 0.8), (1.3, 20, 0.6)])
+def test_warp_logits_match_transformers(temperature, top_k, top_p):
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+    logits = np.random.default_rng(0).normal(size=(3, 128)).astype(np.float32) * 3
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)]
+                                  + ([TopKLogitsWarper(top_k)] if top_k else [])
+                                  + ([TopPLogitsWarper(top_p)] if top_p < 1 else []))
+    want = warpers(None, torch.from_numpy(logits)).numpy()
+    got = np.asarray(warp_logits(jnp.asarray(logits), temperature=temperature, top_k=top_k,
+                                 top_p=top_p))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    keep = ~np.isinf(want)
+    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-6)
+    assert keep.sum(-1).min() >= 1
+
+
+def test_length_errors(llama):
+    _, model = llama
+    assert model.cfg.max_position_embeddings == 2048  # read from config.json
+    ids, mask = _prompts()
+    short = dataclasses.replace(model.cfg, max_position_embeddings=PROMPT + 3)  # 3 new fit
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Decoder(short, rngs=nnx.Rngs(0))))
+    state = nnx.state(model)
+    kwargs = {"input_ids": ids, "attention_mask": mask, "eos_token_id": 2, "pad_token_id": 0}
+    with pytest.raises(ValueError, match="max_position_embeddings 12"):
+        generate(graphdef, state, max_new_tokens=4, **kwargs)
+    with pytest.raises(ValueError, match="do not fit a KV cache of 4 slots"):
+        model(ids, attention_mask=mask, cache=model.init_cache(2, 4))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(graphdef, state, max_new_tokens=0, **kwargs)
