@@ -7,6 +7,7 @@ Usage::
     python -m benchmarks.run --size tiny     # smoke size (what the test runs); its ratio measures
                                              # per-op overhead, not the network -- don't quote it
     python -m benchmarks.run --iters 5 --warmup 2
+    python -m benchmarks.run --only decoder  # only the LLaMA decoder tables (rp3d|decoder|all)
 
 How to read the output
 ----------------------
@@ -31,6 +32,14 @@ load average before and after timing. A load above the core count means other pr
 competed for the cores: every time is inflated, and eager torch (an OpenMP barrier per op)
 suffers more than XLA, so the ratio then flatters radjax. Quote only runs on an idle machine.
 
+After the RP3D table come two decoder tables (``benchmarks/decoder.py``): a small LLaMA
+decoder in radjax and in transformers' ``LlamaForCausalLM`` with the same converted weights.
+**Generation** (greedy, EOS disabled, tokens asserted identical before timing): ``total ms``
+of one ``generate`` call, ``prefill ms`` (one forward over the prompt filling the KV cache),
+``decode ms`` = total - prefill, ``tok/s`` = B x new tokens / total, ``decode tok/s`` =
+B x new tokens / decode ms, ``radjax/torch`` = the tok/s ratio (**> 1 means radjax is
+faster**). **Train step** (causal LM cross-entropy, AdamW): columns as in the RP3D table.
+
 Ratios are the meaningful output; absolute times move with the machine and with anything
 else running on it. Both frameworks use the same number of threads (torch is set to the
 number of cores XLA's CPU thread pool uses).
@@ -44,7 +53,7 @@ import time
 
 import jax
 
-from benchmarks import common, rp3d_diag
+from benchmarks import common, decoder, rp3d_diag
 
 
 def ceilings(shapes: list[tuple[int, int, int]], *, iters: int = 10) -> list[common.Ceiling]:
@@ -106,13 +115,89 @@ def run(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     return table, report, ceiling
 
 
+def run_decoder(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
+                gen_iters: int = 1, ceiling: float | None = None,
+                ceiling_shapes: list[tuple[int, int, int]] | None = None,
+                ceiling_iters: int = 10, out=sys.stdout
+                ) -> tuple[str, str, decoder.Report, float]:
+    """The decoder benchmark: prints the generation and train-step tables to ``out`` and
+    returns (generation table, train table, report, ceiling). ``ceiling`` (GFLOP/s, e.g. the
+    RP3D run's) is combined with the measurement at the decoder's typical matmul shape."""
+    t_start = time.perf_counter()
+    size = decoder.SIZES[size_name]
+    threads = common.cpu_threads()
+    rp3d_diag.set_torch_threads(threads)
+    import torch
+    import transformers
+
+    if ceiling_shapes is None:
+        ceiling_shapes = ([] if ceiling else [(2048, 2048, 2048)]) + [decoder.typical_matmul(size)]
+    ceils = ceilings(ceiling_shapes, iters=ceiling_iters)
+    ceiling = max([c.gflops for c in ceils] + ([ceiling] if ceiling else []))
+
+    p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
+    p(f"radjax decoder benchmark ({size_name}) on {common.cpu_name()}, {threads} CPU threads "
+      f"(torch.set_num_threads({threads}), torch reports {torch.get_num_threads()}); "
+      f"jax {jax.__version__}, torch {torch.__version__}, transformers "
+      f"{transformers.__version__}")
+    for c in ceils:
+        p(f"matmul ceiling f32 {c.label}: {c.gflops:.1f} GFLOP/s "
+          f"(median {c.timing.median_ms:.2f} ms of {len(c.timing.times)})")
+    p(f"ceiling used for MFU: {ceiling:.1f} GFLOP/s")
+    p(f"decoder: {size.describe()}; same weights on both sides (torch.manual_seed -> "
+      f"LlamaForCausalLM -> from_hf_llama)")
+    for line in decoder.input_shapes(size):
+        p(line)
+    load_before = common.load_average()
+    report = decoder.run(size, warmup=warmup, iters=iters, gen_iters=gen_iters,
+                         threads=threads)
+    p(f"greedy tokens identical: {report.tokens_equal}; generation timing: 1 warm-up + "
+      f"{gen_iters} timed call(s) each, interleaved, median")
+    gen_table = common.format_table(*decoder.generation_rows(report))
+    p("")
+    p(gen_table)
+    p("")
+    rj, th = report.generation["radjax"], report.generation["torch"]
+    p(f"generation tokens/s ratio radjax/torch = {rj.tok_s / th.tok_s:.2f} (decode only "
+      f"{rj.decode_tok_s / th.decode_tok_s:.2f}, prefill "
+      f"{th.prefill.median_ms / rj.prefill.median_ms:.2f}x)")
+    p(f"train step FLOPs: {report.flops / 1e9:.2f} GFLOP ({report.flops_source}); analytic "
+      f"matmul count {report.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
+      f"{iters} timed steps each, interleaved, median")
+    train_table = common.format_table(*decoder.train_rows(report, ceiling))
+    p("")
+    p(train_table)
+    p("")
+    ratio = report.train["torch"].timing.median_ms / report.train["radjax"].timing.median_ms
+    p(f"train speed ratio torch/radjax = {ratio:.2f} "
+      f"({'radjax' if ratio > 1 else 'torch'} faster); "
+      f"total decoder benchmark wall time {time.perf_counter() - t_start:.0f} s")
+    load_after = common.load_average()
+    if load_before is not None and load_after is not None:
+        busy = max(load_before, load_after) > threads + 0.5
+        p(f"1-min load average {load_before:.1f} before / {load_after:.1f} after timing on "
+          f"{threads} cores" + ("  <-- machine busy: times are inflated and the ratios are "
+                                "unreliable" if busy else ""))
+    return gen_table, train_table, report, ceiling
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(rp3d_diag.SIZES), default="bench")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--gen_iters", type=int, default=1,
+                    help="timed generate calls per side (decoder benchmark)")
+    ap.add_argument("--only", choices=("rp3d", "decoder", "all"), default="all")
     args = ap.parse_args(argv)
-    run(args.size, warmup=args.warmup, iters=args.iters)
+    ceiling = None
+    if args.only in ("rp3d", "all"):
+        _, _, ceiling = run(args.size, warmup=args.warmup, iters=args.iters)
+    if args.only in ("decoder", "all"):
+        if ceiling is not None:
+            print(flush=True)
+        run_decoder(args.size, warmup=args.warmup, iters=args.iters, gen_iters=args.gen_iters,
+                    ceiling=ceiling)
 
 
 if __name__ == "__main__":

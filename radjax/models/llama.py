@@ -19,16 +19,26 @@ NamedTuple pytree, no NNX state) and ``Decoder(..., cache=c)`` writes the new to
 and values at slots ``[c.length, c.length + L)`` and returns ``(logits, new_cache)``, so the
 cache travels in and out of pure jitted functions (``radjax.train.generation``).
 
-Not implemented: dropout (inference and fine-tuning run without),
-attention / MLP biases, and the ``dynamic``, ``yarn`` and ``longrope`` RoPE scalings
-(``from_hf_config`` rejects such configs).
+Training: ``DecoderConfig.dropout`` is transformers' ``attention_dropout`` (read from
+``config.json``): dropout on the attention probabilities, active only in train mode
+(``model.train()``; it needs a ``dropout`` or ``default`` stream in the constructor's
+``rngs``), the identity in eval mode and on the KV-cache (decoding) path. The LLaMA family
+has no residual / embedding dropout (transformers has none), so neither does this module.
+``DecoderConfig.remat`` rematerialises each ``DecoderLayer`` in the backward pass (``radjax.nn.remat.checkpointed``):
+same values and gradients, activation memory of one layer. Layers are a Python loop (an
+``nnx.List``), not a ``jax.lax.scan`` over stacked weights, so parameter paths stay
+``layers/<i>/...`` as the converters, LoRA targets and optimizer-group regexes expect;
+compile time grows with ``num_layers``.
+
+Not implemented: attention / MLP biases, and the ``dynamic``, ``yarn`` and ``longrope``
+RoPE scalings (``from_hf_config`` rejects such configs); scanned layers.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Self
 
 import jax
@@ -38,6 +48,7 @@ from flax import nnx
 
 from radjax.models.bert import read_hf_config
 from radjax.nn.attention import MASK_FILL
+from radjax.nn.remat import checkpointed
 from radjax.sharding import shard_act
 
 MODEL_TYPES = ("llama", "mistral", "phi3")
@@ -73,9 +84,13 @@ class DecoderConfig:
     tie_word_embeddings: bool = False
     init_std: float = 0.02          # initializer_range
     dtype: str = "float32"          # compute dtype; parameters are always f32
+    dropout: float = 0.0            # attention_dropout: on attention probabilities, train mode only
+    remat: bool = False             # recompute each layer's activations in the backward pass
 
     def __post_init__(self):
         kv = self.num_kv_heads or self.num_heads
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"DecoderConfig: dropout must be in [0, 1), got {self.dropout}")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"DecoderConfig: model_type {self.model_type!r} not one of {MODEL_TYPES}")
         if self.rope_type not in ROPE_TYPES:
@@ -139,6 +154,7 @@ class DecoderConfig:
             max_position_embeddings=config.get("max_position_embeddings"),
             tie_word_embeddings=config.get("tie_word_embeddings", False),
             init_std=config.get("initializer_range", 0.02),
+            dropout=float(config.get("attention_dropout", 0.0)),
             **_rope_fields(config, where))
         try:
             return cls(**kwargs)
@@ -269,13 +285,15 @@ def cached_mask(valid: jax.Array, length: jax.Array, num_new: int,
     return (allowed[None] & valid[:, None, :])[:, None, None]
 
 
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                      dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """Grouped-query attention, scores and softmax in f32.
 
     Args:
       q: (B, Lq, H, Dh). k, v: (B, Lk, K, Dh) with H a multiple of K; query head h uses
         key/value head h // (H / K).
       mask: boolean, broadcastable to (B, K, H / K, Lq, Lk); True = attend.
+      dropout: applied to the probabilities before they weight ``v`` (e.g. nnx.Dropout).
     Returns:
       (B, Lq, H, Dh) in v's dtype.
     """
@@ -285,6 +303,8 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores * (dh ** -0.5), MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)
+    if dropout is not None:
+        probs = dropout(probs)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v)
     return out.reshape(b, lq, h, dh)
 
@@ -327,6 +347,8 @@ class Attention(nnx.Module):
         self.k_proj = linear(cfg, d, cfg.kv_heads * dh, ("embed", "kv"), rngs=rngs)
         self.v_proj = linear(cfg, d, cfg.kv_heads * dh, ("embed", "kv"), rngs=rngs)
         self.o_proj = linear(cfg, cfg.num_heads * dh, d, ("heads", "embed"), rngs=rngs)
+        # No RNG state at rate 0: checkpoints and converters see the same state as before.
+        self.attn_dropout = nnx.Dropout(cfg.dropout, rngs=rngs if cfg.dropout else None)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
                  kv: tuple[jax.Array, jax.Array] | None = None,
@@ -343,12 +365,20 @@ class Attention(nnx.Module):
         q = shard_act(apply_rope(q, cos, sin), ("act_batch", "act_length", "act_heads", None))
         k = apply_rope(k, cos, sin)
         if kv is None:
-            return self.o_proj(grouped_attention(q, k, v, mask).reshape(b, l, -1))
+            out = grouped_attention(q, k, v, mask, self._dropout())
+            return self.o_proj(out.reshape(b, l, -1))
         start = (0, index, 0, 0)
         keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
         values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
+        # The cache path is decoding (radjax.train.generation): no dropout even in train mode.
         out = grouped_attention(q, keys, values, mask)
         return self.o_proj(out.reshape(b, l, -1)), (keys, values)
+
+    def _dropout(self) -> Callable[[jax.Array], jax.Array] | None:
+        """The probability dropout, or None when it is off (rate 0 or eval mode)."""
+        if not self.cfg.dropout or self.attn_dropout.deterministic:
+            return None
+        return self.attn_dropout
 
 
 class Mlp(nnx.Module):
@@ -447,7 +477,9 @@ class Decoder(nnx.Module):
         cos, sin = rope_cos_sin(positions, self.cfg)
         mask = decoder_mask(valid, self.cfg.sliding_window)
         for layer in self.layers:
-            x = shard_act(layer(x, cos, sin, mask), ("act_batch", "act_length", "act_embed"))
+            x = (checkpointed(layer, x, cos, sin, mask) if self.cfg.remat
+                 else layer(x, cos, sin, mask))
+            x = shard_act(x, ("act_batch", "act_length", "act_embed"))
         return self._logits(x)
 
     def _cached(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None,

@@ -1,0 +1,389 @@
+"""LLaMA-style decoder: generation and train step, radjax vs transformers (PyTorch), same weights.
+
+Both sides run the same network with the same parameters on this machine, in one process:
+
+* The reference is ``transformers.LlamaForCausalLM`` built from a small ``LlamaConfig`` after
+  ``torch.manual_seed(seed)`` (default SDPA attention). Its state dict is converted with
+  ``radjax.convert.llama.from_hf_llama`` and assigned into a ``radjax.models.llama.Decoder``
+  (``DecoderConfig.from_hf_config``), so both sides hold identical f32 weights.
+
+Generation (greedy, EOS disabled so every row produces all ``new_tokens``):
+
+* **radjax**: ``radjax.train.generation.generate`` (one ``jax.jit``: prefill into a
+  preallocated ``KVCache``, then a ``lax.while_loop`` of one-token steps). Its first call
+  compiles; ``compile s`` = first call - median call, not part of the timed calls.
+* **torch**: ``LlamaForCausalLM.generate(do_sample=False)`` under ``torch.no_grad`` (eager,
+  dynamic KV cache).
+
+The generated tokens are asserted identical before anything is timed. ``prefill`` is one
+forward over the prompt that fills the cache (radjax: jitted ``Decoder(ids, cache=...)``;
+torch: ``model(input_ids, use_cache=True)``); ``decode tok/s`` = B x new_tokens /
+(total - prefill); ``tok/s`` = B x new_tokens / total.
+
+Train step (causal LM cross-entropy over shifted labels, AdamW, no weight decay):
+
+* **radjax**: a pure ``jax.value_and_grad`` + ``optax.adamw`` step, jitted with donated state
+  and compiled ahead of time (compile time reported separately).
+* **torch**: eager ``model(input_ids, labels=input_ids).loss`` + ``backward`` +
+  ``torch.optim.AdamW``.
+
+Step FLOPs are XLA's cost analysis of the compiled radjax step (analytic fallback: 3 x the
+forward matmul FLOPs); the same number divides both times for GFLOP/s and MFU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    layers: int = 4
+    hidden: int = 512
+    intermediate: int = 1376
+    heads: int = 8
+    vocab: int = 32000
+    batch: int = 4            # generation batch
+    prompt: int = 32
+    new_tokens: int = 128
+    train_batch: int = 4
+    train_len: int = 256
+
+    def describe(self) -> str:
+        return (f"LLaMA decoder, {self.layers} layers, hidden {self.hidden}, intermediate "
+                f"{self.intermediate}, {self.heads} heads, vocab {self.vocab}")
+
+
+SIZES: dict[str, Size] = {
+    "bench": Size(),
+    "tiny": Size(layers=2, hidden=64, intermediate=172, heads=4, vocab=256, batch=2, prompt=8,
+                 new_tokens=8, train_batch=2, train_len=16),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+def build_pair(size: Size, seed: int = 0):
+    """(torch LlamaForCausalLM in eval mode, radjax Decoder) holding the same weights."""
+    import torch
+    import transformers
+    from flax import nnx
+
+    from radjax.convert.llama import from_hf_llama
+    from radjax.convert.torch_io import assign
+    from radjax.models.llama import Decoder, DecoderConfig
+
+    torch.manual_seed(seed)
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads,
+        num_key_value_heads=size.heads, max_position_embeddings=2048,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    reference = transformers.LlamaForCausalLM(hf_cfg).eval()
+    cfg = DecoderConfig.from_hf_config(reference.config.to_dict())
+    sd = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+    model = Decoder(cfg, rngs=nnx.Rngs(seed))
+    assign(model, from_hf_llama(sd, cfg), strict=True)
+    return reference, model
+
+
+def _params(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def matmul_shapes(size: Size, rows: int) -> list[tuple[int, int, int]]:
+    """Forward matmuls of one pass over ``rows`` = batch x length tokens (no attention)."""
+    h, f = size.hidden, size.intermediate
+    per_layer = [(rows, h, h)] * 4 + [(rows, h, f)] * 2 + [(rows, f, h)]
+    return per_layer * size.layers + [(rows, h, size.vocab)]
+
+
+def analytic_train_flops(size: Size) -> float:
+    b, t, h = size.train_batch, size.train_len, size.hidden
+    attn = size.layers * 2 * (2.0 * b * t * t * h)  # scores + weighted sum
+    return 3.0 * (sum(2.0 * m * k * n for m, k, n in matmul_shapes(size, b * t)) + attn)
+
+
+def typical_matmul(size: Size) -> tuple[int, int, int]:
+    return common.weighted_median_shape(matmul_shapes(size, size.train_batch * size.train_len))
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class GenResult:
+    name: str
+    total: common.Timing     # whole generate call
+    prefill: common.Timing   # one forward over the prompt, filling a cache
+    tokens: int              # B x new_tokens
+    compile_s: float | None = None
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.total.median_s
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.tokens / max(self.total.median_s - self.prefill.median_s, 1e-12)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    name: str
+    timing: common.Timing
+    params: int
+    compile_s: float | None = None
+    final_loss: float = float("nan")
+
+
+@dataclasses.dataclass
+class Report:
+    size: Size
+    threads: int
+    params: int
+    generation: dict[str, GenResult]
+    train: dict[str, TrainResult]
+    flops: float
+    flops_source: str
+    analytic_flops: float
+    tokens_equal: bool
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+def _prompt(size: Size, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, size.vocab, (size.batch, size.prompt)).astype(np.int32)
+
+
+def run_generation(size: Size, reference, model, *, warmup: int = 1, iters: int = 1,
+                   seed: int = 0) -> tuple[dict[str, GenResult], bool]:
+    import torch
+    from flax import nnx
+
+    from radjax.train import generation
+
+    ids = _prompt(size, seed)
+    mask = np.ones_like(ids)
+    graphdef, state = nnx.split(model)
+    j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
+    no_eos = size.vocab  # an id argmax never returns: every row generates all new tokens
+
+    def rj_generate():
+        return generation.generate(graphdef, state, input_ids=j_ids, attention_mask=j_mask,
+                                   max_new_tokens=size.new_tokens, eos_token_id=no_eos,
+                                   pad_token_id=0)
+
+    t0 = time.perf_counter()
+    rj_tokens = np.asarray(jax.block_until_ready(rj_generate()))
+    first_call_s = time.perf_counter() - t0
+
+    @jax.jit
+    def rj_prefill(state, ids, mask):
+        m = nnx.merge(graphdef, state, copy=True)
+        cache = m.init_cache(ids.shape[0], ids.shape[1] + size.new_tokens)
+        logits, cache = m(ids, attention_mask=mask, cache=cache)
+        return logits[:, -1], cache
+
+    rj_prefill_c = rj_prefill.lower(state, j_ids, j_mask).compile()
+
+    t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
+    reference.generation_config.eos_token_id = None
+
+    def th_generate():
+        with torch.no_grad():
+            out = reference.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=False,
+                                     max_new_tokens=size.new_tokens,
+                                     min_new_tokens=size.new_tokens, eos_token_id=None,
+                                     pad_token_id=0)
+        return out[:, size.prompt:]
+
+    def th_prefill():
+        with torch.no_grad():
+            return reference(input_ids=t_ids, attention_mask=t_mask, use_cache=True).logits
+
+    th_tokens = th_generate().numpy()
+    equal = th_tokens.shape == rj_tokens.shape and bool(np.array_equal(th_tokens, rj_tokens))
+    if not equal:
+        diff = np.argwhere(th_tokens != rj_tokens) if th_tokens.shape == rj_tokens.shape else []
+        raise AssertionError(f"greedy tokens differ (radjax {rj_tokens.shape} vs torch "
+                             f"{th_tokens.shape}); first differences at (row, step) "
+                             f"{[tuple(d) for d in diff[:5]]}")
+
+    none = lambda out: out  # noqa: E731 -- torch is synchronous
+    # warm-up of radjax generate already happened (the compiling first call)
+    totals = common.time_interleaved({"radjax": rj_generate, "torch": th_generate},
+                                     warmup=max(warmup - 1, 0), iters=iters,
+                                     sync={"torch": none})
+    prefills = common.time_interleaved(
+        {"radjax": lambda: rj_prefill_c(state, j_ids, j_mask), "torch": th_prefill},
+        warmup=warmup, iters=max(iters, 3), sync={"torch": none})
+    tokens = size.batch * size.new_tokens
+    compile_s = max(first_call_s - totals["radjax"].median_s, 0.0)
+    return {
+        "radjax": GenResult("radjax generate (jax.jit)", totals["radjax"], prefills["radjax"],
+                            tokens, compile_s),
+        "torch": GenResult("torch generate (eager)", totals["torch"], prefills["torch"], tokens),
+    }, equal
+
+
+# ---------------------------------------------------------------------------------------------
+# Train step
+# ---------------------------------------------------------------------------------------------
+
+LR = 1e-4
+
+
+def _train_batch(size: Size, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    return rng.integers(0, size.vocab, (size.train_batch, size.train_len)).astype(np.int32)
+
+
+class RadjaxTrain:
+    def __init__(self, model, ids: np.ndarray):
+        import optax
+        from flax import nnx
+
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.params_count = _params(params)
+        tx = optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+
+        def loss_fn(params, ids):
+            m = nnx.merge(graphdef, params, rest, copy=True)
+            logits = m(ids)[:, :-1]
+            return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+
+        def step(state, ids):
+            params, opt_state = state
+            loss, grads = jax.value_and_grad(loss_fn)(params, ids)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        # copy: the donated state must not alias the model's arrays (the generation side
+        # keeps using them)
+        params = jax.tree.map(jnp.array, params)
+        self.state = (params, tx.init(params))
+        self.ids = jnp.asarray(ids)
+        t0 = time.perf_counter()
+        self.compiled = jax.jit(step, donate_argnums=0).lower(self.state, self.ids).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.last = None
+
+    def __call__(self):
+        self.state, self.last = self.compiled(self.state, self.ids)
+        return self.last
+
+    def loss(self) -> float:
+        return float(self.last) if self.last is not None else float("nan")
+
+
+class TorchTrain:
+    def __init__(self, reference, ids: np.ndarray):
+        import copy
+
+        import torch
+
+        self.model = copy.deepcopy(reference).train()
+        self.params_count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.999),
+                                     eps=1e-8, weight_decay=0.0)
+        self.ids = torch.from_numpy(ids).long()
+        self.last = None
+
+    def __call__(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.model(input_ids=self.ids, labels=self.ids).loss
+        loss.backward()
+        self.opt.step()
+        self.last = loss.detach()
+        return self.last
+
+    def loss(self) -> float:
+        return float(self.last) if self.last is not None else float("nan")
+
+
+def run_train(size: Size, reference, model, *, warmup: int = 1, iters: int = 3, seed: int = 0):
+    ids = _train_batch(size, seed)
+    rj = RadjaxTrain(model, ids)
+    th = TorchTrain(reference, ids)
+    if rj.params_count != th.params_count:
+        raise AssertionError(f"parameter counts differ: radjax {rj.params_count:,} vs torch "
+                             f"{th.params_count:,}")
+    flops, source = common.step_flops(rj.compiled, analytic_train_flops(size))
+    timings = common.time_interleaved({"radjax": rj, "torch": th}, warmup=warmup, iters=iters,
+                                      sync={"torch": lambda out: out})
+    results = {
+        "radjax": TrainResult("radjax (jax.jit, XLA CPU)", timings["radjax"], rj.params_count,
+                              rj.compile_s, rj.loss()),
+        "torch": TrainResult("torch (eager)", timings["torch"], th.params_count, None, th.loss()),
+    }
+    return results, flops, source
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+
+def run(size: Size, *, warmup: int = 1, iters: int = 3, gen_iters: int = 1, seed: int = 0,
+        threads: int | None = None) -> Report:
+    import torch
+
+    threads = threads or common.cpu_threads()
+    torch.set_num_threads(threads)
+    reference, model = build_pair(size, seed)
+    gen, equal = run_generation(size, reference, model, warmup=1, iters=gen_iters, seed=seed)
+    train, flops, source = run_train(size, reference, model, warmup=warmup, iters=iters,
+                                     seed=seed)
+    return Report(size, threads, train["radjax"].params, gen, train, flops, source,
+                  analytic_train_flops(size), equal)
+
+
+def generation_rows(report: Report) -> tuple[list[str], list[list]]:
+    headers = ["implementation", "total ms", "prefill ms", "decode ms", "tok/s",
+               "decode tok/s", "radjax/torch", "compile s"]
+    th = report.generation["torch"]
+    rows = []
+    for key in ("torch", "radjax"):
+        r = report.generation[key]
+        rows.append([r.name, r.total.median_ms, r.prefill.median_ms,
+                     r.total.median_ms - r.prefill.median_ms, r.tok_s, r.decode_tok_s,
+                     r.tok_s / th.tok_s if key == "radjax" else "",
+                     "" if r.compile_s is None else r.compile_s])
+    return headers, rows
+
+
+def train_rows(report: Report, ceiling_gflops: float) -> tuple[list[str], list[list]]:
+    headers = ["implementation", "ms/step", "min", "max", "torch/radjax", "GFLOP/s", "MFU",
+               "params", "compile s", "loss"]
+    th_ms = report.train["torch"].timing.median_ms
+    rows = []
+    for key in ("torch", "radjax"):
+        r = report.train[key]
+        ms = r.timing.median_ms
+        rows.append([r.name, ms, r.timing.min_ms, r.timing.max_ms,
+                     th_ms / ms if key == "radjax" else "",
+                     report.flops / (ms / 1e3) / 1e9,
+                     f"{100 * common.mfu(report.flops, ms / 1e3, ceiling_gflops):.1f}%",
+                     f"{r.params:,}", "" if r.compile_s is None else r.compile_s,
+                     r.final_loss])
+    return headers, rows
+
+
+def input_shapes(size: Size) -> Sequence[str]:
+    return [f"generation: prompt int32 ({size.batch}, {size.prompt}), all real tokens, greedy, "
+            f"{size.new_tokens} new tokens per row (EOS disabled)",
+            f"train: input_ids int32 ({size.train_batch}, {size.train_len}), labels = "
+            f"input_ids shifted by one"]
