@@ -11,8 +11,18 @@ padding does not shift them. Sampling applies transformers' logits warpers in th
 temperature, top-k (ties with the k-th logit kept), top-p (nucleus; the smallest set of
 tokens whose probability mass exceeds ``top_p``, at least one), then draws from the softmax.
 
-Not implemented: beam search (``num_beams``), repetition penalties and other logits
-processors, stopping strings.
+Beam search (``num_beams > 1``, greedy) follows transformers' vectorised ``_beam_search``:
+the prompt is prefilled once and its cache repeated to ``B * num_beams`` rows; each step adds
+the log-softmax of every beam to its running score, keeps the top
+``max(2, 1 + #eos) * num_beams`` candidates per row, continues the best ``num_beams`` of them
+that did not hit EOS (or the last step), gathers the KV cache rows of the beams they came
+from, and merges the candidates among the top ``num_beams`` that did finish into a pool of
+``num_beams`` finished hypotheses scored ``sum_logprob / generated_len ** length_penalty``.
+``early_stopping`` (False, True or "never") has transformers' meaning, including its
+stopping heuristic. The best finished hypothesis of each row is returned.
+
+Not implemented: beam sampling, ``num_return_sequences > 1``, diverse/constrained beams,
+repetition penalties and other logits processors, stopping strings.
 """
 from __future__ import annotations
 
@@ -21,9 +31,10 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from radjax.models.llama import Decoder
+from radjax.models.llama import Decoder, KVCache
 
 NEG_INF = -jnp.inf
 
@@ -51,7 +62,8 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
              inputs_embeds: jax.Array | None = None, attention_mask: jax.Array,
              max_new_tokens: int, eos_token_id: int | Sequence[int], pad_token_id: int,
              do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, rng: jax.Array | None = None) -> jax.Array:
+             top_p: float = 1.0, rng: jax.Array | None = None, num_beams: int = 1,
+             length_penalty: float = 1.0, early_stopping: bool | str = False) -> jax.Array:
     """Generates continuations of a left-padded prompt batch, all inside one jit.
 
     Args:
@@ -65,12 +77,17 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
       pad_token_id: emitted after EOS.
       do_sample: False = greedy (argmax); True = sample with ``rng`` after
         ``warp_logits(temperature, top_k, top_p)``.
+      num_beams: > 1 = beam search (greedy only) with ``length_penalty`` (exponent of the
+        generated length dividing a finished hypothesis' summed log-probability) and
+        ``early_stopping`` (False: transformers' default heuristic; True: stop a row once
+        ``num_beams`` hypotheses are finished; "never": canonical beam search).
     Returns:
       (B, max_new_tokens) int32 new tokens (the prompt is not repeated), ``pad_token_id``
-      after each row's EOS.
+      after each row's EOS. For beam search, each row's best finished hypothesis.
     Raises:
       ValueError: both/neither of input_ids and inputs_embeds, ``max_new_tokens < 1``,
-        sampling without ``rng`` or with a bad setting, or prompt plus new tokens longer
+        sampling without ``rng`` or with a bad setting, ``num_beams < 1``, beam search with
+        ``do_sample``, a bad ``early_stopping``, or prompt plus new tokens longer
         than the model's ``max_position_embeddings``.
     """
     if (input_ids is None) == (inputs_embeds is None):
@@ -92,6 +109,19 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
     else:
         rng = jax.random.key(0)  # unused
     eos = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(int(e) for e in eos_token_id)
+    if num_beams < 1:
+        raise ValueError(f"generate: num_beams must be >= 1, got {num_beams}")
+    if num_beams > 1:
+        if do_sample:
+            raise ValueError("generate: beam sampling (num_beams > 1 with do_sample) is not "
+                             "implemented")
+        if early_stopping not in (False, True, "never"):
+            raise ValueError(f"generate: early_stopping must be False, True or 'never', got "
+                             f"{early_stopping!r}")
+        return _beam_search(graphdef, state, input_ids, inputs_embeds,
+                            jnp.asarray(attention_mask), max_new_tokens=max_new_tokens,
+                            eos=eos, pad=int(pad_token_id), num_beams=int(num_beams),
+                            length_penalty=float(length_penalty), early_stopping=early_stopping)
     sampling = (float(temperature), int(top_k), float(top_p)) if do_sample else None
     return _generate(graphdef, state, input_ids, inputs_embeds, jnp.asarray(attention_mask), rng,
                      max_new_tokens=max_new_tokens, eos=eos, pad=int(pad_token_id),
@@ -138,3 +168,105 @@ def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, rng, *,
 
     carry = (jnp.int32(1), token, cache, finished, out)
     return jax.lax.while_loop(cond, body, carry)[-1]
+
+
+def _gather_rows(cache: KVCache, rows: jax.Array) -> KVCache:
+    """Reorders every per-row cache array along its batch axis (``length`` is shared)."""
+    take = lambda x: jnp.take(x, rows, axis=0)
+    return cache._replace(keys=tuple(map(take, cache.keys)),
+                          values=tuple(map(take, cache.values)), valid=take(cache.valid))
+
+
+@functools.partial(jax.jit, static_argnums=0,
+                   static_argnames=("max_new_tokens", "eos", "pad", "num_beams",
+                                    "length_penalty", "early_stopping"))
+def _beam_search(graphdef, state, input_ids, inputs_embeds, attention_mask, *,
+                 max_new_tokens: int, eos: tuple[int, ...], pad: int, num_beams: int,
+                 length_penalty: float, early_stopping: bool | str) -> jax.Array:
+    model: Decoder = nnx.merge(graphdef, state, copy=True)
+    prompt = input_ids if input_ids is not None else inputs_embeds
+    batch, prompt_len = prompt.shape[:2]
+    beams, steps = num_beams, max_new_tokens
+    keep = max(2, 1 + len(eos)) * beams  # candidates kept per row, as transformers
+    cache = model.init_cache(batch, prompt_len + steps)
+    logits, cache = model(input_ids, inputs_embeds=inputs_embeds,
+                          attention_mask=attention_mask, cache=cache)
+    # the B * beams rows of transformers' expanded prompt are identical: prefill once, repeat
+    repeat = lambda x: jnp.repeat(x, beams, axis=0)
+    cache = cache._replace(keys=tuple(map(repeat, cache.keys)),
+                           values=tuple(map(repeat, cache.values)), valid=repeat(cache.valid))
+    logits = repeat(logits[:, -1])
+    # length_penalty denominators for generated lengths 1 .. steps, computed like Python's
+    # int ** float and then rounded to f32
+    denom = jnp.asarray(np.arange(1, steps + 1, dtype=np.float64) ** length_penalty, jnp.float32)
+    eos_ids = jnp.asarray(eos, jnp.int32)
+    in_top_beams = jnp.arange(keep) < beams
+    row_offset = (jnp.arange(batch) * beams)[:, None]
+    big = jnp.float32(-1.0e9)
+
+    def gather(x, idx):  # x (B, n, ...), idx (B, m) -> (B, m, ...)
+        return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+
+    def select(logits, carry):
+        """One beam step from the (B * beams, V) next-token logits of the running beams."""
+        (t, run_tokens, run_scores, fin_tokens, fin_scores, fin_done, open_rows, _, _) = carry
+        vocab = logits.shape[-1]
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        log_probs = log_probs.reshape(batch, beams, vocab) + run_scores[:, :, None]
+        top_scores, top_idx = jax.lax.top_k(log_probs.reshape(batch, beams * vocab), keep)
+        source, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+        cand_tokens = gather(run_tokens, source)
+        cand_tokens = jax.lax.dynamic_update_slice(cand_tokens, token[:, :, None], (0, 0, t))
+        hits = jnp.isin(token, eos_ids) | (t + 1 >= steps)  # (B, keep)
+
+        # continue the best `beams` candidates that did not stop
+        run_cand = top_scores + hits.astype(jnp.float32) * big
+        _, nxt = jax.lax.top_k(run_cand, beams)
+        run_tokens, run_scores = gather(cand_tokens, nxt), gather(run_cand, nxt)
+        rows = (gather(source, nxt) + row_offset).reshape(-1)
+
+        # merge the stopped candidates among the top `beams` into the finished pool
+        just_done = hits & in_top_beams[None, :]
+        fin_cand = top_scores / denom[t]
+        full = jnp.all(fin_done, axis=-1, keepdims=True) & (early_stopping is True)
+        fin_cand = fin_cand + full.astype(jnp.float32) * big
+        fin_cand = fin_cand + (~open_rows)[:, None].astype(jnp.float32) * big
+        fin_cand = fin_cand + (~just_done).astype(jnp.float32) * big
+        merged_scores = jnp.concatenate([fin_scores, fin_cand], axis=1)
+        _, best = jax.lax.top_k(merged_scores, beams)
+        fin_tokens = gather(jnp.concatenate([fin_tokens, cand_tokens], axis=1), best)
+        fin_scores = gather(merged_scores, best)
+        fin_done = gather(jnp.concatenate([fin_done, just_done], axis=1), best)
+
+        # transformers' heuristic: can the best running beam still beat the worst finished?
+        t = t + 1
+        length = jnp.int32(steps) if (early_stopping == "never" and length_penalty > 0) else t
+        best_running = run_scores[:, :1] / denom[length - 1]
+        worst_done = jnp.where(fin_done, jnp.min(fin_scores, axis=1, keepdims=True), big)
+        open_rows = open_rows & jnp.any(best_running > worst_done, axis=-1)
+        go_on = jnp.any(open_rows) & ~jnp.all(hits)
+        if early_stopping is True:
+            go_on = go_on & ~jnp.all(fin_done)
+        return (t, run_tokens, run_scores, fin_tokens, fin_scores, fin_done, open_rows, go_on,
+                rows)
+
+    tokens0 = jnp.full((batch, beams, steps), pad, jnp.int32)
+    carry = (jnp.int32(0), tokens0,
+             jnp.zeros((batch, beams), jnp.float32).at[:, 1:].set(big),  # only beam 0 at first
+             tokens0, jnp.full((batch, beams), big), jnp.zeros((batch, beams), jnp.bool_),
+             jnp.ones((batch,), jnp.bool_), jnp.bool_(True),
+             jnp.zeros((batch * beams,), jnp.int32))
+    carry = select(logits, carry)
+
+    def cond(c):
+        return c[0][7] & (c[0][0] < steps)
+
+    def body(c):
+        carry, cache = c
+        cache = _gather_rows(cache, carry[-1])
+        token = carry[1][:, :, carry[0] - 1].reshape(-1)
+        logits, cache = model(token[:, None], cache=cache)
+        return select(logits[:, -1], carry), cache
+
+    carry, _ = jax.lax.while_loop(cond, body, (carry, cache))
+    return carry[3][:, 0]

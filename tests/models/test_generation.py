@@ -1,6 +1,6 @@
 """radjax.train.generation and the Decoder KV cache: token-identical to transformers'
 ``generate`` on left-padded batches, cached logits equal full recomputation, EOS handling,
-inputs_embeds prompts, logits warpers, length errors."""
+inputs_embeds prompts, logits warpers, length errors, beam search."""
 import dataclasses
 
 import jax
@@ -30,12 +30,13 @@ def _prompts():
     return ids, mask
 
 
-def _hf_generate(reference, ids, mask, max_new_tokens, eos, pad=0):
+def _hf_generate(reference, ids, mask, max_new_tokens, eos, pad=0, **kwargs):
     with torch.no_grad():
         out = reference.generate(input_ids=torch.from_numpy(ids).long(),
                                  attention_mask=torch.from_numpy(mask).long(),
                                  max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=pad).numpy()[:, ids.shape[1]:]
+                                 eos_token_id=eos, pad_token_id=pad,
+                                 **kwargs).numpy()[:, ids.shape[1]:]
     # transformers stops early when every row is done; radjax always returns max_new_tokens
     return np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=pad)
 
@@ -174,3 +175,65 @@ def test_length_errors(llama):
         model(ids, attention_mask=mask, cache=model.init_cache(2, 4))
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(graphdef, state, max_new_tokens=0, **kwargs)
+
+
+# transformers' beam search fills finished hypotheses with `pad_token_id or eos[0]`, i.e. with
+# EOS when pad is 0; radjax always pads with pad_token_id, so the beam tests use pad 1
+BEAM_PAD = 1
+
+
+def _beam(model, ids, mask, eos, num_beams, **kwargs):
+    return np.asarray(generate(*nnx.split(model), input_ids=ids, attention_mask=mask,
+                               max_new_tokens=NEW, eos_token_id=eos, pad_token_id=BEAM_PAD,
+                               num_beams=num_beams, **kwargs))
+
+
+@pytest.mark.parametrize("num_beams", [2, 3])
+def test_beam_search_matches_transformers(llama, num_beams):
+    """No EOS within 12 tokens: hypotheses finish at the length limit."""
+    reference, model = llama
+    ids, mask = _prompts()
+    got = _beam(model, ids, mask, 2, num_beams)
+    want = _hf_generate(reference, ids, mask, NEW, eos=2, pad=BEAM_PAD, num_beams=num_beams)
+    assert got.dtype == np.int32 and got.shape == (2, NEW)
+    np.testing.assert_array_equal(got, want)
+    if num_beams == 3:  # beam search finds a different continuation than greedy here
+        greedy = _beam(model, ids, mask, 2, 1)
+        assert (got != greedy).any()
+
+
+@pytest.mark.parametrize("settings", ["one_eos", "two_eos_never_lp2"])
+def test_beam_search_eos_matches_transformers(llama, settings):
+    """EOS ids taken from the free beam output, so hypotheses finish early (row 1's best at
+    its second token) while row 0 runs to the limit; also two EOS ids (3 * num_beams
+    candidates per step) with early_stopping='never' and length_penalty 2 (which favours the
+    long hypotheses)."""
+    reference, model = llama
+    ids, mask = _prompts()
+    free = _beam(model, ids, mask, 2, 3)
+    if settings == "one_eos":
+        eos, kwargs = int(free[1, 1]), {}
+    else:
+        eos, kwargs = [int(free[0, 2]), int(free[1, 2])], {"early_stopping": "never",
+                                                         "length_penalty": 2.0}
+    got = _beam(model, ids, mask, eos, 3, **kwargs)
+    want = _hf_generate(reference, ids, mask, NEW, eos=eos, pad=BEAM_PAD, num_beams=3, **kwargs)
+    np.testing.assert_array_equal(got, want)
+    assert (got != free).any()  # the EOS ids changed the search
+    ends = [np.flatnonzero(np.isin(row, eos)) for row in got]
+    for row, end in zip(got, ends):
+        if len(end):  # a finished hypothesis is padded after its EOS
+            assert (row[end[0] + 1:] == BEAM_PAD).all()
+    if settings == "one_eos":  # row 1's best hypothesis stops at its second token
+        assert ends[1][0] == 1 and not len(ends[0])
+
+
+def test_beam_search_errors(llama):
+    _, model = llama
+    ids, mask = _prompts()
+    with pytest.raises(ValueError, match="num_beams"):
+        _beam(model, ids, mask, 2, 0)
+    with pytest.raises(ValueError, match="beam sampling"):
+        _beam(model, ids, mask, 2, 2, do_sample=True, rng=jax.random.key(0))
+    with pytest.raises(ValueError, match="early_stopping"):
+        _beam(model, ids, mask, 2, 2, early_stopping="sometimes")
