@@ -51,6 +51,17 @@ class Timing:
         return 1e3 * max(self.times)
 
 
+@dataclasses.dataclass
+class StepResult:
+    """One implementation's timed train step (a row of a side-by-side table)."""
+    name: str
+    timing: Timing
+    params: int
+    compile_s: float | None = None
+    compile_cpu_s: float | None = None
+    final_loss: float = float("nan")
+
+
 def cpu_threads() -> int:
     """CPU cores this process may run on; XLA's CPU thread pool uses this many threads."""
     try:

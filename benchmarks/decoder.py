@@ -139,21 +139,12 @@ class GenResult:
 
 
 @dataclasses.dataclass
-class TrainResult:
-    name: str
-    timing: common.Timing
-    params: int
-    compile_s: float | None = None
-    final_loss: float = float("nan")
-
-
-@dataclasses.dataclass
 class Report:
     size: Size
     threads: int
     params: int
     generation: dict[str, GenResult]
-    train: dict[str, TrainResult]
+    train: dict[str, common.StepResult]
     flops: float
     flops_source: str
     analytic_flops: float
@@ -326,9 +317,10 @@ def run_train(size: Size, reference, model, *, warmup: int = 1, iters: int = 3, 
     timings = common.time_interleaved({"radjax": rj, "torch": th}, warmup=warmup, iters=iters,
                                       sync={"torch": lambda out: out})
     results = {
-        "radjax": TrainResult("radjax (jax.jit, XLA CPU)", timings["radjax"], rj.params_count,
-                              rj.compile_s, rj.loss()),
-        "torch": TrainResult("torch (eager)", timings["torch"], th.params_count, None, th.loss()),
+        "radjax": common.StepResult("radjax (jax.jit, XLA CPU)", timings["radjax"],
+                                    rj.params_count, rj.compile_s, final_loss=rj.loss()),
+        "torch": common.StepResult("torch (eager)", timings["torch"], th.params_count,
+                                   final_loss=th.loss()),
     }
     return results, flops, source
 

@@ -171,23 +171,13 @@ def typical_matmul(size: Size) -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class Result:
-    name: str
-    timing: common.Timing
-    params: int
-    compile_s: float | None = None
-    compile_cpu_s: float | None = None
-    final_loss: float = float("nan")
-
-
-@dataclasses.dataclass
 class Report:
     size: Size
     threads: int
     flops: float
     flops_source: str
     analytic_flops: float
-    results: dict[str, Result]
+    results: dict[str, common.StepResult]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,9 +320,10 @@ def run(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0,
                                       sync={"radjax": jax.block_until_ready,
                                             "torch": lambda out: out})
     results = {
-        "radjax": Result("radjax (jax.jit, XLA CPU)", timings["radjax"], rj.params,
-                         rj.compile_s, rj.compile_cpu_s, rj.loss()),
-        "torch": Result("torch (eager)", timings["torch"], th.params, None, None, th.loss()),
+        "radjax": common.StepResult("radjax (jax.jit, XLA CPU)", timings["radjax"], rj.params,
+                                    rj.compile_s, rj.compile_cpu_s, rj.loss()),
+        "torch": common.StepResult("torch (eager)", timings["torch"], th.params,
+                                   final_loss=th.loss()),
     }
     return Report(size, threads, flops, source, analytic_train_flops(size), results)
 
