@@ -259,3 +259,32 @@ def _fmt(v: Any) -> str:
             return f"{v:.2f}"
         return f"{v:.3f}"
     return str(v)
+
+
+def step_table(results: dict[str, StepResult], flops: float, ceiling_gflops: float
+               ) -> tuple[list[str], list[list]]:
+    """Headers and rows of a train-step table: ``results['torch']`` first, then 'radjax'."""
+    headers = ["implementation", "ms/step", "min", "max", "torch/radjax", "GFLOP/s", "MFU",
+               "params", "compile s", "loss"]
+    torch_ms = results["torch"].timing.median_ms
+    rows = []
+    for key in ("torch", "radjax"):
+        r = results[key]
+        ms = r.timing.median_ms
+        rows.append([r.name, ms, r.timing.min_ms, r.timing.max_ms,
+                     torch_ms / ms if key == "radjax" else "",
+                     flops / (ms / 1e3) / 1e9,
+                     f"{100 * mfu(flops, ms / 1e3, ceiling_gflops):.1f}%",
+                     f"{r.params:,}", "" if r.compile_s is None else r.compile_s,
+                     r.final_loss])
+    return headers, rows
+
+
+def load_note(before: float | None, after: float | None, threads: int) -> str | None:
+    """The footer line on machine load, flagging runs whose times are inflated."""
+    if before is None or after is None:
+        return None
+    busy = max(before, after) > threads + 0.5
+    return (f"1-min load average {before:.1f} before / {after:.1f} after timing on {threads} "
+            "cores" + ("  <-- machine busy: times are inflated and the ratios are unreliable "
+                       "(eager torch's thread barriers suffer most)" if busy else ""))

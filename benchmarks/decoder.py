@@ -357,23 +357,6 @@ def generation_rows(report: Report) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
-def train_rows(report: Report, ceiling_gflops: float) -> tuple[list[str], list[list]]:
-    headers = ["implementation", "ms/step", "min", "max", "torch/radjax", "GFLOP/s", "MFU",
-               "params", "compile s", "loss"]
-    th_ms = report.train["torch"].timing.median_ms
-    rows = []
-    for key in ("torch", "radjax"):
-        r = report.train[key]
-        ms = r.timing.median_ms
-        rows.append([r.name, ms, r.timing.min_ms, r.timing.max_ms,
-                     th_ms / ms if key == "radjax" else "",
-                     report.flops / (ms / 1e3) / 1e9,
-                     f"{100 * common.mfu(report.flops, ms / 1e3, ceiling_gflops):.1f}%",
-                     f"{r.params:,}", "" if r.compile_s is None else r.compile_s,
-                     r.final_loss])
-    return headers, rows
-
-
 def input_shapes(size: Size) -> Sequence[str]:
     return [f"generation: prompt int32 ({size.batch}, {size.prompt}), all real tokens, greedy, "
             f"{size.new_tokens} new tokens per row (EOS disabled)",

@@ -328,24 +328,6 @@ def run(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0,
     return Report(size, threads, flops, source, analytic_train_flops(size), results)
 
 
-def table_rows(report: Report, ceiling_gflops: float) -> tuple[list[str], list[list]]:
-    """Table headers and one row per implementation (torch first, then radjax)."""
-    rj = report.results["radjax"].timing.median_ms
-    headers = ["implementation", "ms/step", "min", "max", "torch/radjax", "GFLOP/s", "MFU",
-               "params", "compile s", "loss"]
-    rows = []
-    for key in ("torch", "radjax"):
-        r = report.results[key]
-        ms = r.timing.median_ms
-        rows.append([r.name, ms, r.timing.min_ms, r.timing.max_ms,
-                     report.results["torch"].timing.median_ms / rj if key == "radjax" else "",
-                     report.flops / (ms / 1e3) / 1e9,
-                     f"{100 * common.mfu(report.flops, ms / 1e3, ceiling_gflops):.1f}%",
-                     f"{r.params:,}", "" if r.compile_s is None else r.compile_s,
-                     r.final_loss])
-    return headers, rows
-
-
 def input_shapes(size: Size) -> Sequence[str]:
     b = make_batch(size)
     return [f"{k}: {v.dtype} {tuple(v.shape)}" for k, v in b.items()]

@@ -95,8 +95,7 @@ def run(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     p(f"step FLOPs: {report.flops / 1e9:.2f} GFLOP ({report.flops_source}); analytic "
       f"conv+matmul count {report.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
       f"{iters} timed steps each, interleaved, median")
-    headers, rows = rp3d_diag.table_rows(report, ceiling)
-    table = common.format_table(headers, rows)
+    table = common.format_table(*common.step_table(report.results, report.flops, ceiling))
     p("")
     p(table)
     p("")
@@ -105,13 +104,9 @@ def run(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     p(f"speed ratio torch/radjax = {ratio:.2f} ({'radjax' if ratio > 1 else 'torch'} faster); "
       f"radjax compile {rj.compile_s:.1f} s wall / {rj.compile_cpu_s:.1f} s CPU; "
       f"total benchmark wall time {time.perf_counter() - t_start:.0f} s")
-    load_after = common.load_average()
-    if load_before is not None and load_after is not None:
-        busy = max(load_before, load_after) > threads + 0.5
-        p(f"1-min load average {load_before:.1f} before / {load_after:.1f} after timing on "
-          f"{threads} cores" + ("  <-- machine busy: times are inflated and the ratio is "
-                                "unreliable (eager torch's thread barriers suffer most)"
-                                if busy else ""))
+    note = common.load_note(load_before, common.load_average(), threads)
+    if note:
+        p(note)
     return table, report, ceiling
 
 
@@ -164,7 +159,7 @@ def run_decoder(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     p(f"train step FLOPs: {report.flops / 1e9:.2f} GFLOP ({report.flops_source}); analytic "
       f"matmul count {report.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
       f"{iters} timed steps each, interleaved, median")
-    train_table = common.format_table(*decoder.train_rows(report, ceiling))
+    train_table = common.format_table(*common.step_table(report.train, report.flops, ceiling))
     p("")
     p(train_table)
     p("")
@@ -172,12 +167,9 @@ def run_decoder(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     p(f"train speed ratio torch/radjax = {ratio:.2f} "
       f"({'radjax' if ratio > 1 else 'torch'} faster); "
       f"total decoder benchmark wall time {time.perf_counter() - t_start:.0f} s")
-    load_after = common.load_average()
-    if load_before is not None and load_after is not None:
-        busy = max(load_before, load_after) > threads + 0.5
-        p(f"1-min load average {load_before:.1f} before / {load_after:.1f} after timing on "
-          f"{threads} cores" + ("  <-- machine busy: times are inflated and the ratios are "
-                                "unreliable" if busy else ""))
+    note = common.load_note(load_before, common.load_average(), threads)
+    if note:
+        p(note)
     return gen_table, train_table, report, ceiling
 
 
