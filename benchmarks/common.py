@@ -188,6 +188,15 @@ def matmul_ceiling(m: int = 2048, k: int | None = None, n: int | None = None, *,
     return Ceiling(m, k, n, time_calls(lambda: mm(a, b), warmup=warmup, iters=iters))
 
 
+def read_bandwidth(megabytes: int = 256, *, warmup: int = 2, iters: int = 10) -> float:
+    """Streaming-read ceiling in GB/s: a jitted f32 sum over ``megabytes`` of memory, which
+    reads every byte once; what a memory-bound step (e.g. batch-4 decoding) can approach."""
+    x = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
+    total = jax.jit(jnp.sum).lower(x).compile()
+    timing = time_calls(lambda: total(x), warmup=warmup, iters=iters)
+    return megabytes * 2**20 / timing.median_s / 1e9
+
+
 def weighted_median_shape(shapes: Sequence[tuple[int, int, int]]) -> tuple[int, int, int]:
     """The (m, k, n) matmul at the FLOP-weighted median of ``shapes``: half the model's
     matmul FLOPs are in matmuls at most this large (ordered by FLOPs per call)."""

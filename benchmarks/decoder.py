@@ -16,14 +16,17 @@ Generation (greedy, EOS disabled so every row produces all ``new_tokens``):
   dynamic KV cache).
 
 The generated tokens are asserted identical before anything is timed. ``prefill`` is one
-forward over the prompt that fills the cache (radjax: jitted ``Decoder(ids, cache=...)``;
-torch: ``model(input_ids, use_cache=True)``); ``decode tok/s`` = B x new_tokens /
+forward over the prompt that fills the cache and returns the last position's logits, as
+``generate`` does (radjax: jitted ``Decoder(ids, cache=..., last_only=True)``; torch:
+``model(input_ids, use_cache=True, logits_to_keep=1)``); ``decode tok/s`` = B x new_tokens /
 (total - prefill); ``tok/s`` = B x new_tokens / total.
 
 Train step (causal LM cross-entropy over shifted labels, AdamW, no weight decay):
 
 * **radjax**: a pure ``jax.value_and_grad`` + ``optax.adamw`` step, jitted with donated state
-  and compiled ahead of time (compile time reported separately).
+  and compiled ahead of time (compile time reported separately). The loss is
+  ``radjax.train.lm_loss.fused_head_cross_entropy`` on ``Decoder.hidden_states``: the same
+  value as cross-entropy on the logits, with the head's gradients formed in the forward pass.
 * **torch**: eager ``model(input_ids, labels=input_ids).loss`` + ``backward`` +
   ``torch.optim.AdamW``.
 
@@ -107,6 +110,14 @@ def matmul_shapes(size: Size, rows: int) -> list[tuple[int, int, int]]:
     return per_layer * size.layers + [(rows, h, size.vocab)]
 
 
+def decode_weight_bytes(size: Size) -> int:
+    """f32 bytes of weights one decode step reads: every parameter except the embedding
+    table, of which it gathers B rows (untied head, as ``build_pair``)."""
+    h, f = size.hidden, size.intermediate
+    per_layer = 4 * h * h + 3 * h * f + 2 * h
+    return 4 * (size.layers * per_layer + h + h * size.vocab)
+
+
 def analytic_train_flops(size: Size) -> float:
     b, t, h = size.train_batch, size.train_len, size.hidden
     attn = size.layers * 2 * (2.0 * b * t * t * h)  # scores + weighted sum
@@ -186,7 +197,7 @@ def run_generation(size: Size, reference, model, *, warmup: int = 1, iters: int 
     def rj_prefill(state, ids, mask):
         m = nnx.merge(graphdef, state, copy=True)
         cache = m.init_cache(ids.shape[0], ids.shape[1] + size.new_tokens)
-        logits, cache = m(ids, attention_mask=mask, cache=cache)
+        logits, cache = m(ids, attention_mask=mask, cache=cache, last_only=True)
         return logits[:, -1], cache
 
     rj_prefill_c = rj_prefill.lower(state, j_ids, j_mask).compile()
@@ -204,7 +215,8 @@ def run_generation(size: Size, reference, model, *, warmup: int = 1, iters: int 
 
     def th_prefill():
         with torch.no_grad():
-            return reference(input_ids=t_ids, attention_mask=t_mask, use_cache=True).logits
+            return reference(input_ids=t_ids, attention_mask=t_mask, use_cache=True,
+                             logits_to_keep=1).logits
 
     th_tokens = th_generate().numpy()
     equal = th_tokens.shape == rj_tokens.shape and bool(np.array_equal(th_tokens, rj_tokens))
@@ -248,14 +260,19 @@ class RadjaxTrain:
         import optax
         from flax import nnx
 
+        from radjax.train import lm_loss
+
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.params_count = _params(params)
         tx = optax.adamw(LR, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
 
         def loss_fn(params, ids):
             m = nnx.merge(graphdef, params, rest, copy=True)
-            logits = m(ids)[:, :-1]
-            return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+            hidden = m.hidden_states(ids)
+            targets, weights = lm_loss.next_token_targets(ids, jnp.ones(ids.shape))
+            return lm_loss.fused_head_cross_entropy(
+                hidden.reshape(-1, hidden.shape[-1]), m.head_kernel(), targets.reshape(-1),
+                weights.reshape(-1))
 
         def step(state, ids):
             params, opt_state = state

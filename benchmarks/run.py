@@ -156,6 +156,12 @@ def run_decoder(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     p(f"generation tokens/s ratio radjax/torch = {rj.tok_s / th.tok_s:.2f} (decode only "
       f"{rj.decode_tok_s / th.decode_tok_s:.2f}, prefill "
       f"{th.prefill.median_ms / rj.prefill.median_ms:.2f}x)")
+    weights_gb = decoder.decode_weight_bytes(size) / 1e9
+    per_step = lambda r: (r.total.median_s - r.prefill.median_s) / size.new_tokens  # noqa: E731
+    p(f"decode is memory-bound: each step reads {weights_gb * 1e3:.0f} MB of weights, i.e. "
+      f"radjax {weights_gb / per_step(rj):.1f} GB/s, torch {weights_gb / per_step(th):.1f} "
+      f"GB/s; streaming-read ceiling {common.read_bandwidth():.1f} GB/s (jitted sum over "
+      f"256 MB)")
     p(f"train step FLOPs: {report.flops / 1e9:.2f} GFLOP ({report.flops_source}); analytic "
       f"matmul count {report.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
       f"{iters} timed steps each, interleaved, median")

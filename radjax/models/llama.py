@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Self
 
 import jax
@@ -249,8 +249,9 @@ class KVCache(NamedTuple):
     pure functions.
 
     Attributes:
-      keys, values: one (B, S, K, Dh) array per layer, compute dtype; slot s holds the
+      keys, values: one (B, K, S, Dh) array per layer, compute dtype; slot s holds the
         RoPE-rotated key (and the value) of the s-th token fed since the cache was made.
+        Heads lead the slots so the attention matmuls read the cache without a transpose.
       valid: (B, S) bool, True for slots holding a real (not padding) token. Left padding
         of a prompt leaves False slots at its start.
       length: () int32, slots filled so far (the same for every row).
@@ -290,22 +291,22 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     """Grouped-query attention, scores and softmax in f32.
 
     Args:
-      q: (B, Lq, H, Dh). k, v: (B, Lk, K, Dh) with H a multiple of K; query head h uses
-        key/value head h // (H / K).
+      q: (B, Lq, H, Dh). k, v: (B, K, Lk, Dh) (heads before positions, the ``KVCache``
+        layout) with H a multiple of K; query head h uses key/value head h // (H / K).
       mask: boolean, broadcastable to (B, K, H / K, Lq, Lk); True = attend.
       dropout: applied to the probabilities before they weight ``v`` (e.g. nnx.Dropout).
     Returns:
       (B, Lq, H, Dh) in v's dtype.
     """
     b, lq, h, dh = q.shape
-    kv = k.shape[2]
+    kv = k.shape[1]
     q = q.reshape(b, lq, kv, h // kv, dh)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores * (dh ** -0.5), MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout is not None:
         probs = dropout(probs)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(v.dtype), v)
+    out = jnp.einsum("bkgqs,bksd->bqkgd", probs.astype(v.dtype), v)
     return out.reshape(b, lq, h, dh)
 
 
@@ -318,6 +319,21 @@ def linear(cfg: DecoderConfig, din: int, dout: int, axes: tuple[str, str], *,
     return nnx.Linear(din, dout, use_bias=False, dtype=cfg.dtype, param_dtype=jnp.float32,
                       kernel_init=nnx.initializers.normal(cfg.init_std),
                       kernel_metadata={"out_sharding": axes}, rngs=rngs)
+
+
+def stacked_linear(x: jax.Array, layers: Sequence[nnx.Module]) -> tuple[jax.Array, ...]:
+    """``tuple(layer(x) for layer in layers)`` for bias-free ``nnx.Linear`` layers of one
+    kernel shape (din, dout), computed as a single matmul over their kernels stacked to
+    (din, n, dout): one pass over x instead of n, and the stacking axis stays unsharded, so
+    each kernel's own sharding carries over. Layers of any other kind (e.g. ``LoRALinear``)
+    are called one by one. x (..., din) -> n arrays (..., dout)."""
+    plain = all(type(layer) is nnx.Linear and not layer.use_bias for layer in layers)
+    if not plain or len({layer.kernel.shape for layer in layers}) != 1:
+        return tuple(layer(x) for layer in layers)
+    dtype = layers[0].dtype or x.dtype
+    kernel = jnp.stack([layer.kernel[...] for layer in layers], axis=1).astype(dtype)
+    y = jnp.einsum("...d,dnf->...nf", x.astype(dtype), kernel)
+    return tuple(y[..., i, :] for i in range(len(layers)))
 
 
 class RMSNorm(nnx.Module):
@@ -354,25 +370,33 @@ class Attention(nnx.Module):
                  kv: tuple[jax.Array, jax.Array] | None = None,
                  index: jax.Array | None = None):
         """x (B, L, hidden); cos, sin (B, L, 1, rotary_dim); mask (B, 1, 1, L, L), or
-        (B, 1, 1, L, S) with a cache ``kv`` = (keys, values) (B, S, K, Dh) whose slots
+        (B, 1, 1, L, S) with a cache ``kv`` = (keys, values) (B, K, S, Dh) whose slots
         ``[index, index + L)`` receive this call's keys/values; then returns
         ``(out, (keys, values))``."""
         b, l, _ = x.shape
         dh = self.cfg.dim_per_head
-        q = self.q_proj(x).reshape(b, l, self.cfg.num_heads, dh)
-        k = self.k_proj(x).reshape(b, l, self.cfg.kv_heads, dh)
-        v = self.v_proj(x).reshape(b, l, self.cfg.kv_heads, dh)
+        q, k, v = self._project(x)
+        q = q.reshape(b, l, self.cfg.num_heads, dh)
         q = shard_act(apply_rope(q, cos, sin), ("act_batch", "act_length", "act_heads", None))
-        k = apply_rope(k, cos, sin)
+        # keys / values as (B, K, L, Dh), the KVCache layout
+        k = apply_rope(k.reshape(b, l, self.cfg.kv_heads, dh), cos, sin).transpose(0, 2, 1, 3)
+        v = v.reshape(b, l, self.cfg.kv_heads, dh).transpose(0, 2, 1, 3)
         if kv is None:
             out = grouped_attention(q, k, v, mask, self._dropout())
             return self.o_proj(out.reshape(b, l, -1))
-        start = (0, index, 0, 0)
+        start = (0, 0, index, 0)
         keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
         values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
         # The cache path is decoding (radjax.train.generation): no dropout even in train mode.
         out = grouped_attention(q, keys, values, mask)
         return self.o_proj(out.reshape(b, l, -1)), (keys, values)
+
+    def _project(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q (B, L, H*Dh), k, v (B, L, K*Dh): one stacked matmul for all three without GQA,
+        else q alone and k, v stacked."""
+        if self.cfg.kv_heads == self.cfg.num_heads:
+            return stacked_linear(x, (self.q_proj, self.k_proj, self.v_proj))
+        return (self.q_proj(x), *stacked_linear(x, (self.k_proj, self.v_proj)))
 
     def _dropout(self) -> Callable[[jax.Array], jax.Array] | None:
         """The probability dropout, or None when it is off (rate 0 or eval mode)."""
@@ -391,7 +415,8 @@ class Mlp(nnx.Module):
         self.down_proj = linear(cfg, f, d, ("mlp", "embed"), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        gate, up = stacked_linear(x, (self.gate_proj, self.up_proj))
+        h = jax.nn.silu(gate) * up
         return self.down_proj(shard_act(h, ("act_batch", "act_length", "act_mlp")))
 
 
@@ -436,7 +461,7 @@ class Decoder(nnx.Module):
 
     def init_cache(self, batch: int, size: int) -> KVCache:
         """An empty cache of ``size`` slots per row (zeros, nothing valid, length 0)."""
-        shape = (batch, size, self.cfg.kv_heads, self.cfg.dim_per_head)
+        shape = (batch, self.cfg.kv_heads, size, self.cfg.dim_per_head)
         zeros = tuple(jnp.zeros(shape, self.cfg.dtype) for _ in range(self.cfg.num_layers))
         return KVCache(keys=zeros, values=tuple(jnp.zeros_like(z) for z in zeros),
                        valid=jnp.zeros((batch, size), jnp.bool_), length=jnp.zeros((), jnp.int32))
@@ -445,7 +470,8 @@ class Decoder(nnx.Module):
                  inputs_embeds: jax.Array | None = None,
                  attention_mask: jax.Array | None = None,
                  positions: jax.Array | None = None,
-                 cache: KVCache | None = None):
+                 cache: KVCache | None = None,
+                 last_only: bool = False):
         """Next-token logits.
 
         Args:
@@ -460,18 +486,49 @@ class Decoder(nnx.Module):
             (prefill, or one decode step with L = 1) and attend to every earlier real slot.
             Filling past ``cache.size`` inside jit cannot be detected (the write would be
             clamped); callers size the cache (``radjax.train.generation`` checks).
+          last_only: compute the logits of the last position only (a prefill needs no
+            others), so L becomes 1 in the result.
         Returns:
           (B, L, vocab) f32; with ``cache``, ``(logits, updated cache)``.
         Raises:
           ValueError: both or neither of input_ids / inputs_embeds; L larger than the cache.
         """
+        x, valid = self._inputs(input_ids, inputs_embeds, attention_mask)
+        if cache is not None:
+            x, cache = self._cached(x, valid, positions, cache)
+            return self._logits(x[:, -1:] if last_only else x), cache
+        x = self._layers(x, valid, positions)
+        return self._logits(x[:, -1:] if last_only else x)
+
+    def hidden_states(self, input_ids: jax.Array | None = None, *,
+                      inputs_embeds: jax.Array | None = None,
+                      attention_mask: jax.Array | None = None,
+                      positions: jax.Array | None = None) -> jax.Array:
+        """The final-normed hidden states (B, L, hidden) that ``head_kernel()`` maps to
+        logits; arguments as ``__call__`` without a cache. For losses that fuse the head
+        (``radjax.train.lm_loss.fused_head_cross_entropy``)."""
+        x, valid = self._inputs(input_ids, inputs_embeds, attention_mask)
+        return self.norm(self._layers(x, valid, positions))
+
+    def head_kernel(self) -> jax.Array:
+        """(hidden, vocab) LM head kernel in the compute dtype (the embedding table
+        transposed when ``tie_word_embeddings``)."""
+        if self.lm_head is None:
+            return self.embed_tokens[...].T.astype(self.cfg.dtype)
+        return self.lm_head.kernel[...].astype(self.cfg.dtype)
+
+    def _inputs(self, input_ids, inputs_embeds, attention_mask) -> tuple[jax.Array, jax.Array]:
+        """-> embeddings (B, L, hidden) in the compute dtype and validity (B, L) bool."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Decoder: pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.cfg.dtype)
         valid = (jnp.ones(x.shape[:2], jnp.bool_) if attention_mask is None
                  else attention_mask != 0)
-        if cache is not None:
-            return self._cached(x, valid, positions, cache)
+        return x, valid
+
+    def _layers(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None) -> jax.Array:
+        """The block stack without a cache: (B, L, hidden) -> (B, L, hidden), before the
+        final norm."""
         if positions is None:
             positions = default_positions(valid)
         cos, sin = rope_cos_sin(positions, self.cfg)
@@ -480,11 +537,12 @@ class Decoder(nnx.Module):
             x = (checkpointed(layer, x, cos, sin, mask) if self.cfg.remat
                  else layer(x, cos, sin, mask))
             x = shard_act(x, ("act_batch", "act_length", "act_embed"))
-        return self._logits(x)
+        return x
 
     def _cached(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None,
                 cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """The cache path of ``__call__``: x (B, L, hidden), valid (B, L) bool."""
+        """The cache path of ``__call__``: x (B, L, hidden), valid (B, L) bool -> hidden
+        states before the final norm (B, L, hidden) and the updated cache."""
         num_new = x.shape[1]
         if num_new > cache.size:
             raise ValueError(f"Decoder: {num_new} new tokens do not fit a KV cache of "
@@ -503,15 +561,10 @@ class Decoder(nnx.Module):
             values.append(v)
         cache = KVCache(keys=tuple(keys), values=tuple(values), valid=slots,
                         length=cache.length + num_new)
-        return self._logits(x), cache
+        return x, cache
 
     def _logits(self, x: jax.Array) -> jax.Array:
         """Final norm and LM head: (B, L, hidden) -> (B, L, vocab) f32."""
-        x = self.norm(x)
-        if self.lm_head is None:
-            logits = jnp.einsum("bld,vd->blv", x, self.embed_tokens[...].astype(x.dtype),
-                                preferred_element_type=jnp.float32)
-        else:
-            logits = jnp.einsum("bld,dv->blv", x, self.lm_head.kernel[...].astype(x.dtype),
-                                preferred_element_type=jnp.float32)
+        logits = jnp.einsum("bld,dv->blv", self.norm(x), self.head_kernel(),
+                            preferred_element_type=jnp.float32)
         return shard_act(logits, ("act_batch", "act_length", None))

@@ -58,6 +58,17 @@ def warp_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
     return logits
 
 
+def first_argmax(logits: jax.Array) -> jax.Array:
+    """``jnp.argmax(logits, -1)`` (the first index of the maximum; NaN counts as the maximum)
+    as two plain reductions, which XLA CPU runs about 2-4x faster than argmax's paired
+    (value, index) reduction. (B, V) -> (B,) int32."""
+    vocab = logits.shape[-1]
+    nan = jnp.isnan(logits)
+    top = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan,
+                    logits == jnp.max(logits, axis=-1, keepdims=True))
+    return jnp.min(jnp.where(top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
+
+
 def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array | None = None,
              inputs_embeds: jax.Array | None = None, attention_mask: jax.Array,
              max_new_tokens: int, eos_token_id: int | Sequence[int], pad_token_id: int,
@@ -138,12 +149,12 @@ def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, rng, *,
     batch, prompt_len = prompt.shape[:2]
     cache = model.init_cache(batch, prompt_len + max_new_tokens)
     logits, cache = model(input_ids, inputs_embeds=inputs_embeds,
-                          attention_mask=attention_mask, cache=cache)
+                          attention_mask=attention_mask, cache=cache, last_only=True)
 
     def choose(logits: jax.Array, step: jax.Array, finished: jax.Array):
         """(B, V) logits of the last position -> tokens (B,) int32, finished after them."""
         if sampling is None:
-            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            token = first_argmax(logits)
         else:
             temperature, top_k, top_p = sampling
             warped = warp_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -190,7 +201,7 @@ def _beam_search(graphdef, state, input_ids, inputs_embeds, attention_mask, *,
     keep = max(2, 1 + len(eos)) * beams  # candidates kept per row, as transformers
     cache = model.init_cache(batch, prompt_len + steps)
     logits, cache = model(input_ids, inputs_embeds=inputs_embeds,
-                          attention_mask=attention_mask, cache=cache)
+                          attention_mask=attention_mask, cache=cache, last_only=True)
     # the B * beams rows of transformers' expanded prompt are identical: prefill once, repeat
     repeat = lambda x: jnp.repeat(x, beams, axis=0)
     cache = cache._replace(keys=tuple(map(repeat, cache.keys)),

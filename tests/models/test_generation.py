@@ -237,3 +237,14 @@ def test_beam_search_errors(llama):
         _beam(model, ids, mask, 2, 2, do_sample=True, rng=jax.random.key(0))
     with pytest.raises(ValueError, match="early_stopping"):
         _beam(model, ids, mask, 2, 2, early_stopping="sometimes")
+
+
+def test_first_argmax_is_argmax_with_ties_infinities_and_nan():
+    from radjax.train.generation import first_argmax
+    x = np.random.default_rng(0).normal(size=(5, 40)).astype(np.float32)
+    x[1, 3] = x[1, 7] = 9.0          # tie: first index
+    x[2, 5] = x[2, 9] = np.nan       # NaN wins, first one
+    x[3] = -np.inf                   # all -inf: index 0
+    x[4, 2] = np.inf
+    np.testing.assert_array_equal(np.asarray(first_argmax(jnp.asarray(x))),
+                                  np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))

@@ -82,8 +82,9 @@ def test_targets_select_exactly_q_and_v_and_outputs_unchanged():
         for name in ("gate_proj", "up_proj", "down_proj"):
             assert type(getattr(layer.mlp, name)) is nnx.Linear
     assert type(model.lm_head) is nnx.Linear
-    # B = 0: bit-identical outputs; base parameters keep their paths and values.
-    np.testing.assert_array_equal(np.asarray(model(IDS)), np.asarray(before))
+    # B = 0: the same outputs (to rounding: the adapted q/k/v projections are no longer one
+    # stacked matmul); base parameters keep their paths and values.
+    np.testing.assert_allclose(np.asarray(model(IDS)), np.asarray(before), rtol=1e-5, atol=1e-5)
     after = flat_params(model)
     for path, value in params_before.items():
         np.testing.assert_array_equal(after[path], value)
