@@ -6,7 +6,13 @@ LayerNorm and an LM head tied to ``wte``. Attention is causal plus a key-padding
 its query/key/value projection is one fused ``c_attn`` (n_embd -> 3 n_embd, output
 ordered [q | k | v]), the layout of transformers' ``Conv1D`` (weights stored (in, out)).
 Module names follow transformers (``wte``, ``wpe``, ``h/{i}/attn/c_attn``, ``ln_f``), so
-``radjax.convert.gpt2`` is a plain rename. No KV cache / generation yet.
+``radjax.convert.gpt2`` is a plain rename.
+
+Incremental decoding follows the cache protocol of ``radjax.train.generation``:
+``init_cache(batch, size, extra_kv=...)`` allocates a ``radjax.nn.kv_cache.KVCache`` that also
+holds the extra keys/values (fixed while decoding), and ``GPT2(..., cache=c)`` appends the
+new tokens and returns ``(logits, cache)``. With a cache, positions count real tokens (left
+padding does not shift them), as transformers' ``generate`` computes ``position_ids``.
 
 Extra keys/values (the report-generator extension point). Every layer can attend, in
 addition to the text, to ``P`` extra keys/values given per layer in head layout
@@ -38,7 +44,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from radjax.models.bert import ACTIVATIONS, read_hf_config
+from radjax.nn import kv_cache
 from radjax.nn.attention import dot_product_attention
+from radjax.nn.kv_cache import KVCache
 from radjax.sharding import shard_act
 
 # (keys, values), each (B, P, H, Dh); None = no extra keys for that layer.
@@ -170,14 +178,30 @@ class GPT2Attention(nnx.Module):
         return (jnp.concatenate([ek, k], 1), jnp.concatenate([ev, v], 1),
                 jnp.concatenate([visible, mask], -1))
 
-    def __call__(self, x: jax.Array, mask: jax.Array, extra: ExtraKV = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array, extra: ExtraKV = None,
+                 kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None):
         """x (B, L, D), boolean mask (B, 1, L, L) (True = attend), extra (k, v) each
-        (B or 1, P, H, Dh) or None -> (B, L, D). Scores and softmax in f32."""
+        (B or 1, P, H, Dh) or None -> (B, L, D). Scores and softmax in f32.
+
+        With a cache layer ``kv`` = (keys, values) (B, H, S, Dh): the new keys/values go to
+        slots ``[index, index + L)``, mask is (B, 1, 1, L, S), ``extra`` is the cache's
+        (B, H, P, Dh) pair or None, and the result is ``(out, (keys, values))``."""
         q, k, v = (self._heads(t) for t in jnp.split(self.c_attn(x), 3, axis=-1))
+        if kv is None:
+            if extra is not None:
+                k, v, mask = self._prepend(extra, k, v, mask)
+            out, _, _ = dot_product_attention(q, k, v, mask, dropout=self.attn_dropout)
+            return self.resid_dropout(self.c_proj(out.reshape(x.shape)))
+        keys = kv_cache.write(kv[0], k.transpose(0, 2, 1, 3), index)
+        values = kv_cache.write(kv[1], v.transpose(0, 2, 1, 3), index)
+        all_k, all_v = keys, values
         if extra is not None:
-            k, v, mask = self._prepend(extra, k, v, mask)
-        out, _, _ = dot_product_attention(q, k, v, mask, dropout=self.attn_dropout)
-        return self.resid_dropout(self.c_proj(out.reshape(x.shape)))
+            all_k, all_v = (jnp.concatenate([e.astype(t.dtype), t], axis=2)
+                            for e, t in zip(extra, (keys, values)))
+            mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], extra[0].shape[2]), bool),
+                                    mask], axis=-1)
+        out = kv_cache.grouped_attention(q, all_k, all_v, mask)
+        return self.resid_dropout(self.c_proj(out.reshape(x.shape))), (keys, values)
 
 
 class GPT2MLP(nnx.Module):
@@ -206,11 +230,16 @@ class GPT2Block(nnx.Module):
         self.ln_2 = _layer_norm(cfg, rngs=rngs)
         self.mlp = GPT2MLP(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, extra: ExtraKV = None) -> jax.Array:
-        """(B, L, D), boolean mask (B, 1, L, L), extra (k, v) or None -> (B, L, D)."""
-        x = x + self.attn(self.ln_1(x), mask, extra)
-        x = x + self.mlp(self.ln_2(x))
-        return shard_act(x, ("act_batch", "act_length", "act_embed"))
+    def __call__(self, x: jax.Array, mask: jax.Array, extra: ExtraKV = None,
+                 kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None):
+        """(B, L, D), boolean mask (B, 1, L, L), extra (k, v) or None -> (B, L, D); with a
+        cache layer ``kv``, ``(x, (keys, values))`` (see GPT2Attention)."""
+        h = self.attn(self.ln_1(x), mask, extra, kv, index)
+        if kv is not None:
+            h, kv = h
+        x = x + h
+        x = shard_act(x + self.mlp(self.ln_2(x)), ("act_batch", "act_length", "act_embed"))
+        return x if kv is None else (x, kv)
 
 
 def causal_padding_mask(attention_mask: jax.Array) -> jax.Array:
@@ -251,11 +280,45 @@ class GPT2(nnx.Module):
         table = self.wte if self.cfg.position_table == "wte" else self.wpe
         return table(positions.reshape(-1, length))
 
+    @property
+    def context_length(self) -> int:
+        """Longest prompt + generation: the position table's size."""
+        return self.cfg.n_positions
+
+    def init_cache(self, batch: int, size: int, extra_kv: ExtraKVArg = None) -> KVCache:
+        """An empty cache of ``size`` slots per row holding ``extra_kv`` (as in ``__call__``;
+        each (B or 1, P, H, Dh)) for every later call."""
+        cfg = self.cfg
+        cache = KVCache.empty(batch, size, num_layers=cfg.n_layer, heads=cfg.n_head,
+                              head_dim=cfg.head_dim, dtype=cfg.dtype)
+        if extra_kv is None:
+            return cache
+        self._check_extra(extra_kv)
+        layout = lambda t: jnp.broadcast_to(  # noqa: E731
+            t, (batch, *t.shape[1:])).astype(cfg.dtype).transpose(0, 2, 1, 3)
+        pairs = [self._extra(extra_kv, i) for i in range(cfg.n_layer)]
+        for i, pair in enumerate(pairs):
+            if pair is not None and (pair[0].ndim != 4 or pair[0].shape != pair[1].shape
+                                     or pair[0].shape[2:] != (cfg.n_head, cfg.head_dim)):
+                raise ValueError(f"GPT2: extra_kv[{i}] keys {pair[0].shape} / values "
+                                 f"{pair[1].shape} must both be (B, P, {cfg.n_head}, "
+                                 f"{cfg.head_dim})")
+        return cache._replace(
+            extra_keys=tuple(None if p is None else layout(p[0]) for p in pairs),
+            extra_values=tuple(None if p is None else layout(p[1]) for p in pairs))
+
+    def _check_extra(self, extra_kv: ExtraKVArg) -> None:
+        if not callable(extra_kv) and extra_kv is not None and len(extra_kv) != self.cfg.n_layer:
+            raise ValueError(f"GPT2: extra_kv has {len(extra_kv)} entries, the model "
+                             f"{self.cfg.n_layer} layers")
+
     def __call__(self, input_ids: jax.Array | None = None, *,
                  inputs_embeds: jax.Array | None = None,
                  attention_mask: jax.Array | None = None,
                  positions: jax.Array | None = None,
-                 extra_kv: ExtraKVArg = None) -> jax.Array:
+                 extra_kv: ExtraKVArg = None,
+                 cache: KVCache | None = None,
+                 last_only: bool = False):
         """Next-token logits of a right-padded batch.
 
         Args:
@@ -265,27 +328,63 @@ class GPT2(nnx.Module):
           positions: (B, L) or (L,) position ids; None = 0..L-1 (transformers' default).
           extra_kv: per-layer extra (keys, values), each (B or 1, P, H, Dh), prepended to
             the layer's keys/values and visible to every query: a sequence of n_layer
-            entries (None = none for that layer), or a callable ``layer -> entry``.
+            entries (None = none for that layer), or a callable ``layer -> entry``. With a
+            cache they live in the cache (``init_cache``) instead.
+          cache: a ``KVCache`` from ``init_cache`` with room for L more slots: the tokens
+            are appended (left-padded prompt, or one decode step) and attend to every
+            earlier real slot; positions default to counting real tokens.
+          last_only: logits of the last position only (L becomes 1 in the result).
 
         Returns:
-          (B, L, vocab_size) f32 logits.
+          (B, L, vocab_size) f32 logits; with ``cache``, ``(logits, updated cache)``.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("GPT2: pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
         if x.ndim != 3 or x.shape[-1] != self.cfg.n_embd:
             raise ValueError(f"GPT2: embeddings {x.shape} must be (B, L, {self.cfg.n_embd})")
-        if not callable(extra_kv) and extra_kv is not None and len(extra_kv) != self.cfg.n_layer:
-            raise ValueError(f"GPT2: extra_kv has {len(extra_kv)} entries, the model "
-                             f"{self.cfg.n_layer} layers")
+        self._check_extra(extra_kv)
         batch, length = x.shape[:2]
         if attention_mask is None:
             attention_mask = jnp.ones((batch, length), jnp.int32)
-        x = self.drop(x + self._positions(positions, length))
-        x = shard_act(x, ("act_batch", "act_length", "act_embed"))
-        mask = causal_padding_mask(attention_mask)
+        if cache is not None:
+            if extra_kv is not None:
+                raise ValueError("GPT2: with a cache, pass extra_kv to init_cache")
+            x, cache = self._cached(x, attention_mask != 0, positions, cache)
+        else:
+            x = self.drop(x + self._positions(positions, length))
+            x = shard_act(x, ("act_batch", "act_length", "act_embed"))
+            mask = causal_padding_mask(attention_mask)
+            for i, block in enumerate(self.h):
+                x = block(x, mask, self._extra(extra_kv, i))
+        logits = self._logits(x[:, -1:] if last_only else x)
+        return logits if cache is None else (logits, cache)
+
+    def _cached(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None,
+                cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """The cache path: embeddings x (B, L, D), valid (B, L) bool -> hidden states
+        before ``ln_f`` and the updated cache."""
+        num_new = x.shape[1]
+        if num_new > cache.size:
+            raise ValueError(f"GPT2: {num_new} new tokens do not fit a KV cache of "
+                             f"{cache.size} slots")
+        if positions is None:
+            positions = kv_cache.real_positions(cache, valid)
+        x = self.drop(x + self._positions(positions, num_new))
+        slots = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
+        mask = kv_cache.cached_mask(slots, cache.length, num_new)
+        keys, values = [], []
         for i, block in enumerate(self.h):
-            x = block(x, mask, self._extra(extra_kv, i))
+            extra = (None if not cache.extra_keys or cache.extra_keys[i] is None
+                     else (cache.extra_keys[i], cache.extra_values[i]))
+            x, (k, v) = block(x, mask, extra, (cache.keys[i], cache.values[i]), cache.length)
+            keys.append(k)
+            values.append(v)
+        return x, cache._replace(keys=tuple(keys), values=tuple(values), valid=slots,
+                                 length=cache.length + num_new)
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        """ln_f and the tied head: (B, L, D) -> (B, L, vocab) f32."""
         x = self.ln_f(x)
         logits = jnp.einsum("bld,vd->blv", x, self.wte.embedding[...].astype(x.dtype),
                             preferred_element_type=jnp.float32)

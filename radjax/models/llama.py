@@ -14,8 +14,8 @@ Family differences live in the checkpoint converter (``radjax.convert.llama``): 
 fused ``qkv_proj`` / ``gate_up_proj`` weights are split there into the separate
 projections used here. Parameter names follow transformers' module names.
 
-Incremental decoding: ``Decoder.init_cache(batch, size)`` allocates a ``KVCache`` (a plain
-NamedTuple pytree, no NNX state) and ``Decoder(..., cache=c)`` writes the new tokens' keys
+Incremental decoding: ``Decoder.init_cache(batch, size)`` allocates a ``KVCache``
+(``radjax.nn.kv_cache``: a plain NamedTuple pytree, no NNX state) and ``Decoder(..., cache=c)`` writes the new tokens' keys
 and values at slots ``[c.length, c.length + L)`` and returns ``(logits, new_cache)``, so the
 cache travels in and out of pure jitted functions (``radjax.train.generation``).
 
@@ -39,7 +39,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, Self
+from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,8 @@ import numpy as np
 from flax import nnx
 
 from radjax.models.bert import read_hf_config
-from radjax.nn.attention import MASK_FILL
+from radjax.nn import kv_cache
+from radjax.nn.kv_cache import KVCache, cached_mask, grouped_attention
 from radjax.nn.remat import checkpointed
 from radjax.sharding import shard_act
 
@@ -244,72 +245,6 @@ def decoder_mask(valid: jax.Array, sliding_window: int | None) -> jax.Array:
     return (allowed[None] & (valid[:, None, :] != 0))[:, None, None]
 
 
-class KVCache(NamedTuple):
-    """Preallocated key/value cache of a ``Decoder``: a plain pytree passed in and out of
-    pure functions.
-
-    Attributes:
-      keys, values: one (B, K, S, Dh) array per layer, compute dtype; slot s holds the
-        RoPE-rotated key (and the value) of the s-th token fed since the cache was made.
-        Heads lead the slots so the attention matmuls read the cache without a transpose.
-      valid: (B, S) bool, True for slots holding a real (not padding) token. Left padding
-        of a prompt leaves False slots at its start.
-      length: () int32, slots filled so far (the same for every row).
-    """
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
-    valid: jax.Array
-    length: jax.Array
-
-    @property
-    def size(self) -> int:
-        """S, the number of slots."""
-        return self.valid.shape[1]
-
-
-def cached_mask(valid: jax.Array, length: jax.Array, num_new: int,
-                sliding_window: int | None) -> jax.Array:
-    """Mask of ``num_new`` queries at slots ``length + i`` over all S cache slots.
-
-    Args:
-      valid: (B, S) slot validity after writing the new tokens. length: () int32, slots
-        filled before them.
-    Returns:
-      (B, 1, 1, num_new, S) bool (True = attend): causal over slot indices, real keys only,
-      within ``sliding_window`` slots when set (as ``decoder_mask`` over the whole sequence).
-    """
-    q = length + jnp.arange(num_new)
-    j = jnp.arange(valid.shape[-1])
-    allowed = j[None, :] <= q[:, None]
-    if sliding_window is not None:
-        allowed &= j[None, :] > q[:, None] - sliding_window
-    return (allowed[None] & valid[:, None, :])[:, None, None]
-
-
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                      dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
-    """Grouped-query attention, scores and softmax in f32.
-
-    Args:
-      q: (B, Lq, H, Dh). k, v: (B, K, Lk, Dh) (heads before positions, the ``KVCache``
-        layout) with H a multiple of K; query head h uses key/value head h // (H / K).
-      mask: boolean, broadcastable to (B, K, H / K, Lq, Lk); True = attend.
-      dropout: applied to the probabilities before they weight ``v`` (e.g. nnx.Dropout).
-    Returns:
-      (B, Lq, H, Dh) in v's dtype.
-    """
-    b, lq, h, dh = q.shape
-    kv = k.shape[1]
-    q = q.reshape(b, lq, kv, h // kv, dh)
-    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask, scores * (dh ** -0.5), MASK_FILL)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if dropout is not None:
-        probs = dropout(probs)
-    out = jnp.einsum("bkgqs,bksd->bqkgd", probs.astype(v.dtype), v)
-    return out.reshape(b, lq, h, dh)
-
-
 # ----------------------------------------------------------------------------- modules
 
 
@@ -384,9 +319,7 @@ class Attention(nnx.Module):
         if kv is None:
             out = grouped_attention(q, k, v, mask, self._dropout())
             return self.o_proj(out.reshape(b, l, -1))
-        start = (0, 0, index, 0)
-        keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
-        values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
+        keys, values = kv_cache.write(kv[0], k, index), kv_cache.write(kv[1], v, index)
         # The cache path is decoding (radjax.train.generation): no dropout even in train mode.
         out = grouped_attention(q, keys, values, mask)
         return self.o_proj(out.reshape(b, l, -1)), (keys, values)
@@ -461,10 +394,14 @@ class Decoder(nnx.Module):
 
     def init_cache(self, batch: int, size: int) -> KVCache:
         """An empty cache of ``size`` slots per row (zeros, nothing valid, length 0)."""
-        shape = (batch, self.cfg.kv_heads, size, self.cfg.dim_per_head)
-        zeros = tuple(jnp.zeros(shape, self.cfg.dtype) for _ in range(self.cfg.num_layers))
-        return KVCache(keys=zeros, values=tuple(jnp.zeros_like(z) for z in zeros),
-                       valid=jnp.zeros((batch, size), jnp.bool_), length=jnp.zeros((), jnp.int32))
+        return KVCache.empty(batch, size, num_layers=self.cfg.num_layers,
+                             heads=self.cfg.kv_heads, head_dim=self.cfg.dim_per_head,
+                             dtype=self.cfg.dtype)
+
+    @property
+    def context_length(self) -> int | None:
+        """Longest prompt + generation the model accepts (None = no limit)."""
+        return self.cfg.max_position_embeddings
 
     def __call__(self, input_ids: jax.Array | None = None, *,
                  inputs_embeds: jax.Array | None = None,
@@ -548,8 +485,7 @@ class Decoder(nnx.Module):
             raise ValueError(f"Decoder: {num_new} new tokens do not fit a KV cache of "
                              f"{cache.size} slots")
         if positions is None:
-            before = jnp.sum(cache.valid, axis=-1, dtype=jnp.int32)[:, None]
-            positions = before + jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+            positions = kv_cache.real_positions(cache, valid)
         cos, sin = rope_cos_sin(positions, self.cfg)
         slots = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
         mask = cached_mask(slots, cache.length, num_new, self.cfg.sliding_window)
@@ -559,8 +495,8 @@ class Decoder(nnx.Module):
             x = shard_act(x, ("act_batch", "act_length", "act_embed"))
             keys.append(k)
             values.append(v)
-        cache = KVCache(keys=tuple(keys), values=tuple(values), valid=slots,
-                        length=cache.length + num_new)
+        cache = cache._replace(keys=tuple(keys), values=tuple(values), valid=slots,
+                               length=cache.length + num_new)
         return x, cache
 
     def _logits(self, x: jax.Array) -> jax.Array:

@@ -1,4 +1,7 @@
-"""Jitted text generation for ``radjax.models.llama.Decoder`` with a preallocated KV cache.
+"""Jitted text generation with a preallocated KV cache, for any decoder that implements the
+cache protocol: ``init_cache(batch, size, **cache_inputs) -> KVCache``, ``model(ids |
+inputs_embeds, attention_mask=, cache=, last_only=) -> (logits, cache)`` and
+``context_length`` (``radjax.models.llama.Decoder``, ``radjax.models.gpt2.GPT2``).
 
 ``generate`` compiles one function per (graphdef, shapes, static settings): it prefills the
 (left-padded) prompt into a ``KVCache`` of ``prompt_len + max_new_tokens`` slots, picks the
@@ -27,14 +30,15 @@ repetition penalties and other logits processors, stopping strings.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from radjax.models.llama import Decoder, KVCache
+from radjax.nn.kv_cache import map_rows
 
 NEG_INF = -jnp.inf
 
@@ -74,14 +78,17 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
              max_new_tokens: int, eos_token_id: int | Sequence[int], pad_token_id: int,
              do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, rng: jax.Array | None = None, num_beams: int = 1,
-             length_penalty: float = 1.0, early_stopping: bool | str = False) -> jax.Array:
+             length_penalty: float = 1.0, early_stopping: bool | str = False,
+             cache_inputs: Mapping[str, Any] | None = None) -> jax.Array:
     """Generates continuations of a left-padded prompt batch, all inside one jit.
 
     Args:
-      graphdef, state: ``nnx.split`` of a ``Decoder``.
+      graphdef, state: ``nnx.split`` of a decoder implementing the cache protocol.
       input_ids: (B, L) int prompt ids; or instead
       inputs_embeds: (B, L, hidden) prompt embeddings (e.g. a visual prefix spliced into
         ``Decoder.embed(ids)``); generated tokens are embedded with the model's table.
+      cache_inputs: per-sequence inputs fixed while decoding, given to ``init_cache`` (GPT-2's
+        ``extra_kv``); arrays with a batch axis are repeated for beam search with the cache.
       attention_mask: (B, L), nonzero = real token; padding must be on the left.
       max_new_tokens: tokens generated per row (static).
       eos_token_id: one id or several; a row stops at the first of them.
@@ -99,7 +106,7 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
       ValueError: both/neither of input_ids and inputs_embeds, ``max_new_tokens < 1``,
         sampling without ``rng`` or with a bad setting, ``num_beams < 1``, beam search with
         ``do_sample``, a bad ``early_stopping``, or prompt plus new tokens longer
-        than the model's ``max_position_embeddings``.
+        than the model's ``context_length``.
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("generate: pass exactly one of input_ids and inputs_embeds")
@@ -107,10 +114,10 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
     prompt = input_ids if input_ids is not None else inputs_embeds
     prompt_len = prompt.shape[1]
-    limit = nnx.merge(graphdef, state).cfg.max_position_embeddings
+    limit = nnx.merge(graphdef, state).context_length
     if limit is not None and prompt_len + max_new_tokens > limit:
         raise ValueError(f"generate: prompt length {prompt_len} + max_new_tokens "
-                         f"{max_new_tokens} exceeds max_position_embeddings {limit}")
+                         f"{max_new_tokens} exceeds the model's context length {limit}")
     if do_sample:
         if rng is None:
             raise ValueError("generate: do_sample=True needs rng")
@@ -130,24 +137,25 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
             raise ValueError(f"generate: early_stopping must be False, True or 'never', got "
                              f"{early_stopping!r}")
         return _beam_search(graphdef, state, input_ids, inputs_embeds,
-                            jnp.asarray(attention_mask), max_new_tokens=max_new_tokens,
+                            jnp.asarray(attention_mask), cache_inputs or {},
+                            max_new_tokens=max_new_tokens,
                             eos=eos, pad=int(pad_token_id), num_beams=int(num_beams),
                             length_penalty=float(length_penalty), early_stopping=early_stopping)
     sampling = (float(temperature), int(top_k), float(top_p)) if do_sample else None
-    return _generate(graphdef, state, input_ids, inputs_embeds, jnp.asarray(attention_mask), rng,
-                     max_new_tokens=max_new_tokens, eos=eos, pad=int(pad_token_id),
-                     sampling=sampling)
+    return _generate(graphdef, state, input_ids, inputs_embeds, jnp.asarray(attention_mask),
+                     cache_inputs or {}, rng, max_new_tokens=max_new_tokens, eos=eos,
+                     pad=int(pad_token_id), sampling=sampling)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "eos", "pad",
                                                                "sampling"))
-def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, rng, *,
+def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, cache_inputs, rng, *,
               max_new_tokens: int, eos: tuple[int, ...], pad: int,
               sampling: tuple[float, int, float] | None) -> jax.Array:
-    model: Decoder = nnx.merge(graphdef, state, copy=True)
+    model = nnx.merge(graphdef, state, copy=True)
     prompt = input_ids if input_ids is not None else inputs_embeds
     batch, prompt_len = prompt.shape[:2]
-    cache = model.init_cache(batch, prompt_len + max_new_tokens)
+    cache = model.init_cache(batch, prompt_len + max_new_tokens, **cache_inputs)
     logits, cache = model(input_ids, inputs_embeds=inputs_embeds,
                           attention_mask=attention_mask, cache=cache, last_only=True)
 
@@ -181,31 +189,23 @@ def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, rng, *,
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 
-def _gather_rows(cache: KVCache, rows: jax.Array) -> KVCache:
-    """Reorders every per-row cache array along its batch axis (``length`` is shared)."""
-    take = lambda x: jnp.take(x, rows, axis=0)
-    return cache._replace(keys=tuple(map(take, cache.keys)),
-                          values=tuple(map(take, cache.values)), valid=take(cache.valid))
-
-
 @functools.partial(jax.jit, static_argnums=0,
                    static_argnames=("max_new_tokens", "eos", "pad", "num_beams",
                                     "length_penalty", "early_stopping"))
-def _beam_search(graphdef, state, input_ids, inputs_embeds, attention_mask, *,
+def _beam_search(graphdef, state, input_ids, inputs_embeds, attention_mask, cache_inputs, *,
                  max_new_tokens: int, eos: tuple[int, ...], pad: int, num_beams: int,
                  length_penalty: float, early_stopping: bool | str) -> jax.Array:
-    model: Decoder = nnx.merge(graphdef, state, copy=True)
+    model = nnx.merge(graphdef, state, copy=True)
     prompt = input_ids if input_ids is not None else inputs_embeds
     batch, prompt_len = prompt.shape[:2]
     beams, steps = num_beams, max_new_tokens
     keep = max(2, 1 + len(eos)) * beams  # candidates kept per row, as transformers
-    cache = model.init_cache(batch, prompt_len + steps)
+    cache = model.init_cache(batch, prompt_len + steps, **cache_inputs)
     logits, cache = model(input_ids, inputs_embeds=inputs_embeds,
                           attention_mask=attention_mask, cache=cache, last_only=True)
     # the B * beams rows of transformers' expanded prompt are identical: prefill once, repeat
-    repeat = lambda x: jnp.repeat(x, beams, axis=0)
-    cache = cache._replace(keys=tuple(map(repeat, cache.keys)),
-                           values=tuple(map(repeat, cache.values)), valid=repeat(cache.valid))
+    repeat = lambda x: jnp.repeat(x, beams, axis=0)  # noqa: E731
+    cache = map_rows(cache, repeat)
     logits = repeat(logits[:, -1])
     # length_penalty denominators for generated lengths 1 .. steps, computed like Python's
     # int ** float and then rounded to f32
@@ -274,7 +274,7 @@ def _beam_search(graphdef, state, input_ids, inputs_embeds, attention_mask, *,
 
     def body(c):
         carry, cache = c
-        cache = _gather_rows(cache, carry[-1])
+        cache = map_rows(cache, lambda x: jnp.take(x, carry[-1], axis=0))
         token = carry[1][:, :, carry[0] - 1].reshape(-1)
         logits, cache = model(token[:, None], cache=cache)
         return select(logits[:, -1], carry), cache

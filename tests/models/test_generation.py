@@ -169,7 +169,7 @@ def test_length_errors(llama):
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: Decoder(short, rngs=nnx.Rngs(0))))
     state = nnx.state(model)
     kwargs = {"input_ids": ids, "attention_mask": mask, "eos_token_id": 2, "pad_token_id": 0}
-    with pytest.raises(ValueError, match="max_position_embeddings 12"):
+    with pytest.raises(ValueError, match="context length 12"):
         generate(graphdef, state, max_new_tokens=4, **kwargs)
     with pytest.raises(ValueError, match="do not fit a KV cache of 4 slots"):
         model(ids, attention_mask=mask, cache=model.init_cache(2, 4))
@@ -248,3 +248,26 @@ def test_first_argmax_is_argmax_with_ties_infinities_and_nan():
     x[4, 2] = np.inf
     np.testing.assert_array_equal(np.asarray(first_argmax(jnp.asarray(x))),
                                   np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))
+
+
+def test_generation_on_a_2x4_mesh_equals_unsharded(llama):
+    """Greedy and beam generation with fsdp x tensor sharded weights and cache give the
+    unsharded tokens."""
+    from radjax import sharding
+    _, model = llama
+    ids, mask = _prompts()
+    graphdef, state = nnx.split(model)
+    kwargs = dict(max_new_tokens=NEW, eos_token_id=2, pad_token_id=0)
+    want = {beams: np.asarray(generate(graphdef, state, input_ids=jnp.asarray(ids),
+                                       attention_mask=jnp.asarray(mask), num_beams=beams,
+                                       **kwargs)) for beams in (1, 2)}
+    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
+    s_state = jax.device_put(state, sharding.state_shardings(state, mesh))
+    q = s_state["layers"][0]["self_attn"]["q_proj"]["kernel"].get_value()
+    assert not q.sharding.is_fully_replicated
+    s_ids, s_mask = (jax.device_put(x, sharding.batch_sharding(mesh, 2)) for x in (ids, mask))
+    with jax.set_mesh(mesh):
+        for beams in (1, 2):
+            got = generate(graphdef, s_state, input_ids=s_ids, attention_mask=s_mask,
+                           num_beams=beams, **kwargs)
+            np.testing.assert_array_equal(np.asarray(got), want[beams])
