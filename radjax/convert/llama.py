@@ -24,6 +24,7 @@ from radjax.convert.torch_io import (
     drop_tied_copy,
     load_state_dict,
     map_keys,
+    stack_layers,
 )
 from radjax.models.llama import Decoder, DecoderConfig
 
@@ -92,15 +93,20 @@ def from_hf_llama(sd: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str,
     if cfg.tie_word_embeddings:
         drop_tied_copy(sd, "lm_head.weight", ("model.embed_tokens.weight",),
                        caller="from_hf_llama")
-    return map_keys(sd, _rename, caller="from_hf_llama")
+    flat = map_keys(sd, _rename, caller="from_hf_llama")
+    if cfg.scan_layers:
+        return stack_layers(flat, "layers", cfg.num_layers, caller="from_hf_llama")
+    return flat
 
 
-def load_decoder(model_dir: str | os.PathLike, *, dtype: str = "float32") -> Decoder:
+def load_decoder(model_dir: str | os.PathLike, *, dtype: str = "float32",
+                 scan_layers: bool = False) -> Decoder:
     """Loads a local transformers LLaMA / Mistral / Phi-3 directory (``config.json`` plus
     ``model.safetensors``, ``pytorch_model.bin`` or shards named by an index file).
 
     Args:
       dtype: compute dtype of the returned model (parameters stay f32).
+      scan_layers: build the scanned form (``DecoderConfig.scan_layers``).
     Raises:
       FileNotFoundError: no such directory or no config.json.
       ValueError: an unsupported config.
@@ -110,7 +116,7 @@ def load_decoder(model_dir: str | os.PathLike, *, dtype: str = "float32") -> Dec
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"decoder directory {model_dir}: no such directory")
     cfg = DecoderConfig.from_hf_config(model_dir)
-    cfg = dataclasses.replace(cfg, dtype=dtype)
+    cfg = dataclasses.replace(cfg, dtype=dtype, scan_layers=scan_layers)
     model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
     try:
         assign(model, from_hf_llama(load_state_dict(model_dir), cfg), strict=True)

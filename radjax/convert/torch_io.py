@@ -259,6 +259,33 @@ def map_keys(sd: Mapping[str, Any], rename: Callable[[str], str | None], *, call
     return out
 
 
+def stack_layers(flat: Mapping[str, np.ndarray], prefix: str, num_layers: int, *,
+                 caller: str) -> dict[str, np.ndarray]:
+    """``{prefix/<i>/rest: array}`` for i < num_layers -> ``{prefix/rest: stacked array}``
+    with the layer index as a new leading axis: checkpoint values for a scanned layer
+    stack (e.g. ``DecoderConfig.scan_layers``). Other paths pass through.
+
+    Raises:
+      ConversionError: a layer lacks a parameter another layer has, or an index is out of
+        range.
+    """
+    pattern = re.compile(rf"{re.escape(prefix)}/(\d+)/(.+)")
+    out, per_rest = {}, {}
+    for path, value in flat.items():
+        if m := pattern.fullmatch(path):
+            per_rest.setdefault(m[2], {})[int(m[1])] = value
+        else:
+            out[path] = value
+    for rest, layers in sorted(per_rest.items()):
+        if sorted(layers) != list(range(num_layers)):
+            missing = sorted(set(range(num_layers)) - set(layers))
+            extra = sorted(set(layers) - set(range(num_layers)))
+            raise ConversionError(f"{caller}: {prefix}/<i>/{rest}: layers {missing} missing, "
+                                  f"{extra} beyond the {num_layers} layers")
+        out[f"{prefix}/{rest}"] = np.stack([layers[i] for i in range(num_layers)])
+    return out
+
+
 def drop_tied_copy(sd: dict[str, Any], head_key: str, table_keys: Sequence[str], *,
                    caller: str) -> None:
     """Removes ``head_key`` when it repeats the embedding table (torch state dicts store tied

@@ -25,13 +25,18 @@ Training: ``DecoderConfig.dropout`` is transformers' ``attention_dropout`` (read
 ``rngs``), the identity in eval mode and on the KV-cache (decoding) path. The LLaMA family
 has no residual / embedding dropout (transformers has none), so neither does this module.
 ``DecoderConfig.remat`` rematerialises each ``DecoderLayer`` in the backward pass (``radjax.nn.remat.checkpointed``):
-same values and gradients, activation memory of one layer. Layers are a Python loop (an
-``nnx.List``), not a ``jax.lax.scan`` over stacked weights, so parameter paths stay
-``layers/<i>/...`` as the converters, LoRA targets and optimizer-group regexes expect;
-compile time grows with ``num_layers``.
+same values and gradients, activation memory of one layer.
+
+Layers: by default a Python loop over an ``nnx.List`` (parameter paths ``layers/<i>/...``;
+compile time grows with ``num_layers``). ``DecoderConfig.scan_layers`` keeps one
+``DecoderLayer`` whose parameters are stacked on a leading ``layers`` axis (paths
+``layers/self_attn/q_proj/kernel`` of shape (num_layers, ...)) and runs it with
+``jax.lax.scan``: one compiled layer, whatever the depth. The converters stack checkpoints
+for it (``radjax.convert.llama``); the KV-cache path slices the stack layer by layer. LoRA
+(``radjax.nn.lora``) adapts 2-D kernels only, i.e. unscanned models.
 
 Not implemented: attention / MLP biases, and the ``dynamic``, ``yarn`` and ``longrope``
-RoPE scalings (``from_hf_config`` rejects such configs); scanned layers.
+RoPE scalings (``from_hf_config`` rejects such configs).
 """
 from __future__ import annotations
 
@@ -87,11 +92,15 @@ class DecoderConfig:
     dtype: str = "float32"          # compute dtype; parameters are always f32
     dropout: float = 0.0            # attention_dropout: on attention probabilities, train mode only
     remat: bool = False             # recompute each layer's activations in the backward pass
+    scan_layers: bool = False       # one stacked layer run by lax.scan (see Decoder)
 
     def __post_init__(self):
         kv = self.num_kv_heads or self.num_heads
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DecoderConfig: dropout must be in [0, 1), got {self.dropout}")
+        if self.scan_layers and self.dropout:
+            raise ValueError("DecoderConfig: scan_layers with attention dropout is not "
+                             "supported (per-layer dropout streams); use scan_layers=False")
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"DecoderConfig: model_type {self.model_type!r} not one of {MODEL_TYPES}")
         if self.rope_type not in ROPE_TYPES:
@@ -256,6 +265,23 @@ def linear(cfg: DecoderConfig, din: int, dout: int, axes: tuple[str, str], *,
                       kernel_metadata={"out_sharding": axes}, rngs=rngs)
 
 
+def stack_modules(modules: Sequence[nnx.Module]) -> nnx.Module:
+    """One module of the same structure whose every Variable stacks the modules' values on a
+    new leading axis (logical axis ``layers`` prepended to its sharding names): the form
+    ``jax.lax.scan`` iterates over."""
+    graphdef, first = nnx.split(modules[0])
+    states = [first] + [nnx.split(m)[1] for m in modules[1:]]
+
+    def stack(*variables):
+        value = jnp.stack([v.get_value() for v in variables])
+        names = variables[0].get_metadata().get("out_sharding")
+        meta = {} if names is None else {"out_sharding": ("layers", *names)}
+        return variables[0].replace(value=value, **meta)
+
+    stacked = jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.merge(graphdef, stacked)
+
+
 def stacked_linear(x: jax.Array, layers: Sequence[nnx.Module]) -> tuple[jax.Array, ...]:
     """``tuple(layer(x) for layer in layers)`` for bias-free ``nnx.Linear`` layers of one
     kernel shape (din, dout), computed as a single matmul over their kernels stacked to
@@ -382,7 +408,8 @@ class Decoder(nnx.Module):
         table = nnx.initializers.normal(cfg.init_std)(rngs.params(),
                                                       (cfg.vocab_size, cfg.hidden_size))
         self.embed_tokens = nnx.Param(table, out_sharding=("vocab", "embed"))
-        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        layers = [DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
+        self.layers = stack_modules(layers) if cfg.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.lm_head = (None if cfg.tie_word_embeddings else
                         linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs))
@@ -470,11 +497,35 @@ class Decoder(nnx.Module):
             positions = default_positions(valid)
         cos, sin = rope_cos_sin(positions, self.cfg)
         mask = decoder_mask(valid, self.cfg.sliding_window)
+        if self.cfg.scan_layers:
+            return self._scanned(x, cos, sin, mask)
         for layer in self.layers:
             x = (checkpointed(layer, x, cos, sin, mask) if self.cfg.remat
                  else layer(x, cos, sin, mask))
             x = shard_act(x, ("act_batch", "act_length", "act_embed"))
         return x
+
+    def _scanned(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 mask: jax.Array) -> jax.Array:
+        """The stacked layer under ``lax.scan`` (each step rematerialised with ``remat``)."""
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(x, layer_state):
+            layer = nnx.merge(graphdef, layer_state, copy=True)
+            x = layer(x, cos, sin, mask)
+            return shard_act(x, ("act_batch", "act_length", "act_embed")), None
+
+        if self.cfg.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        return jax.lax.scan(body, x, stacked)[0]
+
+    def _layer_list(self) -> list[DecoderLayer]:
+        """The layers one by one (slices of the stacked layer when ``scan_layers``)."""
+        if not self.cfg.scan_layers:
+            return list(self.layers)
+        graphdef, stacked = nnx.split(self.layers)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
+                for i in range(self.cfg.num_layers)]
 
     def _cached(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None,
                 cache: KVCache) -> tuple[jax.Array, KVCache]:
@@ -490,7 +541,7 @@ class Decoder(nnx.Module):
         slots = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
         mask = cached_mask(slots, cache.length, num_new, self.cfg.sliding_window)
         keys, values = [], []
-        for layer, k, v in zip(self.layers, cache.keys, cache.values):
+        for layer, k, v in zip(self._layer_list(), cache.keys, cache.values):
             x, (k, v) = layer(x, cos, sin, mask, (k, v), cache.length)
             x = shard_act(x, ("act_batch", "act_length", "act_embed"))
             keys.append(k)
