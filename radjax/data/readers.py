@@ -12,6 +12,7 @@ as nibabel does; DICOM's LPS patient coordinates are converted to RAS.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,18 @@ def resolve_path(root: str | os.PathLike[str], relative: str | os.PathLike[str])
 def _require_file(path: Path) -> None:
     if not path.is_file():
         raise BadRecordError(path, None, "file not found")
+
+
+def read_json(path: str | os.PathLike[str]):
+    """A JSON file's content; BadRecordError naming the file if it is missing or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadRecordError(path, None, "file not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise BadRecordError(path, None, f"not valid JSON ({err})") from err
 
 
 def read_npy(path: str | os.PathLike[str], *, ndim: int | Sequence[int] | None = None

@@ -9,8 +9,9 @@ originals take (B, C, H, W, D), depth last; converters reorder at the boundary.)
   ``(h w)`` tokens of (ph, pw, C). Each patch goes through LayerNorm(patch_dim) ->
   Linear(patch_dim, dim) -> LayerNorm(dim); 2D and 3D inputs have separate embeddings.
 * Position: learned row / column / depth tables of dim/3 features each (uniform[0, 1)
-  init), concatenated and added. A grid smaller than a table takes every
-  (table/grid)-th entry ending at the last (RadFM's ``(arange(n)+1)*(N//n)-1``); 2D
+  init), concatenated and added. A grid of n smaller than a table of N takes entries
+  ``(arange(n)+1)*(N//n)-1`` (RadFM's strided subsample; floor division, so a grid that
+  does not divide the table, e.g. 3 of 128, ends before the last entry); 2D
   images use depth entry 0 (RP3D-v1).
 * Blocks: pre-norm, LayerNorm eps 1e-5, attention with bias-free q/k/v of
   heads*dim_head and a biased output projection, GELU MLP; no final norm, no CLS.
@@ -86,8 +87,8 @@ class AxialPositionEmbedding(nnx.Module):
     @staticmethod
     def _take(table: jax.Array, n: int) -> jax.Array:
         size = table.shape[0]
-        if n > size or size % n:
-            raise ValueError(f"AxialPositionEmbedding: grid of {n} does not divide table of {size}")
+        if not 0 < n <= size:
+            raise ValueError(f"AxialPositionEmbedding: grid of {n} exceeds table of {size}")
         return table[(jnp.arange(n) + 1) * (size // n) - 1]
 
     def __call__(self, grid: tuple[int, ...]) -> jax.Array:

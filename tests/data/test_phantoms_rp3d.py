@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radjax.data.phantoms import write_rp3d_phantoms
+from radjax.data.phantoms.rp3d import write_rp3d_phantoms
 from radjax.data.phantoms.rp3d import DISORDERS, LOCATIONS, _pick_disorders
 
 SIZE = 32

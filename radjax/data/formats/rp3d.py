@@ -20,11 +20,7 @@ of the released JSON (``/mnt/petrelfs/...``) are re-rooted by stripping ``data.p
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +30,9 @@ import ml_collections
 import numpy as np
 
 from radjax.data.errors import BadRecordError
+from radjax.data.phantoms import ensure_phantoms
 from radjax.data.phantoms.rp3d import write_rp3d_phantoms
-from radjax.data.readers import read_npy, resolve_path
+from radjax.data.readers import read_json, read_npy, resolve_path
 from radjax.data.transforms import rp3d_resample, rp3d_slice_indices, scale_intensity
 
 log = logging.getLogger(__name__)
@@ -69,20 +66,10 @@ def _label_dict_path(data_cfg: ml_collections.ConfigDict) -> Path:
     return Path(data_cfg.root) / name
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise BadRecordError(path, None, "file not found")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        raise BadRecordError(path, None, f"not valid JSON ({err})") from err
-
-
 def read_label_dict(data_cfg: ml_collections.ConfigDict) -> dict[str, int]:
     """The label dict of ``data.label_level``: label -> index, indices exactly 0..C-1."""
     path = _label_dict_path(data_cfg)
-    labels = _read_json(path)
+    labels = read_json(path)
     if not isinstance(labels, dict) or not labels:
         raise BadRecordError(path, None, "expected a non-empty JSON object {label: index}")
     indices = list(labels.values())
@@ -103,30 +90,11 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
 
 
 def ensure_data(data_cfg: ml_collections.ConfigDict) -> None:
-    """Writes the phantoms into ``data.root`` when it is missing or empty.
-
-    Writes into a temporary sibling directory and renames it into place, so concurrent
-    processes never see a half-written dataset. Raises FileNotFoundError if ``data.root``
-    is empty and ``data.phantoms.enabled`` is off.
-    """
-    root = Path(data_cfg.root)
-    if root.is_dir() and any(root.iterdir()):
-        return
-    phantoms = data_cfg.get("phantoms")
-    if not phantoms or not phantoms.get("enabled", False):
-        raise FileNotFoundError(f"data.root {root} is empty and data.phantoms.enabled is off; "
-                                f"point data.root at an RP3D-DiagDS copy")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    write_rp3d_phantoms(staging, phantoms.num_train, phantoms.num_test,
-                        size=phantoms.get("size", 64), seed=phantoms.get("seed", 0))
-    try:
-        if root.is_dir():
-            root.rmdir()            # empty, else another process won: OSError below
-        staging.rename(root)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("wrote RP3D phantoms to %s", root)
+    """Writes the phantoms into ``data.root`` when it is missing or empty
+    (``radjax.data.phantoms.ensure_phantoms``)."""
+    ensure_phantoms(data_cfg, lambda out, p: write_rp3d_phantoms(
+        out, p.num_train, p.num_test, size=p.get("size", 64), seed=p.get("seed", 0)),
+        "an RP3D-DiagDS copy")
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,7 +192,7 @@ def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> grain.MapDat
     if file_name is None:
         raise ValueError(f"data split {split!r} has no data.{split}_file in the config")
     json_path = Path(data_cfg.root) / file_name
-    cases = _read_json(json_path)
+    cases = read_json(json_path)
     if not isinstance(cases, dict):
         raise BadRecordError(json_path, None, "expected a JSON object {case URL: case}")
     labels = read_label_dict(data_cfg)
