@@ -18,7 +18,22 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 MULTIPROCESS = flags.DEFINE_bool("multiprocess", False,
                                  "Call jax.distributed.initialize() with cluster auto-detection.")
+DRY_RUN = flags.DEFINE_string(
+    "dry_run", None,
+    "Mesh shape such as 'fsdp=64,tensor=8': print the parameter count and the per-device "
+    "memory of the training state on that mesh, allocate nothing, and exit.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """'fsdp=8,tensor=4' -> {'fsdp': 8, 'tensor': 4}."""
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        axis, sep, size = item.partition("=")
+        if not sep or not size.strip().isdigit():
+            raise ValueError(f"--dry_run: {item!r} is not axis=size (e.g. fsdp=8,tensor=4)")
+        out[axis.strip()] = int(size)
+    return out
 
 
 def start() -> None:

@@ -1,7 +1,9 @@
 """Trains a paper's model: ``python -m experiments.train --config configs/<paper>.py:tiny --workdir W``.
 
 Writes ``W/config.json``, ``W/metrics.jsonl``, ``W/checkpoints/`` and ``W/eval/<step>.json``.
-Running the same command again resumes from the newest checkpoint.
+Running the same command again resumes from the newest checkpoint. ``--dry_run=fsdp=8,tensor=4``
+prints the parameter count and per-device memory of the training state on that mesh instead
+(abstract: nothing is allocated, any model size works on a laptop).
 """
 from absl import app
 
@@ -11,6 +13,11 @@ from experiments import launch
 def main(argv):
     del argv
     launch.start()
+    if launch.DRY_RUN.value is not None:
+        from radjax.train import memory
+        report = memory.state_memory(launch.CONFIG.value, launch.parse_mesh(launch.DRY_RUN.value))
+        print("\n".join(report.lines()))
+        return
     from radjax.train import loop
     loop.train_and_evaluate(launch.CONFIG.value, launch.WORKDIR.value)
 

@@ -1,0 +1,34 @@
+"""radjax.train.memory: abstract parameter counts and per-device bytes on an AbstractMesh."""
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import radjax  # noqa: F401
+from configs import rp3d_diag
+from radjax.models import rp3d_diag as paper
+from radjax.train import memory
+
+
+def test_counts_match_the_built_model_and_sharding_divides_bytes():
+    config = rp3d_diag.get_config()  # the released sizes (ResNet-50), never allocated
+    model = nnx.eval_shape(lambda: paper.build_model(config, rngs=nnx.Rngs(0)))
+    want = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    one = memory.state_memory(config, {"data": 1})
+    assert one.num_params == one.num_trainable == want
+    assert one.per_device_bytes["trainable"] == 4 * want  # f32, one device holds everything
+    assert one.per_device_bytes["optimizer"] >= 2 * 4 * want  # AdamW mu and nu
+    eight = memory.state_memory(config, {"fsdp": 8})
+    assert eight.num_params == want
+    # fsdp shards the 'embed' / 'conv_out' axes: most bytes split 8 ways, never more
+    ratio = eight.per_device_bytes["trainable"] / one.per_device_bytes["trainable"]
+    assert 1 / 8 <= ratio < 0.35
+    assert "total" in "\n".join(eight.lines())
+
+
+def test_bad_mesh_shapes():
+    config = rp3d_diag.get_config("tiny")
+    with pytest.raises(ValueError, match="mesh axes \\['pipeline'\\] unknown"):
+        memory.state_memory(config, {"pipeline": 2})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        memory.state_memory(config, {"fsdp": 0})
