@@ -7,7 +7,7 @@ Usage::
     python -m benchmarks.run --size tiny     # smoke size (what the test runs); its ratio measures
                                              # per-op overhead, not the network -- don't quote it
     python -m benchmarks.run --iters 5 --warmup 2
-    python -m benchmarks.run --only decoder  # only the LLaMA decoder tables (rp3d|decoder|all)
+    python -m benchmarks.run --only decoder  # only the LLaMA decoder tables (rp3d|decoder|radfm|all)
 
 How to read the output
 ----------------------
@@ -53,7 +53,7 @@ import time
 
 import jax
 
-from benchmarks import common, decoder, rp3d_diag
+from benchmarks import common, decoder, radfm, rp3d_diag
 
 
 def ceilings(shapes: list[tuple[int, int, int]], *, iters: int = 10) -> list[common.Ceiling]:
@@ -179,6 +179,47 @@ def run_decoder(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     return gen_table, train_table, report, ceiling
 
 
+def run_radfm(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
+              ceiling: float | None = None, ceiling_iters: int = 10, out=sys.stdout
+              ) -> tuple[str, str]:
+    """The RadFM benchmark: the vision train step radjax vs torch, then the whole model's
+    train-step throughput in radjax. Returns the two tables."""
+    t_start = time.perf_counter()
+    size = radfm.SIZES[size_name]
+    threads = common.cpu_threads()
+    rp3d_diag.set_torch_threads(threads)
+    if ceiling is None:
+        ceiling = max(c.gflops for c in ceilings([(2048, 2048, 2048)], iters=ceiling_iters))
+    p = lambda *a: print(*a, file=out, flush=True)  # noqa: E731
+    p(f"radjax RadFM benchmark ({size_name}) on {common.cpu_name()}, {threads} CPU threads; "
+      f"matmul ceiling {ceiling:.1f} GFLOP/s")
+    p(f"RadFM: {size.describe()}")
+    load_before = common.load_average()
+    vision, flops, source = radfm.run_vision(size, warmup=warmup, iters=iters)
+    p(f"vision train step (ViT + Perceiver + fc, mean-square loss, AdamW; same weights via "
+      f"convert.radfm): {flops / 1e9:.2f} GFLOP ({source}), {warmup} warm-up + {iters} timed, "
+      f"interleaved, median")
+    vision_table = common.format_table(*common.step_table(vision, flops, ceiling))
+    p("")
+    p(vision_table)
+    p("")
+    ratio = vision["torch"].timing.median_ms / vision["radjax"].timing.median_ms
+    p(f"vision speed ratio torch/radjax = {ratio:.2f} ({'radjax' if ratio > 1 else 'torch'} "
+      "faster)")
+    result = radfm.run_model(size, warmup=warmup, iters=iters)
+    p(f"RadFM train step (entity-weighted fused LM loss, AdamW), radjax only: "
+      f"{result.flops / 1e9:.2f} GFLOP ({result.flops_source})")
+    model_table = common.format_table(*radfm.model_rows(size, result, ceiling))
+    p("")
+    p(model_table)
+    p("")
+    p(f"total RadFM benchmark wall time {time.perf_counter() - t_start:.0f} s")
+    note = common.load_note(load_before, common.load_average(), threads)
+    if note:
+        p(note)
+    return vision_table, model_table
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=sorted(rp3d_diag.SIZES), default="bench")
@@ -186,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--gen_iters", type=int, default=1,
                     help="timed generate calls per side (decoder benchmark)")
-    ap.add_argument("--only", choices=("rp3d", "decoder", "all"), default="all")
+    ap.add_argument("--only", choices=("rp3d", "decoder", "radfm", "all"), default="all")
     args = ap.parse_args(argv)
     ceiling = None
     if args.only in ("rp3d", "all"):
@@ -194,8 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in ("decoder", "all"):
         if ceiling is not None:
             print(flush=True)
-        run_decoder(args.size, warmup=args.warmup, iters=args.iters, gen_iters=args.gen_iters,
-                    ceiling=ceiling)
+        _, _, _, ceiling = run_decoder(args.size, warmup=args.warmup, iters=args.iters,
+                                       gen_iters=args.gen_iters, ceiling=ceiling)
+    if args.only in ("radfm", "all"):
+        if ceiling is not None:
+            print(flush=True)
+        run_radfm(args.size, warmup=args.warmup, iters=args.iters, ceiling=ceiling)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Re-running resumes finished parts from their checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -18,23 +19,52 @@ from experiments import report
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
 
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    """One report section: a config to train, the metrics and splits (or tasks) tabled."""
+    name: str
+    module: str
+    arg: str
+    metrics: tuple[str, ...]
+    splits: tuple[str, ...]
+    baseline: bool = False          # also table the eval's "baseline/..." entries
+    samples: tuple[str, ...] = ()   # tasks whose "samples/<task>" generations are listed
+
+
 _RP3D_METRICS = ("auc", "ap", "f1", "mcc", "recall@fpr0.1")
 _RP3D_SPLITS = ("all", "head", "medium", "tail")
-# (name, config module, config arg, report metrics, report splits)
+_RADFM_METRICS = ("accuracy", "macro_f1", "bleu1", "bleu4", "rougeL_f", "entity_precision",
+                  "entity_recall")
+_RADFM_TASKS = ("modality", "diagnosis_closed", "diagnosis_open", "vqa", "caption", "rationale")
 DEMOS = (
-    ("rp3d_diag_late", "configs.rp3d_diag", "tiny", _RP3D_METRICS, _RP3D_SPLITS),
-    ("rp3d_diag_early", "configs.rp3d_diag", "tiny,fusion=early", _RP3D_METRICS, _RP3D_SPLITS),
-    ("rp3d_diag_late_ke", "configs.rp3d_diag", "tiny,ke", _RP3D_METRICS, _RP3D_SPLITS),
+    Demo("rp3d_diag_late", "configs.rp3d_diag", "tiny", _RP3D_METRICS, _RP3D_SPLITS),
+    Demo("rp3d_diag_early", "configs.rp3d_diag", "tiny,fusion=early", _RP3D_METRICS,
+         _RP3D_SPLITS),
+    Demo("rp3d_diag_late_ke", "configs.rp3d_diag", "tiny,ke", _RP3D_METRICS, _RP3D_SPLITS),
+    Demo("radfm", "configs.radfm", "tiny", _RADFM_METRICS, _RADFM_TASKS, baseline=True,
+         samples=("caption", "vqa")),
 )
 
 
-def _run_paper(name, module, arg, metrics, splits, workdir) -> str:
+def _samples(evaluation: dict, tasks: tuple[str, ...]) -> list[str]:
+    """Markdown: generated answers next to their references."""
+    lines = []
+    for task in tasks:
+        lines += [f"**{task}** (generated / reference):", ""]
+        for pair in evaluation.get(f"samples/{task}", []):
+            lines += [f"- generated: {pair['prediction']}", f"  reference: {pair['reference']}"]
+        lines.append("")
+    return lines
+
+
+def _run_paper(demo: Demo, workdir: str) -> str:
     from radjax.train import loop
-    config = importlib.import_module(module).get_config(arg)
+    name = demo.name
+    config = importlib.import_module(demo.module).get_config(demo.arg)
     config.data.root = os.path.join(workdir, "data", config.data.format)
     run_dir = os.path.join(workdir, name)
     t0 = time.time()
-    logging.info("[%s] training %s:%s in %s", name, module, arg, run_dir)
+    logging.info("[%s] training %s:%s in %s", name, demo.module, demo.arg, run_dir)
     loop.train_and_evaluate(config, run_dir)
     trained = report.latest_eval(run_dir)
     train_minutes = (time.time() - t0) / 60
@@ -45,17 +75,21 @@ def _run_paper(name, module, arg, metrics, splits, workdir) -> str:
     rows = report.read_metrics(run_dir)
     curve = f"{name}_loss.png"
     report.plot_curve(rows, "train/loss", os.path.join(workdir, curve), f"{name}: train loss")
-    header, table = report.split_table({"untrained": untrained, "trained": trained},
-                                       splits, metrics)
+    results = {"untrained": untrained, "trained": trained}
+    if demo.baseline:
+        results["most frequent answer"] = {k[len("baseline/"):]: v for k, v in trained.items()
+                                           if k.startswith("baseline/")}
+    header, table = report.split_table(results, demo.splits, demo.metrics,
+                                       "task" if demo.baseline else "split")
     table_png = f"{name}_metrics.png"
     report.plot_table(header, table, os.path.join(workdir, table_png),
                       f"{name}: held-out {config.train.eval_split} split")
     return "\n".join([
         f"## {name}",
-        f"`{module}:{arg}` — {config.train.steps} steps, batch {config.train.batch_size}, "
+        f"`{demo.module}:{demo.arg}` — {config.train.steps} steps, "
         f"{train_minutes:.1f} min (training + eval). Run dir: `{run_dir}`.",
         "", f"![loss]({curve})", "", report.markdown_table(header, table), "",
-        f"![metrics]({table_png})", ""])
+        f"![metrics]({table_png})", "", *_samples(trained, demo.samples)])
 
 
 def main(argv):
@@ -69,7 +103,7 @@ def main(argv):
                 "Tiny configs trained on the embedded synthetic phantoms (original on-disk "
                 "formats), evaluated on held-out phantoms.", ""]
     for demo in DEMOS:
-        sections.append(_run_paper(*demo, workdir))
+        sections.append(_run_paper(demo, workdir))
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(sections))

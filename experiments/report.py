@@ -45,10 +45,11 @@ def plot_curve(rows: Sequence[dict], key: str, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def split_table(results: dict[str, dict], splits: Sequence[str], metrics: Sequence[str]
-                ) -> tuple[list[str], list[list[str]]]:
-    """Rows: (model, split); columns: metrics. ``results`` maps a model name to its eval dict."""
-    header = ["model", "split", *metrics]
+def split_table(results: dict[str, dict], splits: Sequence[str], metrics: Sequence[str],
+                split_name: str = "split") -> tuple[list[str], list[list[str]]]:
+    """Rows: (model, split); columns: metrics. ``results`` maps a model name to its eval dict,
+    whose keys are ``<split>/<metric>`` (``<metric>`` for the split ``all``)."""
+    header = ["model", split_name, *metrics]
     rows = []
     for name, values in results.items():
         for split in splits:

@@ -45,6 +45,14 @@ class SkipCounter:
     def for_source(cls, source: grain.MapDataset) -> "SkipCounter":
         return cls(count=len(getattr(source, "skipped_records", ())))
 
+    def take_batch_skips(self, batch: dict) -> dict:
+        """Moves a format-batched element's ``skipped`` count into the counter."""
+        skipped = int(batch.pop("skipped", 0))
+        if skipped:
+            self.count += skipped
+            log.warning("skipped %d bad records in a batch (%d so far)", skipped, self.count)
+        return batch
+
     def keep(self, example: Any) -> bool:
         if isinstance(example, _Skipped):
             self.count += 1
@@ -83,13 +91,16 @@ def _host_batch(global_batch: int, process_count: int) -> int:
 def train_dataset(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, *, global_batch: int,
                   seed: int, split: str = "train", process_index: int | None = None,
                   process_count: int | None = None) -> tuple[grain.IterDataset, SkipCounter]:
-    """Infinite shuffled training batches of this process's share of ``global_batch``."""
+    """Infinite shuffled training batches of this process's share of ``global_batch``
+    (formats with a ``batches`` function batch themselves and set their own sizes)."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     source = fmt.make_source(data_cfg, split)
     if len(source) == 0:
         raise ValueError(f"data split {split!r} under {data_cfg.root} has no records")
     counter = SkipCounter.for_source(source)
+    if hasattr(fmt, "batches"):
+        return _format_batches(fmt, source, data_cfg, counter, seed, True, process_count), counter
     ds = source.seed(seed).shuffle().repeat()
     ds = ds[process_index::process_count]
     it = (ds.random_map(_Load(fmt, data_cfg, random=True))
@@ -108,6 +119,8 @@ def eval_batches(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, split: st
     host_batch = _host_batch(batch_size, process_count)
     source = fmt.make_source(data_cfg, split)
     counter = SkipCounter.for_source(source)
+    if hasattr(fmt, "batches"):
+        return iter(_format_batches(fmt, source, data_cfg, counter, 0, False, process_count)), counter
     source = source[process_index::process_count]
     ds = (source.seed(0).random_map(_Load(fmt, data_cfg, random=False))
           .to_iter_dataset(_read_options(data_cfg))
@@ -122,6 +135,20 @@ def eval_batches(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, split: st
             out["valid"] = np.arange(host_batch) < n
             yield out
     return padded(), counter
+
+
+def _format_batches(fmt: ModuleType, source: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
+                    counter: SkipCounter, seed: int, train: bool,
+                    process_count: int) -> grain.IterDataset:
+    """Batches made by the format itself (``fmt.batches(source, data_cfg, seed=, train=)``),
+    for formats whose batches vary in shape (RadFM: all-2D or all-3D, depth buckets). Each
+    batch carries ``valid``; its ``skipped`` count goes to ``counter``. Single process."""
+    if process_count > 1:
+        raise NotImplementedError(f"format {fmt.__name__} batches itself; its batch shapes "
+                                  "vary, so hosts would disagree: run it on one process")
+    return (fmt.batches(source, data_cfg, seed=seed, train=train)
+            .map(counter.take_batch_skips)
+            .filter(lambda batch: "valid" in batch))
 
 
 def to_global(batch: dict, mesh: jax.sharding.Mesh) -> dict:

@@ -314,15 +314,18 @@ class Attention(nnx.Module):
     """Causal GQA self-attention with RoPE: (B, L, hidden) -> (B, L, hidden).
 
     ``q_proj`` (hidden, H*Dh) is sharded over heads; ``k_proj``/``v_proj`` (hidden, K*Dh)
-    use the ``kv`` logical axis (few GQA heads: replicated by the default rules).
+    too without GQA, else over the ``kv`` logical axis (few GQA heads: replicated by the
+    default rules).
     """
 
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d, dh = cfg.hidden_size, cfg.dim_per_head
         self.q_proj = linear(cfg, d, cfg.num_heads * dh, ("embed", "heads"), rngs=rngs)
-        self.k_proj = linear(cfg, d, cfg.kv_heads * dh, ("embed", "kv"), rngs=rngs)
-        self.v_proj = linear(cfg, d, cfg.kv_heads * dh, ("embed", "kv"), rngs=rngs)
+        # without GQA keys/values shard like queries; a few GQA heads use the 'kv' axis
+        kv_axes = ("embed", "heads" if cfg.kv_heads == cfg.num_heads else "kv")
+        self.k_proj = linear(cfg, d, cfg.kv_heads * dh, kv_axes, rngs=rngs)
+        self.v_proj = linear(cfg, d, cfg.kv_heads * dh, kv_axes, rngs=rngs)
         self.o_proj = linear(cfg, cfg.num_heads * dh, d, ("heads", "embed"), rngs=rngs)
         # No RNG state at rate 0: checkpoints and converters see the same state as before.
         self.attn_dropout = nnx.Dropout(cfg.dropout, rngs=rngs if cfg.dropout else None)

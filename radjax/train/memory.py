@@ -60,11 +60,18 @@ def abstract_mesh(mesh_shape: Mapping[str, int]) -> jax.sharding.AbstractMesh:
                                      axis_types=(jax.sharding.AxisType.Auto,) * len(sizes))
 
 
+def _itemsize(dtype) -> int:
+    """Bytes per element; a PRNG key counts its key data (threefry: two uint32)."""
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return int(np.prod(jax.eval_shape(jax.random.key_data, jax.random.key(0)).shape)) * 4
+    return np.dtype(dtype).itemsize
+
+
 def _per_device(tree: Any, shardings: Any) -> int:
     """Bytes of the largest shard of every leaf of ``tree``, summed."""
     leaves = jax.tree.leaves(tree)
     shards = jax.tree.leaves(shardings)
-    return int(sum(np.prod(s.shard_shape(x.shape), dtype=np.int64) * np.dtype(x.dtype).itemsize
+    return int(sum(np.prod(s.shard_shape(x.shape), dtype=np.int64) * _itemsize(x.dtype)
                    for x, s in zip(leaves, shards)))
 
 

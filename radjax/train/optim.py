@@ -4,6 +4,11 @@
 fully matches a parameter's '/'-joined path decides: ``None`` freezes it (it is split off
 before differentiation, so it has neither gradients nor optimizer state), a number scales the
 base learning-rate schedule. Parameters no regex matches train with multiplier 1.
+
+``config.optim.delay`` is a sequence of ``(regex, start_step)``: parameters whose path the
+first matching regex selects keep their values (learning rate 0, so no update and no weight
+decay) before ``start_step``, e.g. RadFM's first stage that trains only the perceiver and
+the projection. Their gradients and Adam moments are still computed in that stage.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -70,21 +76,39 @@ def _base_optimizer(optim: ml_collections.ConfigDict, lr: optax.Schedule) -> opt
     raise ValueError(f"optim.name: unknown {name!r}; use 'adamw' or 'sgd'")
 
 
+def _start_of(path: str, delay: Sequence[tuple[str, int]]) -> int:
+    """The step from which ``path`` trains: the first matching delay's, else 0."""
+    for pattern, start in delay:
+        if re.fullmatch(pattern, path):
+            return int(start)
+    return 0
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
                    trainable: nnx.State) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the optimizer for the ``trainable`` state and returns it with the base schedule."""
     groups = tuple(tuple(g) for g in optim.get("groups", ()))
+    delay = tuple(tuple(d) for d in optim.get("delay", ()))
     base = learning_rate_schedule(optim, total_steps)
     multipliers = {i: m for i, (_, m) in enumerate(groups) if m is not None}
     multipliers[len(groups)] = 1.0
-    paths = {path_str(p) for p, _ in nnx.to_flat_state(trainable)}
-    used = sorted({_group_of(p, groups) for p in paths})
-    transforms = {str(i): _base_optimizer(optim, lambda s, m=multipliers[i]: m * base(s))
-                  for i in used}
+
+    def label(path: str) -> str:
+        return f"{_group_of(path, groups)}@{_start_of(path, delay)}"
+
+    def schedule(name: str) -> optax.Schedule:
+        group, start = (int(x) for x in name.split("@"))
+        m = multipliers[group]
+        if not start:
+            return lambda s: m * base(s)
+        return lambda s: jnp.where(s >= start, m * base(s), 0.0)
+
+    used = sorted({label(path_str(p)) for p, _ in nnx.to_flat_state(trainable)})
+    transforms = {name: _base_optimizer(optim, schedule(name)) for name in used}
 
     def labels(tree):
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: str(_group_of(path_str(path), groups)), tree,
+            lambda path, _: label(path_str(path)), tree,
             is_leaf=lambda x: isinstance(x, nnx.Variable))
 
     tx = optax.partition(transforms, labels)

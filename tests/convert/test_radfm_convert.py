@@ -7,7 +7,8 @@ from flax import nnx
 import radjax  # noqa: F401  (eager sharding off)
 from radjax.convert import radfm
 from radjax.convert.torch_io import ConversionError, assign
-from radjax.models.llama import Decoder, DecoderConfig
+from radjax.models.llama import DecoderConfig
+from radjax.models.radfm import RadFM
 from radjax.models.radfm_vision import RadFMVision, RadFMVisionConfig
 
 torch = pytest.importorskip("torch")
@@ -17,16 +18,6 @@ ref_lib = pytest.importorskip("tests.models.radfm_torch_reference")
 VISION = RadFMVisionConfig.tiny()
 LLAMA = {"vocab_size": 32, "hidden_size": VISION.llm_dim, "intermediate_size": 96,
          "num_hidden_layers": 1, "num_attention_heads": 4, "tie_word_embeddings": False}
-
-
-class TinyRadFM(nnx.Module):
-    """The attribute layout ``from_radfm_state_dict`` targets."""
-
-    def __init__(self, vision: RadFMVisionConfig, decoder: DecoderConfig, *, rngs: nnx.Rngs):
-        self.vision = RadFMVision(vision, rngs=rngs)
-        self.figure_token_weight = nnx.Param(np.zeros((2, vision.llm_dim), np.float32),
-                                             out_sharding=(None, "embed"))
-        self.lang_model = Decoder(decoder, rngs=rngs)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def checkpoint():
 
 
 def _abstract_model(decoder_cfg):
-    return nnx.eval_shape(lambda: TinyRadFM(VISION, decoder_cfg, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: RadFM(VISION, decoder_cfg, rngs=nnx.Rngs(0)))
 
 
 def test_whole_checkpoint_fills_every_parameter(checkpoint):

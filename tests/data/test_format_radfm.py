@@ -178,7 +178,7 @@ def _example(s, d, is_3d=True, hw=6):
     return dict(images=np.ones((s, d, hw, hw, 3), np.float32), is_3d=np.asarray(is_3d),
                 **{k: np.zeros(8, np.int32) for k in ("input_ids", "attention_mask", "labels")},
                 loss_weights=np.zeros(8, np.float32),
-                **{k: np.asarray(0, np.int32) for k in ("question_length", "num_images",
+                **{k: np.asarray(0, np.int32) for k in ("question_length", "num_images", "task",
                                                          "index")})
 
 

@@ -11,3 +11,14 @@ def rp3d_data(tmp_path_factory):
     config.data.root = str(tmp_path_factory.mktemp("rp3d_data"))
     experiment.prepare_config(config)
     return config.data.root
+
+
+@pytest.fixture(scope="session")
+def radfm_data(tmp_path_factory):
+    """RadFM phantoms for the end-to-end tests (the tiny config's files, written once)."""
+    from configs import radfm
+    from radjax.train import experiment
+    config = radfm.get_config("tiny")
+    config.data.root = str(tmp_path_factory.mktemp("radfm_data"))
+    experiment.prepare_config(config)
+    return config.data.root

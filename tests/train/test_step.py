@@ -25,10 +25,10 @@ def _loss(model, batch, config):
     return jnp.mean(err ** 2), {"mae": jnp.mean(jnp.abs(err))}
 
 
-def _config(groups=(), accum=1, lr=0.1):
+def _config(groups=(), accum=1, lr=0.1, delay=()):
     return ml_collections.ConfigDict(dict(
         optim=dict(name="sgd", momentum=0.0, lr=lr, warmup_ratio=0.0, schedule="constant",
-                   groups=groups),
+                   groups=groups, delay=delay),
         train=dict(grad_accum=accum, remat_policy="")))
 
 
@@ -68,6 +68,20 @@ def test_group_multiplier_scales_learning_rate():
         s0["trainable"]["head"]["kernel"][...])
     k0 = jax.tree.map(np.asarray, (base, half))
     np.testing.assert_allclose(delta(new_half, k0[1]), 0.5 * delta(new_base, k0[0]), rtol=1e-5)
+
+
+def test_delayed_group_keeps_values_until_its_start_step():
+    train_step, state = _setup(_config(delay=(("encoder/.*", 2),)))
+    kernel = lambda s, m: np.asarray(s["trainable"][m]["kernel"][...])  # noqa: E731
+    values = [(kernel(state, "encoder"), kernel(state, "head"))]
+    for i in range(3):
+        state, _ = train_step(state, _batch(seed=i))
+        values.append((kernel(state, "encoder"), kernel(state, "head")))
+    # step counter 0 and 1: encoder unchanged, head trains; from step 2 on both train
+    np.testing.assert_array_equal(values[1][0], values[0][0])
+    np.testing.assert_array_equal(values[2][0], values[0][0])
+    assert not np.allclose(values[3][0], values[2][0])
+    assert all(not np.allclose(values[i + 1][1], values[i][1]) for i in range(3))
 
 
 def test_gradient_accumulation_matches_full_batch_for_batch_free_model():

@@ -25,6 +25,7 @@ may name another JSON of that schema, or a directory holding the original ``*_pr
 """
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import logging
@@ -62,6 +63,8 @@ _PROMPTS_USED = {"modality": ((None, "caption_prompt"), (None, "modality_prompt"
                  "rationale": ((None, "caption_prompt"), ("yes_no_prompt", "caption_prompt")),
                  "diagnosis_open": ((None, "caption_prompt"),),
                  "diagnosis_closed": ((None, "caption_prompt"),)}
+# Task ids of the ``task`` batch field (evaluation reports each task separately).
+TASKS = ("modality", "vqa", "caption", "rationale", "diagnosis_open", "diagnosis_closed")
 _LISTS = ("radiographic_features", "articles")
 _MAY_BE_EMPTY = ("pre", "pat", "finding", "impression")
 _EXT_2D = (".png", ".jpg", ".jpeg")
@@ -116,6 +119,35 @@ def ensure_data(data_cfg: ml_collections.ConfigDict) -> None:
     ensure_phantoms(data_cfg, lambda out, p: write_radfm_phantoms(
         out, p.num_train, p.num_test, seed=p.get("seed", 0), image_size=p.get("image_size", 64),
         max_depth=p.get("max_depth", 16)), "RadFM task files")
+
+
+def complete_config(config: ml_collections.ConfigDict) -> None:
+    """Fills what the data decides (called after ``ensure_data``): ``data.tasks`` (the
+    phantom files when empty and phantoms are on), ``model.llm.vocab_size`` = the tokenizer's
+    text vocabulary V, ``model.eos_token_id`` / ``model.pad_token_id``.
+
+    Raises:
+      ValueError: ``data.tokens_per_image`` differs from ``model.vision.num_latents``.
+    """
+    d, m = config.data, config.model
+    if not d.get("tasks") and d.get("phantoms", {}).get("enabled", False):
+        d.tasks = phantom_tasks()
+    if int(d.get("tokens_per_image", 32)) != int(m.vision.num_latents):
+        raise ValueError(f"data.tokens_per_image {d.get('tokens_per_image', 32)} must equal "
+                         f"model.vision.num_latents {m.vision.num_latents}")
+    tokenizer, layout = text_tools(d)
+    m.llm.vocab_size = layout.text_vocab_size
+    m.eos_token_id = int(tokenizer.eos_token_id)
+    m.pad_token_id = int(tokenizer.pad_token_id)
+
+
+def most_frequent_answers(data_cfg: ml_collections.ConfigDict, split: str) -> dict[str, str]:
+    """Each task's most frequent answer in ``split`` (deterministic questions, as evaluation
+    asks them): the constant-answer baseline of ``radjax.metrics.radfm``."""
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for record in make_source(data_cfg, split):
+        counts[record["task"]][_question_answer(record, data_cfg, None)[1].replace("•", "")] += 1
+    return {task: c.most_common(1)[0][0] for task, c in counts.items()}
 
 
 def phantom_tasks() -> dict[str, dict[str, str]]:
@@ -443,7 +475,8 @@ def load_example(record: dict, data_cfg: ml_collections.ConfigDict,
     ``data.random_crop_2d=False``); the original also crops at test time, radjax does not.
 
     Returns ``images`` f32 (S, D, H, W, 3) at the file's size, ``num_images`` i32 (),
-    ``is_3d`` bool (), ``index`` i32 () and ``encode_sample``'s ``input_ids``,
+    ``is_3d`` bool (), ``index`` i32 (), ``task`` i32 () (index into ``TASKS``) and
+    ``encode_sample``'s ``input_ids``,
     ``attention_mask``, ``labels``, ``loss_weights`` (L,) and ``question_length`` ().
     More than ``data.max_images`` images or text over ``data.max_length`` (2048) raises
     BadRecordError naming file, row and field.
@@ -468,7 +501,7 @@ def load_example(record: dict, data_cfg: ml_collections.ConfigDict,
         raise BadRecordError(record["file"], record["where"], str(err)) from err
     return dict(images=images, num_images=np.asarray(len(images), np.int32),
                 is_3d=np.asarray(record["is_3d"]), index=np.asarray(record["index"], np.int32),
-                **text)
+                task=np.asarray(TASKS.index(record["task"]), np.int32), **text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,7 +557,7 @@ def collate(examples: list[dict], data_cfg: ml_collections.ConfigDict) -> dict[s
         images[b, :len(s)], mask[b, :len(s)] = s, True
     text = {k: np.stack([e[k] for e in examples]) for k in
             ("input_ids", "attention_mask", "labels", "loss_weights", "question_length",
-             "num_images", "is_3d", "index")}
+             "num_images", "is_3d", "index", "task")}
     return dict(images=images, image_mask=mask, **text)
 
 
@@ -612,7 +645,8 @@ def radfm_batches(source: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
 
     Each element: ``images`` f32 (B, S, D, H, W, 3), ``image_mask`` bool (B, S),
     ``input_ids``/``attention_mask``/``labels`` i32 (B, L), ``loss_weights`` f32 (B, L),
-    ``question_length``/``num_images``/``index`` i32 (B,), ``is_3d``/``valid`` bool (B,),
+    ``question_length``/``num_images``/``index``/``task`` i32 (B,), ``is_3d``/``valid`` bool
+    (B,),
     ``skipped`` i32 () — with B = ``batch_size_2d`` or ``batch_size_3d``, L = ``max_length``.
     Padded and skipped rows have ``valid`` False, labels -100, weights 0, index -1. A batch
     whose records were all skipped holds only ``skipped``; drop it (``"images" not in b``).
@@ -628,3 +662,7 @@ def radfm_batches(source: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
     return (batches.random_map(_LoadBatch(source, data_cfg, train))
             .to_iter_dataset(grain.ReadOptions(num_threads=int(data_cfg.get("num_threads", 2)),
                                                prefetch_buffer_size=2)))
+
+
+# The format batches itself (radjax.data.pipeline calls this instead of its own batching).
+batches = radfm_batches
