@@ -1,4 +1,4 @@
-"""Runs the absl launchers on the tiny RP3D config in fresh processes."""
+"""Runs the absl launchers on a tiny config (default RP3D-Diag's) in fresh processes."""
 import os
 import subprocess
 import sys
@@ -6,11 +6,12 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_launcher(module: str, workdir, *overrides, devices: int = 1, check=True, **kwargs):
-    """Runs ``python -m <module>`` on the tiny RP3D config in a fresh process."""
+def run_launcher(module: str, workdir, *overrides, devices: int = 1, check=True,
+                 config: str = "configs/rp3d_diag.py:tiny", **kwargs):
+    """Runs ``python -m <module>`` on ``config`` in a fresh process."""
     env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices),
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    cmd = [sys.executable, "-m", module, "--config", "configs/rp3d_diag.py:tiny",
+    cmd = [sys.executable, "-m", module, "--config", config,
            "--workdir", str(workdir), *overrides]
     if not check:  # a background run; its output goes to <workdir>.log
         log = open(f"{workdir}.log", "w")
