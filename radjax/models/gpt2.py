@@ -365,14 +365,8 @@ class GPT2(nnx.Module):
         """The cache path: embeddings x (B, L, D), valid (B, L) bool -> hidden states
         before ``ln_f`` and the updated cache."""
         num_new = x.shape[1]
-        if num_new > cache.size:
-            raise ValueError(f"GPT2: {num_new} new tokens do not fit a KV cache of "
-                             f"{cache.size} slots")
-        if positions is None:
-            positions = kv_cache.real_positions(cache, valid)
+        positions, slots, mask = kv_cache.append(cache, valid, positions, owner="GPT2")
         x = self.drop(x + self._positions(positions, num_new))
-        slots = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
-        mask = kv_cache.cached_mask(slots, cache.length, num_new)
         keys, values = [], []
         for i, block in enumerate(self.h):
             extra = (None if not cache.extra_keys or cache.extra_keys[i] is None

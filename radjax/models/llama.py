@@ -53,7 +53,7 @@ from flax import nnx
 
 from radjax.models.bert import read_hf_config
 from radjax.nn import kv_cache
-from radjax.nn.kv_cache import KVCache, cached_mask, grouped_attention
+from radjax.nn.kv_cache import KVCache, grouped_attention
 from radjax.nn.remat import checkpointed
 from radjax.sharding import shard_act
 
@@ -534,15 +534,9 @@ class Decoder(nnx.Module):
                 cache: KVCache) -> tuple[jax.Array, KVCache]:
         """The cache path of ``__call__``: x (B, L, hidden), valid (B, L) bool -> hidden
         states before the final norm (B, L, hidden) and the updated cache."""
-        num_new = x.shape[1]
-        if num_new > cache.size:
-            raise ValueError(f"Decoder: {num_new} new tokens do not fit a KV cache of "
-                             f"{cache.size} slots")
-        if positions is None:
-            positions = kv_cache.real_positions(cache, valid)
+        positions, slots, mask = kv_cache.append(cache, valid, positions, owner="Decoder",
+                                                 sliding_window=self.cfg.sliding_window)
         cos, sin = rope_cos_sin(positions, self.cfg)
-        slots = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
-        mask = cached_mask(slots, cache.length, num_new, self.cfg.sliding_window)
         keys, values = [], []
         for layer, k, v in zip(self._layer_list(), cache.keys, cache.values):
             x, (k, v) = layer(x, cos, sin, mask, (k, v), cache.length)
@@ -550,7 +544,7 @@ class Decoder(nnx.Module):
             keys.append(k)
             values.append(v)
         cache = cache._replace(keys=tuple(keys), values=tuple(values), valid=slots,
-                               length=cache.length + num_new)
+                               length=cache.length + x.shape[1])
         return x, cache
 
     def _logits(self, x: jax.Array) -> jax.Array:

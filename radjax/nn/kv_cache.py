@@ -73,6 +73,29 @@ def real_positions(cache: KVCache, valid: jax.Array) -> jax.Array:
     return before + jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def append(cache: KVCache, valid: jax.Array, positions: jax.Array | None, *, owner: str,
+           sliding_window: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What a decoder needs to append L new tokens to ``cache``.
+
+    Args:
+      valid: (B, L) validity of the new tokens. positions: (B, L) or None (then
+        ``real_positions``). owner: the model's name for the error message.
+    Returns:
+      positions (B, L), the slot validity after the append (B, S), and the attention mask
+      of the new tokens over all slots (B, 1, 1, L, S) (``cached_mask``).
+    Raises:
+      ValueError: L new tokens do not fit the cache's S slots.
+    """
+    num_new = valid.shape[1]
+    if num_new > cache.size:
+        raise ValueError(f"{owner}: {num_new} new tokens do not fit a KV cache of "
+                         f"{cache.size} slots")
+    if positions is None:
+        positions = real_positions(cache, valid)
+    slots = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
+    return positions, slots, cached_mask(slots, cache.length, num_new, sliding_window)
+
+
 def write(cache_kv: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
     """Writes new keys or values (B, K, L, Dh) into a layer's (B, K, S, Dh) cache at slots
     ``[index, index + L)``."""

@@ -20,3 +20,21 @@ def run_launcher(module: str, workdir, *overrides, devices: int = 1, check=True,
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
+
+
+def in_process_losses(config, workdir, mesh, steps: int):
+    """Trains ``config`` for ``steps`` steps in this process on ``mesh`` (logging every
+    step, no evaluation) and returns the per-step training losses."""
+    import json
+
+    import numpy as np
+
+    from radjax.train import loop
+
+    config.train.steps = steps
+    config.train.log_every = 1
+    config.train.eval_every = 0
+    config.checkpoint.every = steps
+    loop.train_and_evaluate(config, str(workdir), mesh=mesh)
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return np.array([r["train/loss"] for r in rows if "train/loss" in r])

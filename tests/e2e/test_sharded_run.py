@@ -1,13 +1,11 @@
 """The tiny run on 8 simulated devices (data x fsdp mesh) matches the single-device run."""
-import json
-
 import jax
 import numpy as np
 import pytest
 
 from configs import rp3d_diag
 from radjax import sharding
-from radjax.train import loop
+from tests.e2e.launcher import in_process_losses
 
 STEPS = 20
 
@@ -15,13 +13,7 @@ STEPS = 20
 def _losses(workdir, data_root, mesh):
     config = rp3d_diag.get_config("tiny")
     config.data.root = data_root
-    config.train.steps = STEPS
-    config.train.log_every = 1
-    config.train.eval_every = 0
-    config.checkpoint.every = STEPS
-    loop.train_and_evaluate(config, str(workdir), mesh=mesh)
-    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-    return np.array([r["train/loss"] for r in rows if "train/loss" in r])
+    return in_process_losses(config, workdir, mesh, STEPS)
 
 
 @pytest.mark.slow
