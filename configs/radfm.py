@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         vocab_size=32000, hidden_size=5120, num_layers=40, num_heads=40, intermediate_size=13824,
         rms_norm_eps=1e-6, max_position_embeddings=2048, model_type="llama", dtype="float32",
         remat=True, scan_layers=True))
-    m.llm_dir = ""                      # local HF LLaMA dir whose weights seed lang_model
+    # token chunks of the fused head loss: at most (tokens / chunks, 32000) logits at a time
+    m.loss_chunks = 8
 
     # ---- data ----
     c.data = d = ml_collections.ConfigDict()
@@ -105,6 +106,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
         vocab_size=0, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
         rms_norm_eps=1e-6, max_position_embeddings=512, model_type="llama", dtype="float32",
         remat=False, scan_layers=False, init_std=0.02))
+    m.loss_chunks = 1
     d.tokens_per_image = 8
     d.max_images = 2
     d.max_length = 176
