@@ -32,3 +32,17 @@ def test_bad_mesh_shapes():
         memory.state_memory(config, {"pipeline": 2})
     with pytest.raises(ValueError, match="must be >= 1"):
         memory.state_memory(config, {"fsdp": 0})
+
+
+def test_radfm_paper_config_is_sized_without_allocating():
+    """The released RadFM (LLaMA-13B + ViT + Perceiver) on a 128-device fsdp x tensor mesh."""
+    from configs import radfm
+    from experiments.launch import parse_mesh
+    report = memory.state_memory(radfm.get_config(), parse_mesh("fsdp=16,tensor=8"))
+    # LLaMA-13B: 40 x (4 x 5120^2 + 3 x 5120 x 13824 + 2 x 5120) + 2 x 32000 x 5120 + 5120
+    llama = 40 * (4 * 5120 ** 2 + 3 * 5120 * 13824 + 2 * 5120) + 2 * 32000 * 5120 + 5120
+    assert llama < report.num_params < llama + 150_000_000      # + vision path, figure tokens
+    full = 4 * report.num_params
+    assert report.per_device_bytes["trainable"] < 1.1 * full / 128   # sharded ~128 ways
+    with pytest.raises(ValueError, match="not axis=size"):
+        parse_mesh("fsdp:16")
