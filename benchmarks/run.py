@@ -60,6 +60,18 @@ def ceilings(shapes: list[tuple[int, int, int]], *, iters: int = 10) -> list[com
     return [common.matmul_ceiling(m, k, n, iters=iters) for m, k, n in shapes]
 
 
+def step_comparison(p, results: dict[str, common.StepResult], flops: float, ceiling: float,
+                    label: str) -> tuple[str, float]:
+    """Prints a torch-vs-radjax step table and its speed-ratio line; returns (table, ratio)."""
+    table = common.format_table(*common.step_table(results, flops, ceiling))
+    p("")
+    p(table)
+    p("")
+    ratio = results["torch"].timing.median_ms / results["radjax"].timing.median_ms
+    p(f"{label} torch/radjax = {ratio:.2f} ({'radjax' if ratio > 1 else 'torch'} faster)")
+    return table, ratio
+
+
 def run(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
         ceiling_shapes: list[tuple[int, int, int]] | None = None,
         ceiling_iters: int = 10, out=sys.stdout) -> tuple[str, rp3d_diag.Report, float]:
@@ -95,14 +107,9 @@ def run(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     p(f"step FLOPs: {report.flops / 1e9:.2f} GFLOP ({report.flops_source}); analytic "
       f"conv+matmul count {report.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
       f"{iters} timed steps each, interleaved, median")
-    table = common.format_table(*common.step_table(report.results, report.flops, ceiling))
-    p("")
-    p(table)
-    p("")
-    ratio = report.results["torch"].timing.median_ms / report.results["radjax"].timing.median_ms
+    table, _ = step_comparison(p, report.results, report.flops, ceiling, "speed ratio")
     rj = report.results["radjax"]
-    p(f"speed ratio torch/radjax = {ratio:.2f} ({'radjax' if ratio > 1 else 'torch'} faster); "
-      f"radjax compile {rj.compile_s:.1f} s wall / {rj.compile_cpu_s:.1f} s CPU; "
+    p(f"radjax compile {rj.compile_s:.1f} s wall / {rj.compile_cpu_s:.1f} s CPU; "
       f"total benchmark wall time {time.perf_counter() - t_start:.0f} s")
     note = common.load_note(load_before, common.load_average(), threads)
     if note:
@@ -165,14 +172,8 @@ def run_decoder(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     p(f"train step FLOPs: {report.flops / 1e9:.2f} GFLOP ({report.flops_source}); analytic "
       f"matmul count {report.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
       f"{iters} timed steps each, interleaved, median")
-    train_table = common.format_table(*common.step_table(report.train, report.flops, ceiling))
-    p("")
-    p(train_table)
-    p("")
-    ratio = report.train["torch"].timing.median_ms / report.train["radjax"].timing.median_ms
-    p(f"train speed ratio torch/radjax = {ratio:.2f} "
-      f"({'radjax' if ratio > 1 else 'torch'} faster); "
-      f"total decoder benchmark wall time {time.perf_counter() - t_start:.0f} s")
+    train_table, _ = step_comparison(p, report.train, report.flops, ceiling, "train speed ratio")
+    p(f"total decoder benchmark wall time {time.perf_counter() - t_start:.0f} s")
     note = common.load_note(load_before, common.load_average(), threads)
     if note:
         p(note)
@@ -199,13 +200,7 @@ def run_radfm(size_name: str = "bench", *, warmup: int = 1, iters: int = 3,
     p(f"vision train step (ViT + Perceiver + fc, mean-square loss, AdamW; same weights via "
       f"convert.radfm): {flops / 1e9:.2f} GFLOP ({source}), {warmup} warm-up + {iters} timed, "
       f"interleaved, median")
-    vision_table = common.format_table(*common.step_table(vision, flops, ceiling))
-    p("")
-    p(vision_table)
-    p("")
-    ratio = vision["torch"].timing.median_ms / vision["radjax"].timing.median_ms
-    p(f"vision speed ratio torch/radjax = {ratio:.2f} ({'radjax' if ratio > 1 else 'torch'} "
-      "faster)")
+    vision_table, _ = step_comparison(p, vision, flops, ceiling, "vision speed ratio")
     result = radfm.run_model(size, warmup=warmup, iters=iters)
     p(f"RadFM train step (entity-weighted fused LM loss, AdamW), radjax only: "
       f"{result.flops / 1e9:.2f} GFLOP ({result.flops_source})")
