@@ -6,8 +6,8 @@ Variants (``--config configs/radfm.py:<arg>``):
               about 14B parameters. Meant for ``--dry_run=<mesh>`` (abstract) or a pod with
               the converted checkpoint.
   ``tiny``    the same architecture shrunk to train on the phantoms in minutes on 2 CPU cores.
-  ``entity_weight=<w>``  loss weight of medical-entity tokens: 3.0 = the paper (default),
-              1.0 = the released code (plain cross-entropy).
+  ``entity_weight=<w>``  ``loss.entity_weight``, the loss weight of medical-entity tokens:
+              3.0 = the paper (default), 1.0 = the released code (plain cross-entropy).
   ``freeze_llm_steps=<n>``  the paper's first stage: only the perceiver, fc and the image
               marker embeddings train for n steps (``optim.delay``).
 """
@@ -39,6 +39,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         remat=True, scan_layers=True))
     # token chunks of the fused head loss: at most (tokens / chunks, 32000) logits at a time
     m.loss_chunks = 8
+    # Weights to start from (radfm.pretrained_params): the released RadFM checkpoint, or a
+    # local HF LLaMA directory for the language model alone (the paper: PMC-LLaMA 13B).
+    m.checkpoint = ""
+    m.llm_dir = ""
 
     # ---- data ----
     c.data = d = ml_collections.ConfigDict()
@@ -49,7 +53,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.max_images = 10
     d.tokens_per_image = 32             # = model.vision.num_latents
     d.max_length = 2048
-    d.entity_weight = a.entity_weight
     d.image_size = 512
     d.batch_size_2d = 4
     d.batch_size_3d = 1
@@ -61,6 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.num_threads = 2
     d.phantoms = ml_collections.ConfigDict(dict(enabled=True, num_train=200, num_test=40,
                                                 seed=0, image_size=64, max_depth=16))
+
+    # ---- loss ---- (the data marks entity tokens: batch["entity_mask"])
+    c.loss = ml_collections.ConfigDict(dict(entity_weight=a.entity_weight))
 
     # ---- training ----
     c.train = t = ml_collections.ConfigDict()

@@ -100,7 +100,8 @@ def train_dataset(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, *, globa
         raise ValueError(f"data split {split!r} under {data_cfg.root} has no records")
     counter = SkipCounter.for_source(source)
     if hasattr(fmt, "batches"):
-        return _format_batches(fmt, source, data_cfg, counter, seed, True, process_count), counter
+        return (_format_batches(fmt, source, data_cfg, counter, seed, True, process_index,
+                               process_count), counter)
     ds = source.seed(seed).shuffle().repeat()
     ds = ds[process_index::process_count]
     it = (ds.random_map(_Load(fmt, data_cfg, random=True))
@@ -120,7 +121,8 @@ def eval_batches(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, split: st
     source = fmt.make_source(data_cfg, split)
     counter = SkipCounter.for_source(source)
     if hasattr(fmt, "batches"):
-        return iter(_format_batches(fmt, source, data_cfg, counter, 0, False, process_count)), counter
+        return iter(_format_batches(fmt, source, data_cfg, counter, 0, False, process_index,
+                                    process_count)), counter
     source = source[process_index::process_count]
     ds = (source.seed(0).random_map(_Load(fmt, data_cfg, random=False))
           .to_iter_dataset(_read_options(data_cfg))
@@ -138,17 +140,17 @@ def eval_batches(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, split: st
 
 
 def _format_batches(fmt: ModuleType, source: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
-                    counter: SkipCounter, seed: int, train: bool,
+                    counter: SkipCounter, seed: int, train: bool, process_index: int,
                     process_count: int) -> grain.IterDataset:
-    """Batches made by the format itself (``fmt.batches(source, data_cfg, seed=, train=)``),
-    for formats whose batches vary in shape (RadFM: all-2D or all-3D, depth buckets). Each
-    batch carries ``valid``; its ``skipped`` count goes to ``counter``. Single process."""
-    if process_count > 1:
-        raise NotImplementedError(f"format {fmt.__name__} batches itself; its batch shapes "
-                                  "vary, so hosts would disagree: run it on one process")
-    return (fmt.batches(source, data_cfg, seed=seed, train=train)
-            .map(counter.take_batch_skips)
-            .filter(lambda batch: "valid" in batch))
+    """Batches made by the format itself (``fmt.batches(source, data_cfg, seed=, train=,
+    process_index=, process_count=)``), for formats whose batches vary in shape (RadFM:
+    all-2D or all-3D, depth buckets). Each batch carries ``valid``; its ``skipped`` count
+    goes to ``counter``. On one process batches without a valid row are dropped; with
+    several every process keeps them, so all step through the same global batches."""
+    batches = (fmt.batches(source, data_cfg, seed=seed, train=train,
+                           process_index=process_index, process_count=process_count)
+               .map(counter.take_batch_skips))
+    return batches.filter(lambda batch: batch["valid"].any()) if process_count == 1 else batches
 
 
 def to_global(batch: dict, mesh: jax.sharding.Mesh) -> dict:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from radjax.data.tokenizers import add_special_tokens
-from radjax.metrics.text import EntityMatcher, token_weights_from_offsets
+from radjax.metrics.text import EntityMatcher, entity_token_mask
 
 IMAGE_START = "<image>"
 IMAGE_END = "</image>"
@@ -147,8 +147,9 @@ def insert_images(text: str, positions: Sequence[int], layout: ImageTokenLayout,
 def check_image_tokens(ids: np.ndarray, num_images: int, layout: ImageTokenLayout) -> None:
     """Raises ValueError unless ``ids`` (L,) holds exactly ``num_images`` complete blocks.
 
-    Block n (``layout.block_ids(n)``, T + 2 ids) must appear once, blocks in order 0, 1, …,
-    and no image id (>= V) may appear outside a block.
+    Block n (``layout.block_ids(n)``, T + 2 ids) must appear once for each n < num_images,
+    in any order (the original draws each image's position on its own, so image 1 may come
+    first), and no image id (>= V) may appear outside a block.
     """
     ids = np.asarray(ids)
     starts = np.flatnonzero(ids == layout.start_id)
@@ -157,29 +158,32 @@ def check_image_tokens(ids: np.ndarray, num_images: int, layout: ImageTokenLayou
                          f"'{IMAGE_START}' tokens")
     in_block = np.zeros(len(ids), bool)
     width = layout.tokens_per_image + 2
-    for n, s in enumerate(starts):
+    seen = set()
+    for s in starts:
         block = ids[s:s + width]
-        if len(block) != width or not np.array_equal(block, layout.block_ids(n)):
-            raise ValueError(f"image block {n} at token {s} is incomplete or mis-numbered: "
-                             f"{block.tolist()}")
+        n = (int(block[1]) - layout.image_token_id(0, 0)) // layout.tokens_per_image \
+            if len(block) > 1 else -1
+        if (len(block) != width or not 0 <= n < num_images or n in seen
+                or not np.array_equal(block, layout.block_ids(n))):
+            raise ValueError(f"image block at token {s} is incomplete, mis-numbered or "
+                             f"repeated: {block.tolist()}")
+        seen.add(n)
         in_block[s:s + width] = True
     stray = np.flatnonzero((ids >= layout.text_vocab_size) & ~in_block)
     if len(stray):
         raise ValueError(f"image token ids outside any image block at tokens {stray.tolist()}")
 
 
-def _entity_spans(answer: str, start: int, entity_weight: float,
-                  matcher: EntityMatcher | None) -> list[tuple[int, int, str]]:
+def _entity_spans(answer: str, start: int, matcher: EntityMatcher | None
+                  ) -> list[tuple[int, int, str]]:
     """Character spans of the answer's medical entities, shifted by ``start`` (its offset in
-    the full text); none when ``entity_weight`` is 1 (no matcher is built then)."""
-    if entity_weight == 1.0:
-        return []
+    the full text)."""
     matcher = matcher or EntityMatcher.default()
     return [(s + start, e + start, name) for s, e, name in matcher.spans(answer)]
 
 
 def encode_sample(question: str, answer: str, positions: Sequence[int], tokenizer,
-                  layout: ImageTokenLayout, max_length: int, *, entity_weight: float = 1.0,
+                  layout: ImageTokenLayout, max_length: int, *,
                   matcher: EntityMatcher | None = None, faithful_position_quirk: bool = True,
                   name: str = "sample") -> dict[str, np.ndarray]:
     """One RadFM training sequence, right-padded to ``max_length`` (L).
@@ -193,8 +197,9 @@ def encode_sample(question: str, answer: str, positions: Sequence[int], tokenize
       attention_mask i32 (L,), 1 on the real tokens including the EOS.
       labels i32 (L,): ``input_ids`` with the question prefix (its token count, BOS
         included, as the original), pad and image ids (>= V) set to -100.
-      loss_weights f32 (L,): 0 where labels is -100, ``entity_weight`` on answer tokens of
-        medical entities (paper: 3; released code: 1, i.e. plain mean CE), 1 elsewhere.
+      entity_mask bool (L,): answer tokens of medical entities (``matcher``, default the
+        RadFM lexicon), False where labels is -100; the loss weights them
+        ``loss.entity_weight`` (paper: 3; released code: 1, i.e. plain mean CE).
       question_length i32 (): the number of prefix tokens masked out of the labels.
     Raises ValueError naming ``name`` if the sequence is longer than ``max_length``, there are
     more than ``max_images`` images, or the image blocks come out wrong.
@@ -212,18 +217,16 @@ def encode_sample(question: str, answer: str, positions: Sequence[int], tokenize
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from err
     question_length = len(tokenizer(prompt)["input_ids"])
-    spans = _entity_spans(answer, len(prompt) + 1, entity_weight, matcher)
-    weights = np.zeros(max_length, np.float32)
-    weights[:len(ids) - 1] = token_weights_from_offsets(encoded["offset_mapping"], spans,
-                                                        entity_weight)
-    weights[len(ids) - 1] = 1.0                                   # the EOS
+    entities = np.zeros(max_length, bool)
+    entities[:len(ids) - 1] = entity_token_mask(
+        encoded["offset_mapping"], _entity_spans(answer, len(prompt) + 1, matcher))
     input_ids = np.full(max_length, tokenizer.pad_token_id, np.int32)
     input_ids[:len(ids)] = ids
     labels = input_ids.copy()
     labels[(labels == tokenizer.pad_token_id) | (labels >= layout.text_vocab_size)] = IGNORE
     labels[:question_length] = IGNORE
-    weights[labels == IGNORE] = 0.0
+    entities[labels == IGNORE] = False
     return dict(input_ids=input_ids,
                 attention_mask=(np.arange(max_length) < len(ids)).astype(np.int32),
-                labels=labels, loss_weights=weights,
+                labels=labels, entity_mask=entities,
                 question_length=np.asarray(question_length, np.int32))

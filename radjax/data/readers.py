@@ -109,6 +109,25 @@ def read_npy(path: str | os.PathLike[str], *, ndim: int | Sequence[int] | None =
     return check_finite(check_rank(array, ndim, path), path)
 
 
+def array_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """The voxel-array shape of a ``.npy`` or NIfTI file from its header alone (no pixels
+    read); NIfTI shapes are (I, J, K, ...) in file order."""
+    path = Path(path)
+    _require_file(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if major == 1
+                        else np.lib.format.read_array_header_2_0)
+                return tuple(read(f)[0])
+        import nibabel as nib
+
+        return tuple(int(n) for n in nib.load(path).header.get_data_shape())
+    except (OSError, ValueError, EOFError) as err:
+        raise BadRecordError(path, None, f"unreadable array header ({err})") from err
+
+
 def read_nifti(path: str | os.PathLike[str], *, canonical: bool = False,
                ndim: int | Sequence[int] | None = None) -> Volume:
     """Reads a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel.

@@ -581,16 +581,20 @@ def radfm_entity_scores(prediction: str, reference: str,
     return {"precision": prec, "recall": rec, "f1": f1}
 
 
+def entity_token_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]]) -> np.ndarray:
+    """bool (N,): tokens whose character span overlaps an entity span (zero-width tokens such
+    as specials never do). ``offsets``: (N, 2) char offsets."""
+    offsets = np.asarray(offsets).reshape(-1, 2)
+    mask = np.zeros(len(offsets), bool)
+    for s, e, _ in spans:
+        mask |= (offsets[:, 0] < e) & (offsets[:, 1] > s) & (offsets[:, 1] > offsets[:, 0])
+    return mask
+
+
 def token_weights_from_offsets(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]],
                                entity_weight: float = 3.0) -> np.ndarray:
-    """Per-token weights: ``entity_weight`` for tokens whose character span overlaps an entity,
-    1 otherwise (zero-width tokens such as specials get 1). ``offsets``: (N, 2) char offsets."""
-    offsets = np.asarray(offsets).reshape(-1, 2)
-    w = np.ones(len(offsets), np.float32)
-    for s, e, _ in spans:
-        hit = (offsets[:, 0] < e) & (offsets[:, 1] > s) & (offsets[:, 1] > offsets[:, 0])
-        w[hit] = entity_weight
-    return w
+    """f32 (N,) per-token weights: ``entity_weight`` on ``entity_token_mask``, 1 elsewhere."""
+    return np.where(entity_token_mask(offsets, spans), entity_weight, 1.0).astype(np.float32)
 
 
 def entity_token_weights(text: str, tokenizer, matcher: EntityMatcher | None = None,

@@ -13,8 +13,9 @@ one extended embedding table per sample and multiplies it with one-hot ids
 LM head keeps V outputs: image ids are never predicted (their labels are ignored).
 
 Loss (``loss_fn``): ``sum(w * CE) / sum(w)`` over next-token targets, w = the batch's
-``loss_weights`` (0 for ignored labels; ``data.entity_weight`` on medical-entity tokens:
-3.0 = the paper, 1.0 = the released code's plain cross-entropy), through the fused head loss.
+answer-token weights: ``loss.entity_weight`` on the batch's ``entity_mask`` tokens (medical
+entities; 3.0 = the paper, 1.0 = the released code's plain cross-entropy), 1 on the other
+answer tokens, 0 on ignored labels; through the fused head loss.
 """
 from __future__ import annotations
 
@@ -92,18 +93,46 @@ def build_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> RadFM:
     return RadFM(vision_config(config.model), decoder_config(config.model), rngs=rngs)
 
 
+def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The weights a fresh run starts from (``radjax.train.experiment``), '/'-joined paths:
+
+    ``model.checkpoint``: the released RadFM checkpoint (``pytorch_model.bin``, a
+      safetensors file or a directory of shards): every part (``radjax.convert.radfm``).
+    ``model.llm_dir``: a local transformers LLaMA directory (the paper starts from
+      PMC-LLaMA 13B): the language model only; the vision path and image markers start
+      from their initialisation.
+    Neither: {} (everything from initialisation). Both set: ValueError.
+    """
+    from radjax.convert.llama import from_hf_llama
+    from radjax.convert.radfm import from_radfm_state_dict
+    from radjax.convert.torch_io import load_state_dict
+
+    m = config.model
+    checkpoint, llm_dir = m.get("checkpoint", ""), m.get("llm_dir", "")
+    if checkpoint and llm_dir:
+        raise ValueError("set model.checkpoint (a whole RadFM) or model.llm_dir (its LLaMA "
+                         "alone), not both")
+    if checkpoint:
+        return from_radfm_state_dict(load_state_dict(checkpoint), decoder_config(m))
+    if llm_dir:
+        values = from_hf_llama(load_state_dict(llm_dir), decoder_config(m))
+        return {f"lang_model/{k}": v for k, v in values.items()}
+    return {}
+
+
 def loss_fn(model: RadFM, batch: dict[str, jax.Array], config: ml_collections.ConfigDict
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted next-token cross-entropy (``radjax.train.lm_loss``) over the answer tokens.
 
     batch: ``input_ids``/``attention_mask``/``labels`` (B, L) (labels -100 = ignored),
-    ``loss_weights`` (B, L) aligned with labels, ``images`` (B, S, D, H, W, C).
+    ``entity_mask`` bool (B, L) aligned with labels, ``images`` (B, S, D, H, W, C).
     """
     ids, labels = batch["input_ids"], batch["labels"]
     embeds = model.embed(ids, batch["images"])
     hidden = model.lang_model.hidden_states(inputs_embeds=embeds,
                                             attention_mask=batch["attention_mask"])
-    weights = jnp.where(labels >= 0, batch["loss_weights"], 0.0)
+    entity_weight = float(config.get("loss", {}).get("entity_weight", 1.0))
+    weights = jnp.where(labels >= 0, jnp.where(batch["entity_mask"], entity_weight, 1.0), 0.0)
     targets, weights = lm_loss.next_token_targets(jnp.maximum(labels, 0), weights)
     d = hidden.shape[-1]
     loss = lm_loss.fused_head_cross_entropy(

@@ -2,16 +2,20 @@
 
 A paper plugs in through two modules named by the config (see WORKSPACE.md, CONTRACT):
 ``radjax.models.<config.model.name>`` and ``radjax.data.formats.<config.data.format>``.
+A paper module may also define ``pretrained_params(config) -> {'/'-joined param path:
+array}``: a fresh run (no checkpoint in the workdir) starts from those weights.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -56,6 +60,38 @@ class Experiment:
         return sharding.with_shardings(self.abstract_state, self.state_shardings)
 
 
+def with_pretrained(state: dict, values: Mapping[str, np.ndarray]) -> dict:
+    """``state`` with the parameters at ``values``' paths (trainable or frozen, '/'-joined
+    NNX paths as the converters write them) replaced, each cast to the parameter's dtype and
+    laid out with its sharding (every process reads only its own shards).
+
+    Raises:
+      ValueError: naming paths that are no parameter and shapes that differ.
+    """
+    remaining = dict(values)
+    wrong = []
+
+    def place(path, leaf):
+        key = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+        if key not in remaining:
+            return leaf
+        value = np.asarray(remaining.pop(key))
+        if value.shape != leaf.shape:
+            wrong.append(f"{key}: pretrained {value.shape} != model {leaf.shape}")
+            return leaf
+        value = value.astype(leaf.dtype, copy=False)
+        return jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda i: value[i])
+
+    out = dict(state)
+    for part in ("trainable", "frozen"):
+        out[part] = jax.tree_util.tree_map_with_path(place, state[part])
+    if remaining or wrong:
+        raise ValueError("pretrained weights do not fit the model:"
+                         + "".join(f"\n  not a parameter: {k}" for k in sorted(remaining))
+                         + "".join(f"\n  {w}" for w in wrong))
+    return out
+
+
 def _groups(config) -> tuple:
     return tuple(tuple(g) for g in config.optim.get("groups", ()))
 
@@ -82,10 +118,17 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     state_sh = sharding.state_shardings(abstract_state, mesh)
     train_step = step_lib.make_train_step(graphdef, paper.loss_fn, tx, schedule, config)
     predict_step = step_lib.make_predict_step(graphdef, paper.predict_fn, config)
+    random_init = jax.jit(init, out_shardings=state_sh)
+
+    def init_state() -> dict:
+        state = random_init()
+        values = paper.pretrained_params(config) if hasattr(paper, "pretrained_params") else {}
+        return with_pretrained(state, values) if values else state
+
     return Experiment(
         config=config, paper=paper, mesh=mesh, graphdef=graphdef,
         abstract_state=abstract_state, state_shardings=state_sh, schedule=schedule,
-        init=jax.jit(init, out_shardings=state_sh),
+        init=init_state,
         train_step=jax.jit(train_step, in_shardings=(state_sh, None),
                            out_shardings=(state_sh, None), donate_argnums=0),
         predict_step=jax.jit(predict_step, in_shardings=(state_sh, None)),

@@ -94,3 +94,75 @@ def test_malformed_fused_qkv_and_untied_embedding_copy_raise(checkpoint):
     untied = dict(sd, **{"embedding_layer.weight": sd["embedding_layer.weight"] + 1})
     with pytest.raises(ConversionError, match="embedding_layer.weight"):
         radfm.from_radfm_state_dict(untied, decoder_cfg)
+
+
+def _run_config(decoder_cfg, **model):
+    """configs/radfm.py:tiny with this file's vision and LLaMA sizes (no data needed)."""
+    import dataclasses
+
+    import ml_collections
+
+    from configs.radfm import get_config
+
+    config = get_config("tiny")
+    config.model.vision = ml_collections.ConfigDict(dataclasses.asdict(VISION))
+    config.model.llm = ml_collections.ConfigDict(dataclasses.asdict(decoder_cfg))
+    config.model.update(model)
+    config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=4, expert=1))
+    return config
+
+
+def _initial_params(config):
+    """'/'-joined path -> array of a fresh run's parameters (``experiment.build(...).init``),
+    laid out over fsdp 2 x tensor 4 simulated devices."""
+    import jax
+
+    from radjax.train import experiment
+
+    exp = experiment.build(config)
+    with jax.set_mesh(exp.mesh):
+        state = exp.init()
+    out = {}
+    for part in ("trainable", "frozen"):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state[part])[0]:
+            keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+            out["/".join(keys)] = np.asarray(leaf)
+    return out
+
+
+def test_a_fresh_run_starts_from_the_released_checkpoint(checkpoint, tmp_path):
+    sd, decoder_cfg = checkpoint
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "pytorch_model.bin")
+    params = _initial_params(_run_config(decoder_cfg,
+                                         checkpoint=str(tmp_path / "pytorch_model.bin")))
+    values = radfm.from_radfm_state_dict(sd, decoder_cfg)
+    assert sorted(params) == sorted(values)
+    for key, value in values.items():
+        np.testing.assert_array_equal(params[key], value, err_msg=key)
+
+
+def test_a_fresh_run_starts_from_a_local_llama(checkpoint, tmp_path):
+    sd, decoder_cfg = checkpoint
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
+    llama.save_pretrained(tmp_path / "llama")
+    scratch = _initial_params(_run_config(decoder_cfg))
+    params = _initial_params(_run_config(decoder_cfg, llm_dir=str(tmp_path / "llama")))
+    embed = llama.model.embed_tokens.weight.detach().numpy()
+    np.testing.assert_array_equal(params["lang_model/embed_tokens"], embed)
+    np.testing.assert_array_equal(params["lang_model/layers/0/mlp/down_proj/kernel"],
+                                  llama.model.layers[0].mlp.down_proj.weight.detach().numpy().T)
+    for key in scratch:                  # the vision path and image markers: initialisation
+        if not key.startswith("lang_model/"):
+            np.testing.assert_array_equal(params[key], scratch[key], err_msg=key)
+    with pytest.raises(ValueError, match="not both"):
+        _initial_params(_run_config(decoder_cfg, llm_dir="x", checkpoint="y"))
+
+
+def test_pretrained_weights_that_do_not_fit_are_named(checkpoint, tmp_path):
+    sd, decoder_cfg = checkpoint
+    wider = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **dict(LLAMA, intermediate_size=LLAMA["intermediate_size"] * 2)))
+    wider.save_pretrained(tmp_path / "wider")
+    with pytest.raises(ValueError, match=r"lang_model/layers/0/mlp/down_proj/kernel: "
+                                         r"pretrained \(192, 64\) != model \(96, 64\)"):
+        _initial_params(_run_config(decoder_cfg, llm_dir=str(tmp_path / "wider")))

@@ -177,7 +177,7 @@ def test_bucket_depth():
 def _example(s, d, is_3d=True, hw=6):
     return dict(images=np.ones((s, d, hw, hw, 3), np.float32), is_3d=np.asarray(is_3d),
                 **{k: np.zeros(8, np.int32) for k in ("input_ids", "attention_mask", "labels")},
-                loss_weights=np.zeros(8, np.float32),
+                entity_mask=np.zeros(8, bool),
                 **{k: np.asarray(0, np.int32) for k in ("question_length", "num_images", "task",
                                                          "index")})
 
@@ -210,7 +210,7 @@ def test_eval_pass_sees_every_record_once(root):
         kinds = {bool(source[int(i)]["is_3d"]) for i in b["index"][b["valid"]]}
         assert len(kinds) == 1 and (b["images"].shape[2] == 1) == (kinds == {False})
         assert (b["labels"][~b["valid"]] == IGNORE).all()
-        assert b["input_ids"].shape == (2, 320) and b["loss_weights"].dtype == np.float32
+        assert b["input_ids"].shape == (2, 320) and b["entity_mask"].dtype == bool
 
 
 def per_epoch(source, cfg):
@@ -238,6 +238,28 @@ def test_train_stream_is_seeded_and_resumable(root):
         b["index"].tolist() for b in first + [after]]
     for b in first + [after]:
         assert len({bool(source[int(i)]["is_3d"]) for i in b["index"][b["valid"]]}) == 1
+
+
+def test_processes_split_each_global_batch_and_agree_on_shapes(root):
+    one = _cfg(root)                                      # B = 2 rows on one process
+    two = _cfg(root, batch_size_2d=1, batch_size_3d=1)    # B = 1 row on each of two
+    source = radfm.make_source(one, "train")
+    whole = list(radfm.radfm_batches(source, one, train=False))
+    parts = [list(radfm.radfm_batches(source, two, train=False, process_index=p,
+                                      process_count=2)) for p in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == len(whole)
+    for w, *halves in zip(whole, *parts):
+        for key in ("images", "image_mask", "input_ids", "labels", "index", "valid"):
+            np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), w[key])
+    streams = [iter(radfm.radfm_batches(source, two, seed=5, process_index=p, process_count=2))
+               for p in (0, 1)]
+    glob = iter(radfm.radfm_batches(source, one, seed=5))
+    for _ in range(2 * per_epoch(source, one)):
+        b0, b1, g = next(streams[0]), next(streams[1]), next(glob)
+        assert {k: v.shape for k, v in b0.items()} == {k: v.shape for k, v in b1.items()}
+        np.testing.assert_array_equal(np.concatenate([b0["index"], b1["index"]]), g["index"])
+    with pytest.raises(ValueError, match="process_index 2"):
+        radfm.radfm_batches(source, two, process_index=2, process_count=2)
 
 
 def test_skip_bad_records_marks_rows(root, tmp_path):

@@ -195,15 +195,21 @@ def test_diagnosis_labels_are_disorder_names_and_closed_labels_agree(root):
 
 
 def _features(root: Path, rel: str) -> np.ndarray:
-    """Min-max normalised (as RadFM's readers do) first slice: 8-bin histogram, frame mean and
-    mean horizontal gradient (texture)."""
+    """Min-max normalised (as RadFM's readers do) first slice: 8-bin histogram, frame mean,
+    mean horizontal gradient (texture), how much brighter the body's outer layer is than its
+    inside (T1 fat rim) and the band under the body (CT table)."""
     img = (_volume(root, rel)[0, 0, :, :, 0] if rel.endswith(".npy")
            else _png(root, rel)[:, :, 0].astype(np.float32))
     img = (img - img.min()) / (img.max() - img.min())
     frame = np.concatenate([img[:2].ravel(), img[-2:].ravel(), img[:, :2].ravel()])
     texture = np.abs(np.diff(img, axis=1)).mean()
+    body = np.pad(img > 0.15, 1)
+    inside = body[1:-1, 1:-1] & body[:-2, 1:-1] & body[2:, 1:-1] & body[1:-1, :-2] & body[1:-1, 2:]
+    rim = body[1:-1, 1:-1] & ~inside
+    rim_contrast = img[rim].mean() - img[inside].mean() if rim.any() and inside.any() else 0.0
     return np.append(np.histogram(img, bins=8, range=(0, 1))[0] / img.size,
-                     [frame.mean(), 4 * texture])
+                     [frame.mean(), 4 * texture, rim_contrast,
+                      img[int(0.94 * len(img)), 4:-4].mean()])
 
 
 def test_modalities_are_separable_from_pixels(root):

@@ -82,3 +82,30 @@ def test_eval_batches_cover_split_once_with_padding_mask():
     assert list(ids) == [0, 1, 2, 4, 5, 6] and counter.count == 1
     # deterministic path: rng=None gives no jitter
     assert np.all(np.concatenate([b["x"][:, 1] for b in batches]) == 0)
+
+
+def _self_batching_format():
+    """A format that batches itself (as RadFM): batch i of process p holds record 2i + p;
+    records >= 2 do not exist, so later batches have no valid row."""
+    def batches(source, cfg, *, seed, train, process_index, process_count):
+        def batch(i):
+            record = process_count * i + process_index
+            return {"x": np.array([record], np.float32), "valid": np.array([record < 2]),
+                    "skipped": np.asarray(0, np.int32)}
+        return grain.MapDataset.range(3).map(batch).to_iter_dataset()
+
+    return types.SimpleNamespace(make_source=lambda cfg, split: grain.MapDataset.source([0]),
+                                 batches=batches)
+
+
+def test_self_batching_formats_keep_empty_batches_only_on_several_processes():
+    fmt = _self_batching_format()
+    alone, _ = pipeline.eval_batches(fmt, _cfg(), "test", batch_size=1, process_index=0,
+                                     process_count=1)
+    assert [b["x"].tolist() for b in alone] == [[0.0], [1.0]]          # [2.0] dropped
+    shares = [list(pipeline.eval_batches(fmt, _cfg(), "test", batch_size=2, process_index=p,
+                                         process_count=2)[0]) for p in (0, 1)]
+    assert [len(s) for s in shares] == [3, 3]            # every process steps together
+    assert [b["valid"].tolist() for b in shares[1]] == [[True], [False], [False]]
+    assert [b["x"].tolist() for b in shares[0]] == [[0.0], [2.0], [4.0]]
+    assert "skipped" not in shares[0][0]

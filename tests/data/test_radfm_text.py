@@ -66,8 +66,8 @@ def test_encode_sample_labels_and_weights(tok_layout):
     tok, layout = tok_layout
     question, answer = "Is there effusion?", "Large pleural effusion on the left."
     out = encode_sample(question, answer, [0, len(question)], tok, layout, 160,
-                        entity_weight=3.0, matcher=EntityMatcher(["pleural effusion"]))
-    ids, labels, w = out["input_ids"], out["labels"], out["loss_weights"]
+                        matcher=EntityMatcher(["pleural effusion"]))
+    ids, labels, entities = out["input_ids"], out["labels"], out["entity_mask"]
     n = int(out["attention_mask"].sum())
     q = int(out["question_length"])
     check_image_tokens(ids, 2, layout)
@@ -76,18 +76,20 @@ def test_encode_sample_labels_and_weights(tok_layout):
     assert (labels[:q] == IGNORE).all() and (labels[n:] == IGNORE).all()
     np.testing.assert_array_equal(labels[q:n], ids[q:n])
     assert (ids[:q] >= V).sum() == 2 * 34            # both image blocks lie in the prefix
-    assert (w[labels == IGNORE] == 0).all() and w[n - 1] == 1.0
-    answer_ids = tok(" " + answer, add_special_tokens=False)["input_ids"]
+    assert not entities[labels == IGNORE].any() and not entities[n - 1]
     assert tok.decode(ids[q:n - 1]).strip() == answer
-    heavy = ids[w == 3.0]
-    assert tok.decode(heavy).strip().lower() == "pleural effusion"
-    assert (w[q:n] == 1.0).sum() == n - q - len(heavy) and len(answer_ids) >= n - q - 1
+    assert tok.decode(ids[entities]).strip().lower() == "pleural effusion"
 
 
-def test_encode_sample_plain_weights_are_released_ce(tok_layout):
+def test_encode_sample_marks_only_answer_entities_with_the_default_lexicon(tok_layout):
     tok, layout = tok_layout
-    out = encode_sample("What?", "pleural effusion", [0], tok, layout, 64)
-    np.testing.assert_array_equal(out["loss_weights"], (out["labels"] != IGNORE).astype(float))
+    out = encode_sample("Is there a pleural effusion on CT?", "Yes: pleural effusion on CT.",
+                        [0], tok, layout, 160)
+    q = int(out["question_length"])
+    assert not out["entity_mask"][:q].any()
+    ids, mask = out["input_ids"], out["entity_mask"]
+    runs = np.split(np.flatnonzero(mask), np.flatnonzero(np.diff(np.flatnonzero(mask)) > 1) + 1)
+    assert [tok.decode(ids[r]).strip().lower() for r in runs] == ["pleural effusion", "ct"]
 
 
 def test_encode_sample_errors_name_the_sample(tok_layout):
@@ -106,11 +108,12 @@ def test_check_image_tokens_rejects_bad_blocks():
     check_image_tokens(good, 2, layout)
     swapped = good.copy()
     swapped[[2, 3]] = swapped[[3, 2]]
-    with pytest.raises(ValueError, match="block 0"):
+    with pytest.raises(ValueError, match="mis-numbered"):
         check_image_tokens(swapped, 2, layout)
-    out_of_order = np.concatenate([layout.block_ids(1), layout.block_ids(0)])
-    with pytest.raises(ValueError, match="block 0"):
-        check_image_tokens(out_of_order, 2, layout)
+    check_image_tokens(np.concatenate([layout.block_ids(1), layout.block_ids(0)]), 2, layout)
+    twice = np.concatenate([layout.block_ids(1), layout.block_ids(1)])
+    with pytest.raises(ValueError, match="repeated"):
+        check_image_tokens(twice, 2, layout)
     with pytest.raises(ValueError, match="incomplete"):
         check_image_tokens(good[:-5], 2, layout)
     with pytest.raises(ValueError, match="expected 1 image blocks"):

@@ -83,16 +83,18 @@ def test_logits_match_the_original_one_hot_embedding_and_llama(pair):
     assert err < 1e-5, err
 
 
-def test_loss_is_the_weighted_mean_over_answer_tokens(pair):
+@pytest.mark.parametrize("entity_weight", [3.0, 1.0])     # paper, released code (plain CE)
+def test_loss_is_the_weighted_mean_over_answer_tokens(pair, entity_weight):
     _, _, model = pair
     ids, mask, images = _sample(1)
     labels = np.where(np.arange(16) >= 12, ids, -100).astype(np.int32)
     labels[(mask == 0) | (labels >= V)] = -100                  # as the original's labels
-    weights = np.where(labels >= 0, 1.0, 0.0).astype(np.float32)
-    weights[0, 13] = 3.0                                        # an entity token
+    entities = np.zeros_like(labels, bool)
+    entities[0, 13] = True                                      # an entity token
+    weights = np.where(labels >= 0, np.where(entities, entity_weight, 1.0), 0.0)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels,
-             "loss_weights": weights, "images": images}
-    config = ml_collections.ConfigDict({"model": {}})
+             "entity_mask": entities, "images": images}
+    config = ml_collections.ConfigDict({"model": {}, "loss": {"entity_weight": entity_weight}})
     loss, aux = radfm.loss_fn(model, {k: jnp.asarray(v) for k, v in batch.items()}, config)
     logits = np.asarray(_logits(*nnx.split(model), ids, images, mask), np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -41,7 +41,8 @@ import numpy as np
 from radjax.data.errors import BadRecordError
 from radjax.data.phantoms import ensure_phantoms
 from radjax.data.radfm_text import ImageTokenLayout, encode_sample, register_image_tokens
-from radjax.data.readers import read_image, read_json, read_nifti, read_npy, resolve_path
+from radjax.data.readers import (array_shape, read_image, read_json, read_nifti, read_npy,
+                                 resolve_path)
 from radjax.data.tokenizers import load_tokenizer, phantom_tokenizer
 from radjax.data.transforms import resize
 
@@ -477,7 +478,7 @@ def load_example(record: dict, data_cfg: ml_collections.ConfigDict,
     Returns ``images`` f32 (S, D, H, W, 3) at the file's size, ``num_images`` i32 (),
     ``is_3d`` bool (), ``index`` i32 (), ``task`` i32 () (index into ``TASKS``) and
     ``encode_sample``'s ``input_ids``,
-    ``attention_mask``, ``labels``, ``loss_weights`` (L,) and ``question_length`` ().
+    ``attention_mask``, ``labels``, ``entity_mask`` (L,) and ``question_length`` ().
     More than ``data.max_images`` images or text over ``data.max_length`` (2048) raises
     BadRecordError naming file, row and field.
     """
@@ -494,7 +495,6 @@ def load_example(record: dict, data_cfg: ml_collections.ConfigDict,
         text = encode_sample(
             question, answer, _positions(record, question, len(images), rng), tokenizer,
             layout, int(data_cfg.get("max_length", 2048)),
-            entity_weight=float(data_cfg.get("entity_weight", 1.0)),
             faithful_position_quirk=bool(data_cfg.get("faithful_position_quirk", True)),
             name=f"{Path(record['file']).name} {record['where']}")
     except ValueError as err:
@@ -527,37 +527,77 @@ def _sample_stack(images: np.ndarray, size: int) -> np.ndarray:
     return _resize_all(images, (bucket_depth(max(images.shape[1], 4)), size, size), "nearest")
 
 
-def collate(examples: list[dict], data_cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def batch_geometry(image_counts: list[tuple[int, int]], is_3d: bool,
+                   data_cfg: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(S, D, size) of a batch whose samples hold ``image_counts`` = [(S_b, D_b)] images.
+
+    3D: each sample's depth goes to ``bucket_depth(max(D_b, 4))`` (``stack_images``), the
+    batch to ``bucket_depth`` of the largest (limit 32 if the batch is one sample with > 6
+    images) and, if it is one sample with depth > 4 and ``data.halve_single_3d`` (True), to
+    half ``data.image_size``. 2D: D = 1, ``image_size``. S = the largest S_b.
+    """
+    size = int(data_cfg.get("image_size", 512))
+    count = max(s for s, _ in image_counts)
+    if not is_3d:
+        return count, 1, size
+    many = len(image_counts) == 1 and count > 6
+    depth = bucket_depth(max(bucket_depth(max(d, 4)) for _, d in image_counts),
+                         32 if many else 64)
+    if len(image_counts) == 1 and depth > 4 and data_cfg.get("halve_single_3d", True):
+        size //= 2
+    return count, depth, size
+
+
+def record_image_counts(record: dict) -> tuple[int, int] | None:
+    """(S, D) of the record's images from the file header, no pixels read (2D: (1, 1));
+    None if the header is unreadable (loading the record then raises the error)."""
+    if not record["is_3d"]:
+        return 1, 1
+    try:
+        shape = array_shape(record["image"])
+    except BadRecordError:
+        return None
+    if not record["image"].lower().endswith(".npy"):
+        return (1, shape[2]) if len(shape) == 3 else None
+    return {4: (1, shape[-1]), 5: (shape[0], shape[-1])}.get(len(shape))
+
+
+_TEXT_KEYS = {"input_ids": np.int32, "attention_mask": np.int32, "labels": np.int32,
+              "entity_mask": bool, "question_length": np.int32, "num_images": np.int32,
+              "is_3d": bool, "index": np.int32, "task": np.int32}
+
+
+def collate(examples: list[dict], data_cfg: ml_collections.ConfigDict,
+            geometry: tuple[int, int, int] | None = None) -> dict[str, np.ndarray]:
     """Stacks examples of one kind (all 2D or all 3D) into a batch of B = len(examples).
 
-    3D: each sample's images are stacked as ``stack_images`` does, then the batch goes to
-    depth ``bucket_depth(max D)`` (limit 32 if the batch is one sample with > 6 images) and,
-    if it is one sample with depth > 4 and ``data.halve_single_3d`` (True), to half
-    ``data.image_size``; all resizes nearest. 2D: H, W -> ``image_size`` bilinear (the
-    original resizes its crop bicubic), D stays 1. Images are zero-padded to the
-    batch's largest count S; ``image_mask`` bool (B, S) marks the real ones.
+    Images go to ``geometry`` = (S, D, size) (default: ``batch_geometry`` of the examples):
+    3D: each sample's images are stacked as ``stack_images`` does (H, W -> ``image_size``),
+    then resized to (D, size, size), all nearest. 2D: H, W -> size bilinear (the original
+    resizes its crop bicubic), D = 1. Images are zero-padded to S; ``image_mask`` bool
+    (B, S) marks the real ones. An empty ``examples`` needs ``geometry`` and
+    ``data.max_length``: it gives B = 0.
     """
     kinds = {bool(e["is_3d"]) for e in examples}
-    if len(kinds) != 1:
+    if len(kinds) > 1:
         raise ValueError("a RadFM batch must be all 2D or all 3D")
-    size = int(data_cfg.get("image_size", 512))
-    if kinds == {True}:
-        stacks = [_sample_stack(e["images"], size) for e in examples]
-        many = len(stacks) == 1 and len(stacks[0]) > 6
-        depth = bucket_depth(max(s.shape[1] for s in stacks), 32 if many else 64)
-        if len(stacks) == 1 and depth > 4 and data_cfg.get("halve_single_3d", True):
-            size //= 2
-        stacks = [_resize_all(s, (depth, size, size), "nearest") for s in stacks]
-    else:
-        stacks = [_resize_all(e["images"], (1, size, size), "bilinear") for e in examples]
-    count = max(len(s) for s in stacks)
-    images = np.zeros((len(stacks), count) + stacks[0].shape[1:], np.float32)
-    mask = np.zeros((len(stacks), count), bool)
-    for b, s in enumerate(stacks):
-        images[b, :len(s)], mask[b, :len(s)] = s, True
-    text = {k: np.stack([e[k] for e in examples]) for k in
-            ("input_ids", "attention_mask", "labels", "loss_weights", "question_length",
-             "num_images", "is_3d", "index", "task")}
+    is_3d = kinds == {True}
+    count, depth, size = geometry or batch_geometry(
+        [e["images"].shape[:2] for e in examples], is_3d, data_cfg)
+    images = np.zeros((len(examples), count, depth, size, size, 3), np.float32)
+    mask = np.zeros((len(examples), count), bool)
+    for b, e in enumerate(examples):
+        if is_3d:
+            stack = _resize_all(_sample_stack(e["images"], int(data_cfg.get("image_size", 512))),
+                                (depth, size, size), "nearest")
+        else:
+            stack = _resize_all(e["images"], (1, size, size), "bilinear")
+        images[b, :len(stack)], mask[b, :len(stack)] = stack, True
+    length = (int(data_cfg.get("max_length", 2048)),)
+    text = {k: (np.stack([e[k] for e in examples]) if examples else
+                np.zeros((0,) + (length if k in ("input_ids", "attention_mask", "labels",
+                                                 "entity_mask") else ()), dtype))
+            for k, dtype in _TEXT_KEYS.items()}
     return dict(images=images, image_mask=mask, **text)
 
 
@@ -576,14 +616,15 @@ def batch_rows(data_cfg: ml_collections.ConfigDict, is_3d: bool) -> int:
     return int(data_cfg.get("batch_size_3d", 1) if is_3d else data_cfg.get("batch_size_2d", 4))
 
 
-def epoch_batches(is_3d: np.ndarray, data_cfg, rng: np.random.Generator | None
-                  ) -> list[np.ndarray]:
-    """Record indices of one epoch's batches, as ``batch_generation``: 2D and 3D records
-    chunked separately (``batch_size_2d`` 4, ``batch_size_3d`` 1; last chunks kept short);
-    with ``rng`` both index lists and then the batch order are shuffled."""
+def epoch_batches(is_3d: np.ndarray, data_cfg, rng: np.random.Generator | None,
+                  process_count: int = 1) -> list[np.ndarray]:
+    """Record indices of one epoch's global batches, as ``batch_generation``: 2D and 3D
+    records chunked separately (``process_count`` x ``batch_size_2d`` 4 or ``batch_size_3d``
+    1; last chunks kept short); with ``rng`` both index lists and then the batch order are
+    shuffled."""
     batches = []
     for kind in (False, True):
-        size = batch_rows(data_cfg, kind)
+        size = batch_rows(data_cfg, kind) * process_count
         idx = np.flatnonzero(is_3d == kind)
         idx = rng.permutation(idx) if rng is not None else idx
         batches += [idx[i:i + size] for i in range(0, len(idx), size)]
@@ -593,73 +634,92 @@ def epoch_batches(is_3d: np.ndarray, data_cfg, rng: np.random.Generator | None
 
 
 class _BatchPlan:
-    """Batch i of the stream -> record indices; epoch e is shuffled with seed (seed, e)."""
+    """Batch i of the stream -> global record indices (every process computes the same);
+    epoch e is shuffled with seed (seed, e)."""
 
-    def __init__(self, is_3d: np.ndarray, data_cfg, seed: int, shuffle: bool):
+    def __init__(self, is_3d: np.ndarray, data_cfg, seed: int, shuffle: bool,
+                 process_count: int):
         self._is_3d, self._cfg, self._seed, self._shuffle = is_3d, data_cfg, seed, shuffle
-        self.per_epoch = len(epoch_batches(is_3d, data_cfg, None))
+        self._processes = process_count
+        self.per_epoch = len(epoch_batches(is_3d, data_cfg, None, process_count))
         self._cached: tuple[int, list[np.ndarray]] = (-1, [])
 
     def __call__(self, i: int) -> np.ndarray:
         epoch, j = divmod(int(i), self.per_epoch)
         if self._cached[0] != epoch:
             rng = np.random.default_rng((self._seed, epoch)) if self._shuffle else None
-            self._cached = (epoch, epoch_batches(self._is_3d, self._cfg, rng))
+            self._cached = (epoch, epoch_batches(self._is_3d, self._cfg, rng, self._processes))
         return self._cached[1][j]
 
 
 class _LoadBatch(grain.transforms.RandomMap):
-    """Record indices -> one padded batch; bad records become invalid rows (``skipped``)."""
+    """Global record indices -> this process's rows of the batch, padded to B rows.
 
-    def __init__(self, source: grain.MapDataset, data_cfg, train: bool):
+    The shapes come from the file headers of every row of the global batch, so all
+    processes agree on them; bad records become invalid rows (``skipped``).
+    """
+
+    def __init__(self, source: grain.MapDataset, data_cfg, train: bool, process_index: int):
         self._source, self._cfg, self._train = source, data_cfg, train
+        self._process = process_index
         self._skip = bool(data_cfg.get("skip_bad_records", False))
 
     def random_map(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
+        records = [self._source[int(i)] for i in indices]
+        is_3d = bool(records[0]["is_3d"])
+        rows = batch_rows(self._cfg, is_3d)
+        counts = [c for c in map(record_image_counts, records) if c is not None]
+        geometry = batch_geometry(counts or [(1, 4)], is_3d, self._cfg)
+        if self._process:           # process 0 keeps the batch's stream, others derive one
+            rng = np.random.default_rng((int(rng.integers(2 ** 62)), self._process))
         examples, skipped = [], 0
-        for i in indices:
+        for record in records[self._process * rows:(self._process + 1) * rows]:
             try:
-                examples.append(load_example(self._source[int(i)], self._cfg,
-                                             rng if self._train else None))
+                examples.append(load_example(record, self._cfg, rng if self._train else None))
             except BadRecordError as err:
                 if not self._skip:
                     raise
                 log.warning("skipping bad RadFM record: %s", err)
                 skipped += 1
-        if not examples:
-            return {"skipped": np.asarray(skipped, np.int32)}
-        rows = batch_rows(self._cfg, bool(examples[0]["is_3d"]))
-        batch = _pad_rows(collate(examples, self._cfg), rows)
+        batch = _pad_rows(collate(examples, self._cfg, geometry), rows)
+        batch["is_3d"][:] = is_3d
         batch["skipped"] = np.asarray(skipped, np.int32)
         return batch
 
 
 def radfm_batches(source: grain.MapDataset, data_cfg: ml_collections.ConfigDict, *,
-                  seed: int = 0, train: bool = True) -> grain.IterDataset:
-    """RadFM batches of ``source`` (``make_source``), as a checkpointable grain IterDataset.
+                  seed: int = 0, train: bool = True, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+    """This process's RadFM batches of ``source`` (``make_source``), as a checkpointable
+    grain IterDataset.
 
     train: an endless stream of epochs; epoch e shuffles with ``(seed, e)`` and examples
     draw prompts, branches and image positions from grain's per-batch seeded rng.
     eval (train=False): one pass, 2D batches then 3D batches in record order, deterministic
     examples; every record appears exactly once (``index``), short batches padded.
+    With ``process_count`` P > 1 every process walks the same plan of global batches of
+    P x B rows and loads rows ``[process_index * B, (process_index + 1) * B)``; the batch
+    shapes come from the headers of all P x B files, so the processes agree on them.
 
     Each element: ``images`` f32 (B, S, D, H, W, 3), ``image_mask`` bool (B, S),
-    ``input_ids``/``attention_mask``/``labels`` i32 (B, L), ``loss_weights`` f32 (B, L),
+    ``input_ids``/``attention_mask``/``labels`` i32 (B, L), ``entity_mask`` bool (B, L),
     ``question_length``/``num_images``/``index``/``task`` i32 (B,), ``is_3d``/``valid`` bool
     (B,),
     ``skipped`` i32 () — with B = ``batch_size_2d`` or ``batch_size_3d``, L = ``max_length``.
-    Padded and skipped rows have ``valid`` False, labels -100, weights 0, index -1. A batch
-    whose records were all skipped holds only ``skipped``; drop it (``"images" not in b``).
-    Shapes vary between batches (kind, S, depth bucket, size), so a jitted step compiles once
-    per shape. Single process only: hosts would disagree on shapes.
+    Padded and skipped rows have ``valid`` False, labels -100, entity_mask False, index -1;
+    a batch may have no valid row (all its records skipped, or the tail of an eval pass on
+    a later process). Shapes vary between batches (kind, S, depth bucket, size), so a jitted
+    step compiles once per shape.
     """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
     is_3d = np.array([r["is_3d"] for r in source], bool)
     if not len(is_3d):
         raise ValueError("RadFM source has no records")
-    plan = _BatchPlan(is_3d, data_cfg, seed, shuffle=train)
+    plan = _BatchPlan(is_3d, data_cfg, seed, shuffle=train, process_count=process_count)
     count = sys.maxsize if train else plan.per_epoch
     batches = grain.MapDataset.range(count).map(plan).seed(seed)
-    return (batches.random_map(_LoadBatch(source, data_cfg, train))
+    return (batches.random_map(_LoadBatch(source, data_cfg, train, process_index))
             .to_iter_dataset(grain.ReadOptions(num_threads=int(data_cfg.get("num_threads", 2)),
                                                prefetch_buffer_size=2)))
 

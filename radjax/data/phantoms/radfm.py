@@ -27,8 +27,9 @@ radiological convention of rp3d: the patient's right is on the image's left (col
 
 npy arrays hold modality units (CT in HU, MRI arbitrary); the RadFM readers min-max normalise
 each array, so only relative contrast matters. Modalities look different by design: CT is
-linear (bone bright), MRI has signal-void bone and a radial coil bias, X-ray is blurred with a
-white collimator frame, ultrasound is a speckled fan-shaped sector.
+linear (bone bright) with the patient table under the body; T1 MRI has signal-void bone, a
+bright subcutaneous fat rim and a radial coil bias; X-ray is blurred with a white collimator
+frame; ultrasound is a speckled fan-shaped sector.
 """
 from __future__ import annotations
 
@@ -105,17 +106,46 @@ def _draw_study(modalities: tuple[str, ...], max_depth: int, rng: np.random.Gene
 # Rendering: f32 (H, W, D) in rp3d relative units (air 0, bone ~0.85), then modality look.
 # ---------------------------------------------------------------------------------------
 
+def _body_rim(img: np.ndarray) -> np.ndarray:
+    """bool (H, W): the outer layer of the body (non-air pixels), ~1/16 of the image thick."""
+    body = img > 0.05
+    inner = body.copy()
+    for shift in range(1, max(1, img.shape[0] // 16) + 1):
+        for axis in (0, 1):
+            for sign in (-1, 1):
+                inner &= np.roll(body, sign * shift, axis=axis)
+    return body & ~inner
+
+
 def _mri_tissue(img: np.ndarray) -> np.ndarray:
-    """MRI tissue contrast on an rp3d (H, W) section: signal-void bone, bright soft tissue."""
-    return np.where(img > 0.75, 0.1, 1.6 * img).astype(np.float32)
+    """T1 MRI tissue contrast on an rp3d (H, W) section: signal-void bone (the skull too),
+    bright soft tissue and the brightest signal in the subcutaneous fat rim outside bone (on
+    CT fat is darker than muscle)."""
+    bone = img > 0.75
+    t1 = np.where(_body_rim(img), 1.5, 1.6 * img)
+    return np.where(bone, 0.1, t1).astype(np.float32)
+
+
+def _ct_table(img: np.ndarray) -> np.ndarray:
+    """The CT patient table on an rp3d (H, W) section: a band under the body, 80% of the
+    width (an MRI table gives no signal)."""
+    size = img.shape[0]
+    out = img.copy()
+    top, margin = int(0.94 * size), size // 10
+    band = out[top:top + max(1, size // 32), margin:size - margin]
+    band[...] = np.maximum(band, 0.6)
+    return out
 
 
 def _render(study: Study, size: int, rng: np.random.Generator) -> np.ndarray:
-    """f32 (H, W, D) body section repeated over depth (MRI tissue contrast for MRI), the lesion
-    centred at slice D // 2 spanning ~60% of the slices (all of a 2D image), plus noise."""
+    """f32 (H, W, D) body section repeated over depth (MRI tissue contrast for MRI, the table
+    for CT), the lesion centred at slice D // 2 spanning ~60% of the slices (all of a 2D
+    image), plus noise."""
     section = _background(study.region, size, rng)
     if study.modality == "MRI":
         section = _mri_tissue(section)
+    elif study.modality == "CT":
+        section = _ct_table(section)
     vol = np.repeat(section[:, :, None], study.depth, axis=2)
     lesion = study.lesion
     if lesion is not None:
