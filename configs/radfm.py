@@ -105,7 +105,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     m, d, t = c.model, c.data, c.train
     m.vision = ml_collections.ConfigDict(dict(
         image_size=32, frames=16, patch_size=8, frame_patch_size=4, channels=3, dim=48, depth=2,
-        heads=4, dim_head=16, mlp_dim=96, dropout=0.1, emb_dropout=0.1, num_latents=8,
+        heads=4, dim_head=16, mlp_dim=96, dropout=0.1, emb_dropout=0.1, num_latents=16,
         perceiver_depth=2, perceiver_heads=4, perceiver_dim_head=16, perceiver_ff_mult=2,
         llm_dim=128, dtype="float32", remat=False))
     m.llm = ml_collections.ConfigDict(dict(
@@ -113,9 +113,11 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
         rms_norm_eps=1e-6, max_position_embeddings=512, model_type="llama", dtype="float32",
         remat=False, scan_layers=False, init_std=0.02))
     m.loss_chunks = 1
-    d.tokens_per_image = 8
+    # 16 resampled tokens per image: with 8 the LLM read one visual attribute of the 3D
+    # studies (anatomy, or modality once entity-weighted) and guessed the other from it.
+    d.tokens_per_image = 16
     d.max_images = 2
-    d.max_length = 176
+    d.max_length = 184                  # the longest phantom rationale with its image block
     d.image_size = 32
     d.batch_size_2d = 8
     d.batch_size_3d = 4
