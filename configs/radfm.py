@@ -136,4 +136,3 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.checkpoint.every = 1000
     c.eval.batch_size = 8
     c.eval.max_new_tokens = 96
-    c.eval.bertscore = False

@@ -34,7 +34,7 @@ class Demo:
 _RP3D_METRICS = ("auc", "ap", "f1", "mcc", "recall@fpr0.1")
 _RP3D_SPLITS = ("all", "head", "medium", "tail")
 _RADFM_METRICS = ("accuracy", "macro_f1", "bleu1", "bleu4", "rougeL_f", "entity_precision",
-                  "entity_recall")
+                  "entity_recall", "bertscore_f1")
 _RADFM_TASKS = ("modality", "diagnosis_closed", "diagnosis_open", "vqa", "caption", "rationale")
 DEMOS = (
     Demo("rp3d_diag_late", "configs.rp3d_diag", "tiny", _RP3D_METRICS, _RP3D_SPLITS),

@@ -321,12 +321,19 @@ def bertscore(predictions: Sequence[str], references: Sequence[str], model_dir: 
     """bert-score P/R/F1 per pair with a local model (no idf, no baseline rescaling).
 
     Default model: MiniLM-L6 (6 layers). M3D used roberta-large (layer 17) and AutoRG
-    bert-base-uncased (layer 9); pass those folders to reproduce them exactly.
+    bert-base-uncased (layer 9); pass those folders to reproduce them exactly. A pair with an
+    empty (or blank) side scores 0, as bert-score sets it (its own empty-string path breaks
+    on transformers 5 tokenizers, so those pairs are not passed to it).
     """
     _check_pairs(predictions, references)
-    scorer = _bert_scorer(model_dir or default_bertscore_model(), num_layers, batch_size)
-    p, r, f = scorer.score(list(predictions), list(references))
-    return {"precision": p.numpy(), "recall": r.numpy(), "f1": f.numpy()}
+    out = {k: np.zeros(len(predictions), np.float32) for k in ("precision", "recall", "f1")}
+    scored = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
+    if scored:
+        scorer = _bert_scorer(model_dir or default_bertscore_model(), num_layers, batch_size)
+        values = scorer.score([predictions[i] for i in scored], [references[i] for i in scored])
+        for key, value in zip(("precision", "recall", "f1"), values):
+            out[key][scored] = value.numpy()
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -257,7 +257,8 @@ def test_processes_split_each_global_batch_and_agree_on_shapes(root):
     for _ in range(2 * per_epoch(source, one)):
         b0, b1, g = next(streams[0]), next(streams[1]), next(glob)
         assert {k: v.shape for k, v in b0.items()} == {k: v.shape for k, v in b1.items()}
-        np.testing.assert_array_equal(np.concatenate([b0["index"], b1["index"]]), g["index"])
+        for key in ("index", "input_ids", "images"):       # random prompts and crops too
+            np.testing.assert_array_equal(np.concatenate([b0[key], b1[key]]), g[key])
     with pytest.raises(ValueError, match="process_index 2"):
         radfm.radfm_batches(source, two, process_index=2, process_count=2)
 

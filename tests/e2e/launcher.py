@@ -13,8 +13,8 @@ def run_launcher(module: str, workdir, *overrides, devices: int = 1, check=True,
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     cmd = [sys.executable, "-m", module, "--config", config,
            "--workdir", str(workdir), *overrides]
-    if not check:  # a background run; its output goes to <workdir>.log
-        log = open(f"{workdir}.log", "w")
+    if not check:  # a background run; its output goes to kwargs["log"] or <workdir>.log
+        log = open(kwargs.pop("log", f"{workdir}.log"), "w")
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 **kwargs)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)

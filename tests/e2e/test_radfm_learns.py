@@ -26,6 +26,7 @@ def test_radfm_train_then_evaluate(tmp_path, radfm_data):
     assert trained["num_examples"] == untrained["num_examples"] > 0
     assert trained["modality/accuracy"] >= 0.9, trained
     assert trained["modality/accuracy"] > trained["baseline/modality/accuracy"] + 0.2
+    assert trained["caption/bertscore_f1"] > untrained["caption/bertscore_f1"] + 0.1
     for metric in ("caption/bleu4", "caption/entity_recall"):
         assert trained[metric] > untrained[metric] + 0.1, (metric, trained, untrained)
         assert trained[metric] > trained[f"baseline/{metric}"] + 0.05, (metric, trained)

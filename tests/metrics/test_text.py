@@ -168,6 +168,8 @@ def test_bertscore_against_bert_score():
     np.testing.assert_allclose(ours["precision"], p.numpy(), atol=1e-5)
     same = T.bertscore(REFS[:1], REFS[:1])["f1"]
     assert same[0] == pytest.approx(1.0, abs=1e-4)
+    blank = T.bertscore(["", PREDS[0], "x"], [REFS[0], REFS[0], " "])["f1"]
+    np.testing.assert_allclose(blank, [0.0, ours["f1"][0], 0.0], atol=1e-5)  # bert-score: 0
     with pytest.raises(FileNotFoundError, match="BERTScore model directory"):
         T.bertscore(PREDS, REFS, model_dir="/nonexistent/model")
 

@@ -656,7 +656,9 @@ class _LoadBatch(grain.transforms.RandomMap):
     """Global record indices -> this process's rows of the batch, padded to B rows.
 
     The shapes come from the file headers of every row of the global batch, so all
-    processes agree on them; bad records become invalid rows (``skipped``).
+    processes agree on them; row r's random draws use the stream (batch seed, r), so the
+    global batch is the same however it is split. Bad records become invalid rows
+    (``skipped``).
     """
 
     def __init__(self, source: grain.MapDataset, data_cfg, train: bool, process_index: int):
@@ -670,12 +672,13 @@ class _LoadBatch(grain.transforms.RandomMap):
         rows = batch_rows(self._cfg, is_3d)
         counts = [c for c in map(record_image_counts, records) if c is not None]
         geometry = batch_geometry(counts or [(1, 4)], is_3d, self._cfg)
-        if self._process:           # process 0 keeps the batch's stream, others derive one
-            rng = np.random.default_rng((int(rng.integers(2 ** 62)), self._process))
+        seed = int(rng.integers(2 ** 62))
         examples, skipped = [], 0
-        for record in records[self._process * rows:(self._process + 1) * rows]:
+        for row in range(self._process * rows, min((self._process + 1) * rows, len(records))):
+            # a stream per global row: the batch does not depend on how processes split it
+            row_rng = np.random.default_rng((seed, row)) if self._train else None
             try:
-                examples.append(load_example(record, self._cfg, rng if self._train else None))
+                examples.append(load_example(records[row], self._cfg, row_rng))
             except BadRecordError as err:
                 if not self._skip:
                     raise
