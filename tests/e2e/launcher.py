@@ -22,11 +22,40 @@ def run_launcher(module: str, workdir, *overrides, devices: int = 1, check=True,
     return result
 
 
+def metrics_rows(workdir) -> list[dict]:
+    """The rows of ``<workdir>/metrics.jsonl``."""
+    import json
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(workdir) -> list[float]:
+    return [r["train/loss"] for r in metrics_rows(workdir) if "train/loss" in r]
+
+
+def train_and_evaluate_untrained(tmp_path, data_root, config: str) -> tuple[str, dict, dict]:
+    """Trains ``config`` on ``data_root`` in ``tmp_path/run`` and evaluates the untrained
+    model in ``tmp_path/untrained``, both through the launchers. Returns (run dir, the
+    trained evaluation at the last step, the untrained evaluation)."""
+    import json
+
+    workdir, untrained_dir = tmp_path / "run", tmp_path / "untrained"
+    run_launcher("experiments.train", workdir, f"--config.data.root={data_root}", config=config)
+    run_launcher("experiments.evaluate", untrained_dir, f"--config.data.root={data_root}",
+                 config=config)
+    with open(workdir / "config.json") as f:
+        steps = json.load(f)["train"]["steps"]
+    with open(workdir / "eval" / f"{steps}.json") as f:
+        trained = json.load(f)
+    with open(untrained_dir / "eval" / "0.json") as f:
+        untrained = json.load(f)
+    return workdir, trained, untrained
+
+
 def in_process_losses(config, workdir, mesh, steps: int):
     """Trains ``config`` for ``steps`` steps in this process on ``mesh`` (logging every
     step, no evaluation) and returns the per-step training losses."""
-    import json
-
     import numpy as np
 
     from radjax.train import loop
@@ -36,5 +65,4 @@ def in_process_losses(config, workdir, mesh, steps: int):
     config.train.eval_every = 0
     config.checkpoint.every = steps
     loop.train_and_evaluate(config, str(workdir), mesh=mesh)
-    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-    return np.array([r["train/loss"] for r in rows if "train/loss" in r])
+    return np.array(train_losses(workdir))

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from tests.e2e.launcher import run_launcher
+from tests.e2e.launcher import run_launcher, train_losses
 
 CONFIG = "configs/radfm.py:tiny"
 STEPS = 6
@@ -17,11 +17,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
-
-
-def _losses(workdir) -> list[float]:
-    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
-    return [r["train/loss"] for r in rows if "train/loss" in r]
 
 
 @pytest.mark.slow
@@ -39,7 +34,7 @@ def test_two_processes_train_as_one_process_with_two_devices(tmp_path, radfm_dat
                           log=tmp_path / f"process{i}.log") for i in (0, 1)]
     for i, proc in enumerate(procs):
         assert proc.wait(timeout=900) == 0, (tmp_path / f"process{i}.log").read_text()[-5000:]
-    single, multi = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    single, multi = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert len(single) == len(multi) == STEPS
     np.testing.assert_allclose(multi, single, rtol=1e-4)
     evals = [json.loads((tmp_path / d / "eval" / f"{STEPS}.json").read_text())

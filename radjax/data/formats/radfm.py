@@ -685,7 +685,6 @@ class _LoadBatch(grain.transforms.RandomMap):
                 log.warning("skipping bad RadFM record: %s", err)
                 skipped += 1
         batch = _pad_rows(collate(examples, self._cfg, geometry), rows)
-        batch["is_3d"][:] = is_3d
         batch["skipped"] = np.asarray(skipped, np.int32)
         return batch
 
