@@ -1,24 +1,23 @@
-"""Shared fixtures for end-to-end runs of the RP3D-Diag tiny config."""
+"""Shared fixtures for end-to-end runs: each tiny config's phantoms, written once a worker."""
 import pytest
+
+
+def _tiny_phantoms(tmp_path_factory, get_config, name: str) -> str:
+    """A data root holding the phantoms ``get_config("tiny")`` trains on."""
+    from radjax.train import experiment
+    config = get_config("tiny")
+    config.data.root = str(tmp_path_factory.mktemp(name))
+    experiment.prepare_config(config)
+    return config.data.root
 
 
 @pytest.fixture(scope="session")
 def rp3d_data(tmp_path_factory):
-    """One phantom data root for every end-to-end test (written once per worker)."""
     from configs import rp3d_diag
-    from radjax.train import experiment
-    config = rp3d_diag.get_config("tiny")
-    config.data.root = str(tmp_path_factory.mktemp("rp3d_data"))
-    experiment.prepare_config(config)
-    return config.data.root
+    return _tiny_phantoms(tmp_path_factory, rp3d_diag.get_config, "rp3d_data")
 
 
 @pytest.fixture(scope="session")
 def radfm_data(tmp_path_factory):
-    """RadFM phantoms for the end-to-end tests (the tiny config's files, written once)."""
     from configs import radfm
-    from radjax.train import experiment
-    config = radfm.get_config("tiny")
-    config.data.root = str(tmp_path_factory.mktemp("radfm_data"))
-    experiment.prepare_config(config)
-    return config.data.root
+    return _tiny_phantoms(tmp_path_factory, radfm.get_config, "radfm_data")

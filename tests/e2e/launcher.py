@@ -66,3 +66,19 @@ def in_process_losses(config, workdir, mesh, steps: int):
     config.checkpoint.every = steps
     loop.train_and_evaluate(config, str(workdir), mesh=mesh)
     return np.array(train_losses(workdir))
+
+
+def one_and_many_device_losses(get_config, data_root, tmp_path, mesh_shape: dict, steps: int):
+    """Per-step losses of ``get_config("tiny")`` on ``data_root`` trained in this process on
+    one device and on a ``mesh_shape`` mesh of the simulated devices: (single, sharded)."""
+    import jax
+
+    from radjax import sharding
+
+    def losses(name, mesh):
+        config = get_config("tiny")
+        config.data.root = data_root
+        return in_process_losses(config, tmp_path / name, mesh, steps)
+
+    return (losses("one", sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])),
+            losses("many", sharding.make_mesh(mesh_shape)))
