@@ -15,6 +15,7 @@ Conventions
   caller's analytic count (multiply-adds of the convolutions and matmuls, x2, x3 for
   forward + backward) is used instead.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +33,7 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """Per-call wall times in seconds of one benchmarked function."""
+
     times: tuple[float, ...]
 
     @property
@@ -54,6 +56,7 @@ class Timing:
 @dataclasses.dataclass
 class StepResult:
     """One implementation's timed train step (a row of a side-by-side table)."""
+
     name: str
     timing: Timing
     params: int
@@ -88,11 +91,17 @@ def cpu_name() -> str:
     except OSError:
         pass
     import platform
+
     return platform.processor() or platform.machine()
 
 
-def time_calls(fn: Callable[[], Any], *, warmup: int = 2, iters: int = 5,
-               sync: Callable[[Any], Any] = jax.block_until_ready) -> Timing:
+def time_calls(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 2,
+    iters: int = 5,
+    sync: Callable[[Any], Any] = jax.block_until_ready,
+) -> Timing:
     """Times ``fn()`` (no arguments): ``warmup`` untimed calls, then ``iters`` timed ones.
 
     ``sync`` is applied to each result inside the timed region (default: block until JAX
@@ -110,8 +119,14 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 2, iters: int = 5,
     return Timing(tuple(times))
 
 
-def time_stateful(step: Callable[[Any], Any], state: Any, *, warmup: int = 2, iters: int = 5,
-                  sync: Callable[[Any], Any] = jax.block_until_ready) -> tuple[Timing, Any]:
+def time_stateful(
+    step: Callable[[Any], Any],
+    state: Any,
+    *,
+    warmup: int = 2,
+    iters: int = 5,
+    sync: Callable[[Any], Any] = jax.block_until_ready,
+) -> tuple[Timing, Any]:
     """Times ``state = step(state)`` (e.g. a train step with donated state).
 
     Returns the timing and the final state. The first warm-up call also absorbs compilation
@@ -127,8 +142,13 @@ def time_stateful(step: Callable[[Any], Any], state: Any, *, warmup: int = 2, it
     return timing, box[0]
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, iters: int = 3,
-                     sync: dict[str, Callable[[Any], Any]] | None = None) -> dict[str, Timing]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    warmup: int = 1,
+    iters: int = 3,
+    sync: dict[str, Callable[[Any], Any]] | None = None,
+) -> dict[str, Timing]:
     """Times several no-argument callables round-robin: one call of each per round.
 
     Alternating exposes every candidate to the same background load (a shared machine's
@@ -155,9 +175,11 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 1, iter
 # Matmul ceiling
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Ceiling:
     """Measured f32 matmul throughput for one (m, k, n) shape."""
+
     m: int
     k: int
     n: int
@@ -176,8 +198,15 @@ class Ceiling:
         return f"({self.m}x{self.k}) @ ({self.k}x{self.n})"
 
 
-def matmul_ceiling(m: int = 2048, k: int | None = None, n: int | None = None, *,
-                   warmup: int = 2, iters: int = 10, seed: int = 0) -> Ceiling:
+def matmul_ceiling(
+    m: int = 2048,
+    k: int | None = None,
+    n: int | None = None,
+    *,
+    warmup: int = 2,
+    iters: int = 10,
+    seed: int = 0,
+) -> Ceiling:
     """Measures a jitted f32 ``(m, k) @ (k, n)`` (default square 2048) on the default device."""
     k = m if k is None else k
     n = m if n is None else n
@@ -212,6 +241,7 @@ def weighted_median_shape(shapes: Sequence[tuple[int, int, int]]) -> tuple[int, 
 # FLOPs
 # ---------------------------------------------------------------------------------------------
 
+
 def xla_flops(compiled: Any) -> float | None:
     """FLOPs XLA's cost analysis reports for a compiled executable, or None if it reports none."""
     try:
@@ -245,14 +275,16 @@ def mfu(flops: float, seconds: float, ceiling_gflops: float) -> float:
 # Output
 # ---------------------------------------------------------------------------------------------
 
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain, aligned text table (first column left-aligned, the rest right-aligned)."""
     cells = [[str(h) for h in headers]] + [[_fmt(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(r):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
 
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
@@ -270,22 +302,41 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def step_table(results: dict[str, StepResult], flops: float, ceiling_gflops: float
-               ) -> tuple[list[str], list[list]]:
+def step_table(
+    results: dict[str, StepResult], flops: float, ceiling_gflops: float
+) -> tuple[list[str], list[list]]:
     """Headers and rows of a train-step table: ``results['torch']`` first, then 'radjax'."""
-    headers = ["implementation", "ms/step", "min", "max", "torch/radjax", "GFLOP/s", "MFU",
-               "params", "compile s", "loss"]
+    headers = [
+        "implementation",
+        "ms/step",
+        "min",
+        "max",
+        "torch/radjax",
+        "GFLOP/s",
+        "MFU",
+        "params",
+        "compile s",
+        "loss",
+    ]
     torch_ms = results["torch"].timing.median_ms
     rows = []
     for key in ("torch", "radjax"):
         r = results[key]
         ms = r.timing.median_ms
-        rows.append([r.name, ms, r.timing.min_ms, r.timing.max_ms,
-                     torch_ms / ms if key == "radjax" else "",
-                     flops / (ms / 1e3) / 1e9,
-                     f"{100 * mfu(flops, ms / 1e3, ceiling_gflops):.1f}%",
-                     f"{r.params:,}", "" if r.compile_s is None else r.compile_s,
-                     r.final_loss])
+        rows.append(
+            [
+                r.name,
+                ms,
+                r.timing.min_ms,
+                r.timing.max_ms,
+                torch_ms / ms if key == "radjax" else "",
+                flops / (ms / 1e3) / 1e9,
+                f"{100 * mfu(flops, ms / 1e3, ceiling_gflops):.1f}%",
+                f"{r.params:,}",
+                "" if r.compile_s is None else r.compile_s,
+                r.final_loss,
+            ]
+        )
     return headers, rows
 
 
@@ -294,6 +345,13 @@ def load_note(before: float | None, after: float | None, threads: int) -> str | 
     if before is None or after is None:
         return None
     busy = max(before, after) > threads + 0.5
-    return (f"1-min load average {before:.1f} before / {after:.1f} after timing on {threads} "
-            "cores" + ("  <-- machine busy: times are inflated and the ratios are unreliable "
-                       "(eager torch's thread barriers suffer most)" if busy else ""))
+    return (
+        f"1-min load average {before:.1f} before / {after:.1f} after timing on {threads} "
+        "cores"
+        + (
+            "  <-- machine busy: times are inflated and the ratios are unreliable "
+            "(eager torch's thread barriers suffer most)"
+            if busy
+            else ""
+        )
+    )

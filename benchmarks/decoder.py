@@ -33,6 +33,7 @@ Train step (causal LM cross-entropy over shifted labels, AdamW, no weight decay)
 Step FLOPs are XLA's cost analysis of the compiled radjax step (analytic fallback: 3 x the
 forward matmul FLOPs); the same number divides both times for GFLOP/s and MFU.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,27 +54,40 @@ class Size:
     intermediate: int = 1376
     heads: int = 8
     vocab: int = 32000
-    batch: int = 4            # generation batch
+    batch: int = 4  # generation batch
     prompt: int = 32
     new_tokens: int = 128
     train_batch: int = 4
     train_len: int = 256
 
     def describe(self) -> str:
-        return (f"LLaMA decoder, {self.layers} layers, hidden {self.hidden}, intermediate "
-                f"{self.intermediate}, {self.heads} heads, vocab {self.vocab}")
+        return (
+            f"LLaMA decoder, {self.layers} layers, hidden {self.hidden}, intermediate "
+            f"{self.intermediate}, {self.heads} heads, vocab {self.vocab}"
+        )
 
 
 SIZES: dict[str, Size] = {
     "bench": Size(),
-    "tiny": Size(layers=2, hidden=64, intermediate=172, heads=4, vocab=256, batch=2, prompt=8,
-                 new_tokens=8, train_batch=2, train_len=16),
+    "tiny": Size(
+        layers=2,
+        hidden=64,
+        intermediate=172,
+        heads=4,
+        vocab=256,
+        batch=2,
+        prompt=8,
+        new_tokens=8,
+        train_batch=2,
+        train_len=16,
+    ),
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------
+
 
 def build_pair(size: Size, seed: int = 0):
     """(torch LlamaForCausalLM in eval mode, radjax Decoder) holding the same weights."""
@@ -87,10 +101,18 @@ def build_pair(size: Size, seed: int = 0):
 
     torch.manual_seed(seed)
     hf_cfg = transformers.LlamaConfig(
-        vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.intermediate,
-        num_hidden_layers=size.layers, num_attention_heads=size.heads,
-        num_key_value_heads=size.heads, max_position_embeddings=2048,
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        vocab_size=size.vocab,
+        hidden_size=size.hidden,
+        intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     reference = transformers.LlamaForCausalLM(hf_cfg).eval()
     cfg = DecoderConfig.from_hf_config(reference.config.to_dict())
     sd = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
@@ -132,12 +154,13 @@ def typical_matmul(size: Size) -> tuple[int, int, int]:
 # Results
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class GenResult:
     name: str
-    total: common.Timing     # whole generate call
-    prefill: common.Timing   # one forward over the prompt, filling a cache
-    tokens: int              # B x new_tokens
+    total: common.Timing  # whole generate call
+    prefill: common.Timing  # one forward over the prompt, filling a cache
+    tokens: int  # B x new_tokens
     compile_s: float | None = None
 
     @property
@@ -166,13 +189,15 @@ class Report:
 # Generation
 # ---------------------------------------------------------------------------------------------
 
+
 def _prompt(size: Size, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.integers(3, size.vocab, (size.batch, size.prompt)).astype(np.int32)
 
 
-def run_generation(size: Size, reference, model, *, warmup: int = 1, iters: int = 1,
-                   seed: int = 0) -> tuple[dict[str, GenResult], bool]:
+def run_generation(
+    size: Size, reference, model, *, warmup: int = 1, iters: int = 1, seed: int = 0
+) -> tuple[dict[str, GenResult], bool]:
     import torch
     from flax import nnx
 
@@ -185,9 +210,15 @@ def run_generation(size: Size, reference, model, *, warmup: int = 1, iters: int 
     no_eos = size.vocab  # an id argmax never returns: every row generates all new tokens
 
     def rj_generate():
-        return generation.generate(graphdef, state, input_ids=j_ids, attention_mask=j_mask,
-                                   max_new_tokens=size.new_tokens, eos_token_id=no_eos,
-                                   pad_token_id=0)
+        return generation.generate(
+            graphdef,
+            state,
+            input_ids=j_ids,
+            attention_mask=j_mask,
+            max_new_tokens=size.new_tokens,
+            eos_token_id=no_eos,
+            pad_token_id=0,
+        )
 
     t0 = time.perf_counter()
     rj_tokens = np.asarray(jax.block_until_ready(rj_generate()))
@@ -207,38 +238,53 @@ def run_generation(size: Size, reference, model, *, warmup: int = 1, iters: int 
 
     def th_generate():
         with torch.no_grad():
-            out = reference.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=False,
-                                     max_new_tokens=size.new_tokens,
-                                     min_new_tokens=size.new_tokens, eos_token_id=None,
-                                     pad_token_id=0)
-        return out[:, size.prompt:]
+            out = reference.generate(
+                input_ids=t_ids,
+                attention_mask=t_mask,
+                do_sample=False,
+                max_new_tokens=size.new_tokens,
+                min_new_tokens=size.new_tokens,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+        return out[:, size.prompt :]
 
     def th_prefill():
         with torch.no_grad():
-            return reference(input_ids=t_ids, attention_mask=t_mask, use_cache=True,
-                             logits_to_keep=1).logits
+            return reference(
+                input_ids=t_ids, attention_mask=t_mask, use_cache=True, logits_to_keep=1
+            ).logits
 
     th_tokens = th_generate().numpy()
     equal = th_tokens.shape == rj_tokens.shape and bool(np.array_equal(th_tokens, rj_tokens))
     if not equal:
         diff = np.argwhere(th_tokens != rj_tokens) if th_tokens.shape == rj_tokens.shape else []
-        raise AssertionError(f"greedy tokens differ (radjax {rj_tokens.shape} vs torch "
-                             f"{th_tokens.shape}); first differences at (row, step) "
-                             f"{[tuple(d) for d in diff[:5]]}")
+        raise AssertionError(
+            f"greedy tokens differ (radjax {rj_tokens.shape} vs torch "
+            f"{th_tokens.shape}); first differences at (row, step) "
+            f"{[tuple(d) for d in diff[:5]]}"
+        )
 
     none = lambda out: out  # noqa: E731 -- torch is synchronous
     # warm-up of radjax generate already happened (the compiling first call)
-    totals = common.time_interleaved({"radjax": rj_generate, "torch": th_generate},
-                                     warmup=max(warmup - 1, 0), iters=iters,
-                                     sync={"torch": none})
+    totals = common.time_interleaved(
+        {"radjax": rj_generate, "torch": th_generate},
+        warmup=max(warmup - 1, 0),
+        iters=iters,
+        sync={"torch": none},
+    )
     prefills = common.time_interleaved(
         {"radjax": lambda: rj_prefill_c(state, j_ids, j_mask), "torch": th_prefill},
-        warmup=warmup, iters=max(iters, 3), sync={"torch": none})
+        warmup=warmup,
+        iters=max(iters, 3),
+        sync={"torch": none},
+    )
     tokens = size.batch * size.new_tokens
     compile_s = max(first_call_s - totals["radjax"].median_s, 0.0)
     return {
-        "radjax": GenResult("radjax generate (jax.jit)", totals["radjax"], prefills["radjax"],
-                            tokens, compile_s),
+        "radjax": GenResult(
+            "radjax generate (jax.jit)", totals["radjax"], prefills["radjax"], tokens, compile_s
+        ),
         "torch": GenResult("torch generate (eager)", totals["torch"], prefills["torch"], tokens),
     }, equal
 
@@ -271,8 +317,11 @@ class RadjaxTrain:
             hidden = m.hidden_states(ids)
             targets, weights = lm_loss.next_token_targets(ids, jnp.ones(ids.shape))
             return lm_loss.fused_head_cross_entropy(
-                hidden.reshape(-1, hidden.shape[-1]), m.head_kernel(), targets.reshape(-1),
-                weights.reshape(-1))
+                hidden.reshape(-1, hidden.shape[-1]),
+                m.head_kernel(),
+                targets.reshape(-1),
+                weights.reshape(-1),
+            )
 
         def step(state, ids):
             params, opt_state = state
@@ -306,8 +355,9 @@ class TorchTrain:
 
         self.model = copy.deepcopy(reference).train()
         self.params_count = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.999),
-                                     eps=1e-8, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+        )
         self.ids = torch.from_numpy(ids).long()
         self.last = None
 
@@ -328,16 +378,24 @@ def run_train(size: Size, reference, model, *, warmup: int = 1, iters: int = 3, 
     rj = RadjaxTrain(model, ids)
     th = TorchTrain(reference, ids)
     if rj.params_count != th.params_count:
-        raise AssertionError(f"parameter counts differ: radjax {rj.params_count:,} vs torch "
-                             f"{th.params_count:,}")
+        raise AssertionError(
+            f"parameter counts differ: radjax {rj.params_count:,} vs torch {th.params_count:,}"
+        )
     flops, source = common.step_flops(rj.compiled, analytic_train_flops(size))
-    timings = common.time_interleaved({"radjax": rj, "torch": th}, warmup=warmup, iters=iters,
-                                      sync={"torch": lambda out: out})
+    timings = common.time_interleaved(
+        {"radjax": rj, "torch": th}, warmup=warmup, iters=iters, sync={"torch": lambda out: out}
+    )
     results = {
-        "radjax": common.StepResult("radjax (jax.jit, XLA CPU)", timings["radjax"],
-                                    rj.params_count, rj.compile_s, final_loss=rj.loss()),
-        "torch": common.StepResult("torch (eager)", timings["torch"], th.params_count,
-                                   final_loss=th.loss()),
+        "radjax": common.StepResult(
+            "radjax (jax.jit, XLA CPU)",
+            timings["radjax"],
+            rj.params_count,
+            rj.compile_s,
+            final_loss=rj.loss(),
+        ),
+        "torch": common.StepResult(
+            "torch (eager)", timings["torch"], th.params_count, final_loss=th.loss()
+        ),
     }
     return results, flops, source
 
@@ -346,36 +404,70 @@ def run_train(size: Size, reference, model, *, warmup: int = 1, iters: int = 3, 
 # The benchmark
 # ---------------------------------------------------------------------------------------------
 
-def run(size: Size, *, warmup: int = 1, iters: int = 3, gen_iters: int = 1, seed: int = 0,
-        threads: int | None = None) -> Report:
+
+def run(
+    size: Size,
+    *,
+    warmup: int = 1,
+    iters: int = 3,
+    gen_iters: int = 1,
+    seed: int = 0,
+    threads: int | None = None,
+) -> Report:
     import torch
 
     threads = threads or common.cpu_threads()
     torch.set_num_threads(threads)
     reference, model = build_pair(size, seed)
     gen, equal = run_generation(size, reference, model, warmup=1, iters=gen_iters, seed=seed)
-    train, flops, source = run_train(size, reference, model, warmup=warmup, iters=iters,
-                                     seed=seed)
-    return Report(size, threads, train["radjax"].params, gen, train, flops, source,
-                  analytic_train_flops(size), equal)
+    train, flops, source = run_train(size, reference, model, warmup=warmup, iters=iters, seed=seed)
+    return Report(
+        size,
+        threads,
+        train["radjax"].params,
+        gen,
+        train,
+        flops,
+        source,
+        analytic_train_flops(size),
+        equal,
+    )
 
 
 def generation_rows(report: Report) -> tuple[list[str], list[list]]:
-    headers = ["implementation", "total ms", "prefill ms", "decode ms", "tok/s",
-               "decode tok/s", "radjax/torch", "compile s"]
+    headers = [
+        "implementation",
+        "total ms",
+        "prefill ms",
+        "decode ms",
+        "tok/s",
+        "decode tok/s",
+        "radjax/torch",
+        "compile s",
+    ]
     th = report.generation["torch"]
     rows = []
     for key in ("torch", "radjax"):
         r = report.generation[key]
-        rows.append([r.name, r.total.median_ms, r.prefill.median_ms,
-                     r.total.median_ms - r.prefill.median_ms, r.tok_s, r.decode_tok_s,
-                     r.tok_s / th.tok_s if key == "radjax" else "",
-                     "" if r.compile_s is None else r.compile_s])
+        rows.append(
+            [
+                r.name,
+                r.total.median_ms,
+                r.prefill.median_ms,
+                r.total.median_ms - r.prefill.median_ms,
+                r.tok_s,
+                r.decode_tok_s,
+                r.tok_s / th.tok_s if key == "radjax" else "",
+                "" if r.compile_s is None else r.compile_s,
+            ]
+        )
     return headers, rows
 
 
 def input_shapes(size: Size) -> Sequence[str]:
-    return [f"generation: prompt int32 ({size.batch}, {size.prompt}), all real tokens, greedy, "
-            f"{size.new_tokens} new tokens per row (EOS disabled)",
-            f"train: input_ids int32 ({size.train_batch}, {size.train_len}), labels = "
-            f"input_ids shifted by one"]
+    return [
+        f"generation: prompt int32 ({size.batch}, {size.prompt}), all real tokens, greedy, "
+        f"{size.new_tokens} new tokens per row (EOS disabled)",
+        f"train: input_ids int32 ({size.train_batch}, {size.train_len}), labels = "
+        f"input_ids shifted by one",
+    ]

@@ -4,15 +4,16 @@ train-step throughput in radjax.
 * **Vision train step** (both sides, same weights): a ``RadFMVision`` and the PyTorch
   reference ``tests/models/radfm_torch_reference.VisionEmbedding`` (the original's module tree
   in plain ``torch.nn``: ``nn.LayerNorm``, ``nn.Linear``, ``nn.Embedding``; its weights are
-  converted with ``radjax.convert.radfm.vision_from_radfm``), trained on the mean square of
+  converted with ``radjax.papers.radfm.convert.vision_from_radfm``), trained on the mean square of
   their (B, S, latents, llm_dim) output with AdamW. radjax: one jitted, donated step; torch:
   eager.
-* **RadFM train step** (radjax): ``radjax.models.radfm.loss_fn`` (entity-weighted fused head
+* **RadFM train step** (radjax): ``radjax.papers.radfm.model.loss_fn`` (entity-weighted fused head
   loss) + AdamW over ViT, Perceiver and a LLaMA decoder, on B samples of L tokens with S 3D
   images each. Reported as tokens/s (B x L / step), images/s (B x S / step) and MFU (XLA's
   FLOP count of the compiled step / the matmul ceiling). There is no PyTorch RadFM to time
   against: the original's one-hot embedding multiplies a (B, L, V + 2 + 32 S) matrix.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,39 +37,82 @@ class Size:
     images_per_sample: int = 2
     batch: int = 2
     length: int = 256
-    vision: dict = dataclasses.field(default_factory=lambda: dict(
-        image_size=128, frames=32, patch_size=32, frame_patch_size=4, dim=384, depth=4, heads=8,
-        dim_head=48, mlp_dim=1536, dropout=0.0, emb_dropout=0.0, num_latents=32,
-        perceiver_depth=2, perceiver_heads=8, perceiver_dim_head=48, llm_dim=512))
-    llm: dict = dataclasses.field(default_factory=lambda: dict(
-        vocab_size=32000, hidden_size=512, num_layers=4, num_heads=8, intermediate_size=1376))
+    vision: dict = dataclasses.field(
+        default_factory=lambda: dict(
+            image_size=128,
+            frames=32,
+            patch_size=32,
+            frame_patch_size=4,
+            dim=384,
+            depth=4,
+            heads=8,
+            dim_head=48,
+            mlp_dim=1536,
+            dropout=0.0,
+            emb_dropout=0.0,
+            num_latents=32,
+            perceiver_depth=2,
+            perceiver_heads=8,
+            perceiver_dim_head=48,
+            llm_dim=512,
+        )
+    )
+    llm: dict = dataclasses.field(
+        default_factory=lambda: dict(
+            vocab_size=32000, hidden_size=512, num_layers=4, num_heads=8, intermediate_size=1376
+        )
+    )
 
     def describe(self) -> str:
         v, m = self.vision, self.llm
-        return (f"ViT {v['depth']} layers dim {v['dim']} patches {v['patch_size']}x"
-                f"{v['patch_size']}x{v['frame_patch_size']}, Perceiver {v['perceiver_depth']} x "
-                f"{v['num_latents']} latents, LLaMA {m['num_layers']} layers hidden "
-                f"{m['hidden_size']} vocab {m['vocab_size']}; batch {self.batch} x "
-                f"{self.images_per_sample} images of {self.image}x{self.image}x{self.depth}, "
-                f"{self.length} tokens")
+        return (
+            f"ViT {v['depth']} layers dim {v['dim']} patches {v['patch_size']}x"
+            f"{v['patch_size']}x{v['frame_patch_size']}, Perceiver {v['perceiver_depth']} x "
+            f"{v['num_latents']} latents, LLaMA {m['num_layers']} layers hidden "
+            f"{m['hidden_size']} vocab {m['vocab_size']}; batch {self.batch} x "
+            f"{self.images_per_sample} images of {self.image}x{self.image}x{self.depth}, "
+            f"{self.length} tokens"
+        )
 
 
 SIZES = {
     "bench": Size(),
-    "tiny": Size(image=32, depth=4, images_per_sample=1, batch=2, length=32, vision=dict(
-        image_size=32, frames=8, patch_size=16, frame_patch_size=4, dim=48, depth=1, heads=2,
-        dim_head=16, mlp_dim=64, dropout=0.0, emb_dropout=0.0, num_latents=4, perceiver_depth=1,
-        perceiver_heads=2, perceiver_dim_head=16, llm_dim=64),
-        llm=dict(vocab_size=128, hidden_size=64, num_layers=1, num_heads=4,
-                 intermediate_size=96)),
+    "tiny": Size(
+        image=32,
+        depth=4,
+        images_per_sample=1,
+        batch=2,
+        length=32,
+        vision=dict(
+            image_size=32,
+            frames=8,
+            patch_size=16,
+            frame_patch_size=4,
+            dim=48,
+            depth=1,
+            heads=2,
+            dim_head=16,
+            mlp_dim=64,
+            dropout=0.0,
+            emb_dropout=0.0,
+            num_latents=4,
+            perceiver_depth=1,
+            perceiver_heads=2,
+            perceiver_dim_head=16,
+            llm_dim=64,
+        ),
+        llm=dict(vocab_size=128, hidden_size=64, num_layers=1, num_heads=4, intermediate_size=96),
+    ),
 }
 
 
 def _images(size: Size, seed: int) -> np.ndarray:
     """(B, S, D, H, W, 3) in [0, 1]."""
     rng = np.random.default_rng(seed)
-    return rng.random((size.batch, size.images_per_sample, size.depth, size.image, size.image,
-                       3), dtype=np.float32)
+    return rng.random(
+        (size.batch, size.images_per_sample, size.depth, size.image, size.image, 3),
+        dtype=np.float32,
+    )
 
 
 def _params(tree) -> int:
@@ -81,6 +125,7 @@ def _params(tree) -> int:
 class RadjaxVision:
     def __init__(self, model, images: np.ndarray):
         from flax import nnx
+
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.params_count = _params(params)
         tx = optax.adamw(LR, weight_decay=0.0)
@@ -90,6 +135,7 @@ class RadjaxVision:
 
             def loss(p):
                 return jnp.mean(jnp.square(nnx.merge(graphdef, p, rest, copy=True)(images)))
+
             value, grads = jax.value_and_grad(loss)(params)
             updates, opt = tx.update(grads, opt, params)
             return (optax.apply_updates(params, updates), opt), value
@@ -109,6 +155,7 @@ class RadjaxVision:
 class TorchVision:
     def __init__(self, module, images: np.ndarray):
         import torch
+
         self.model = module.train()
         self.params_count = sum(p.numel() for p in module.parameters() if p.requires_grad)
         self.opt = torch.optim.AdamW(module.parameters(), lr=LR, weight_decay=0.0)
@@ -130,10 +177,10 @@ def vision_pair(size: Size, seed: int = 0):
     import torch
     from flax import nnx
 
-    from radjax.convert.radfm import vision_from_radfm
     from radjax.convert.torch_io import assign
-    from radjax.models.radfm_vision import RadFMVision, RadFMVisionConfig
-    from tests.models.radfm_torch_reference import VisionEmbedding
+    from radjax.papers.radfm.convert import vision_from_radfm
+    from radjax.papers.radfm.vision import RadFMVision, RadFMVisionConfig
+    from tests.papers.radfm.radfm_torch_reference import VisionEmbedding
 
     cfg = RadFMVisionConfig(**size.vision)
     torch.manual_seed(seed)
@@ -151,16 +198,24 @@ def run_vision(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0):
     rj, th = RadjaxVision(model, images), TorchVision(reference, images)
     if rj.params_count != th.params_count - size.vision["llm_dim"] * 2:
         # the torch side also holds figure_token_weight (2, llm_dim), unused here
-        raise AssertionError(f"parameter counts differ: radjax {rj.params_count:,} vs torch "
-                             f"{th.params_count:,}")
+        raise AssertionError(
+            f"parameter counts differ: radjax {rj.params_count:,} vs torch {th.params_count:,}"
+        )
     flops, source = common.step_flops(rj.compiled, float("nan"))
-    timings = common.time_interleaved({"radjax": rj, "torch": th}, warmup=warmup, iters=iters,
-                                      sync={"torch": lambda out: out})
+    timings = common.time_interleaved(
+        {"radjax": rj, "torch": th}, warmup=warmup, iters=iters, sync={"torch": lambda out: out}
+    )
     results = {
-        "radjax": common.StepResult("radjax (jax.jit, XLA CPU)", timings["radjax"],
-                                    rj.params_count, rj.compile_s, final_loss=float(rj.last)),
-        "torch": common.StepResult("torch (eager)", timings["torch"], rj.params_count,
-                                   final_loss=float(th.last)),
+        "radjax": common.StepResult(
+            "radjax (jax.jit, XLA CPU)",
+            timings["radjax"],
+            rj.params_count,
+            rj.compile_s,
+            final_loss=float(rj.last),
+        ),
+        "torch": common.StepResult(
+            "torch (eager)", timings["torch"], rj.params_count, final_loss=float(th.last)
+        ),
     }
     return results, flops, source
 
@@ -176,12 +231,17 @@ def _batch(size: Size, seed: int) -> dict[str, np.ndarray]:
     ids = rng.integers(3, v, (size.batch, size.length)).astype(np.int32)
     pos = 1
     for n in range(size.images_per_sample):
-        ids[:, pos:pos + t + 2] = [v] + [v + 2 + n * t + j for j in range(t)] + [v + 1]
+        ids[:, pos : pos + t + 2] = [v] + [v + 2 + n * t + j for j in range(t)] + [v + 1]
         pos += t + 2
     labels = np.where(np.arange(size.length) >= size.length // 2, ids, -100).astype(np.int32)
     entities = (labels >= 0) & (np.arange(size.length) % 4 == 0)
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels,
-            "entity_mask": entities, "images": _images(size, seed)}
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "labels": labels,
+        "entity_mask": entities,
+        "images": _images(size, seed),
+    }
 
 
 @dataclasses.dataclass
@@ -198,12 +258,13 @@ def run_model(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0) -> 
     """Timed radjax RadFM train steps on one synthetic batch."""
     from flax import nnx
 
-    from radjax.models import radfm
     from radjax.models.llama import DecoderConfig
-    from radjax.models.radfm_vision import RadFMVisionConfig
+    from radjax.papers.radfm import model as radfm
+    from radjax.papers.radfm.vision import RadFMVisionConfig
 
-    model = radfm.RadFM(RadFMVisionConfig(**size.vision), DecoderConfig(**size.llm),
-                        rngs=nnx.Rngs(seed))
+    model = radfm.RadFM(
+        RadFMVisionConfig(**size.vision), DecoderConfig(**size.llm), rngs=nnx.Rngs(seed)
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adamw(LR, weight_decay=0.0)
     config = ml_collections.ConfigDict({"model": {}, "loss": {"entity_weight": 3.0}})
@@ -213,6 +274,7 @@ def run_model(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0) -> 
 
         def loss(p):
             return radfm.loss_fn(nnx.merge(graphdef, p, rest, copy=True), batch, config)[0]
+
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt = tx.update(grads, opt, params)
         return (optax.apply_updates(params, updates), opt), value
@@ -235,10 +297,27 @@ def run_model(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0) -> 
 
 def model_rows(size: Size, result: ModelResult, ceiling: float) -> tuple[list[str], list[list]]:
     s = result.timing.median_s
-    headers = ["implementation", "ms/step", "tokens/s", "images/s", "GFLOP/s", "MFU", "params",
-               "compile s", "loss"]
-    return headers, [["radjax RadFM (jax.jit, XLA CPU)", result.timing.median_ms,
-                      size.batch * size.length / s, size.batch * size.images_per_sample / s,
-                      result.flops / s / 1e9,
-                      f"{100 * common.mfu(result.flops, s, ceiling):.1f}%",
-                      f"{result.params:,}", result.compile_s, result.loss]]
+    headers = [
+        "implementation",
+        "ms/step",
+        "tokens/s",
+        "images/s",
+        "GFLOP/s",
+        "MFU",
+        "params",
+        "compile s",
+        "loss",
+    ]
+    return headers, [
+        [
+            "radjax RadFM (jax.jit, XLA CPU)",
+            result.timing.median_ms,
+            size.batch * size.length / s,
+            size.batch * size.images_per_sample / s,
+            result.flops / s / 1e9,
+            f"{100 * common.mfu(result.flops, s, ceiling):.1f}%",
+            f"{result.params:,}",
+            result.compile_s,
+            result.loss,
+        ]
+    ]

@@ -24,6 +24,7 @@ analytic count (3 x forward multiply-adds x 2 of every conv and matmul) is print
 and used when XLA reports nothing. The same FLOPs divide both times, so the two MFU figures
 compare like with like.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +42,7 @@ from benchmarks import common
 @dataclasses.dataclass(frozen=True)
 class Size:
     """Benchmark shapes. ``width`` is the ResNet stem width (64 = ResNet-50), d_model = 32 x width."""
+
     batch: int = 2
     depth: int = 8
     image: int = 64
@@ -56,11 +58,13 @@ class Size:
         return self.width * 2 ** (len(self.layers) - 1) * 4
 
     def describe(self) -> str:
-        return (f"late fusion, batch {self.batch}, 1 scan x {self.depth} slices x "
-                f"{self.image}x{self.image} (grey -> 3 ch), ResNet bottleneck "
-                f"layers {list(self.layers)} width {self.width} -> d_model {self.dim}; "
-                f"slice encoder {self.attn_layers} layer, {self.heads} head, dim_ff "
-                f"{self.mlp_dim}; head {self.dim}-{self.dim}-{self.num_classes}")
+        return (
+            f"late fusion, batch {self.batch}, 1 scan x {self.depth} slices x "
+            f"{self.image}x{self.image} (grey -> 3 ch), ResNet bottleneck "
+            f"layers {list(self.layers)} width {self.width} -> d_model {self.dim}; "
+            f"slice encoder {self.attn_layers} layer, {self.heads} head, dim_ff "
+            f"{self.mlp_dim}; head {self.dim}-{self.dim}-{self.num_classes}"
+        )
 
 
 SIZES: dict[str, Size] = {
@@ -82,10 +86,12 @@ def make_config(size: Size) -> ml_collections.ConfigDict:
     m.depth = c.data.depth = size.depth
     c.data.image_size = size.image
     m.num_classes = size.num_classes
-    m.resnet = ml_collections.ConfigDict(dict(block="bottleneck", layers=tuple(size.layers),
-                                              width=size.width))
-    m.slice_attn = ml_collections.ConfigDict(dict(heads=size.heads, layers=size.attn_layers,
-                                                  mlp_dim=size.mlp_dim))
+    m.resnet = ml_collections.ConfigDict(
+        dict(block="bottleneck", layers=tuple(size.layers), width=size.width)
+    )
+    m.slice_attn = ml_collections.ConfigDict(
+        dict(heads=size.heads, layers=size.attn_layers, mlp_dim=size.mlp_dim)
+    )
     m.ke.enabled = False
     m.remat = False
     c.train.batch_size = size.batch
@@ -111,17 +117,23 @@ def make_batch(size: Size, seed: int = 0) -> dict[str, np.ndarray]:
     marks = np.ones((b, 1, d), np.float32)
     if b > 1:
         pad = max(1, d // 4)
-        marks[1, 0, d - pad:] = 0.0
-        images[1, 0, d - pad:] = 0.0
+        marks[1, 0, d - pad :] = 0.0
+        images[1, 0, d - pad :] = 0.0
     labels = (rng.uniform(size=(b, size.num_classes)) < 0.01).astype(np.float32)
     labels[:, 0] = 1.0  # at least one positive per case
-    return dict(images=images, marks=marks, mods=np.ones((b, 1), np.int32),
-                keys=np.full((b, 1), d // 2, np.int32), labels=labels)
+    return dict(
+        images=images,
+        marks=marks,
+        mods=np.ones((b, 1), np.int32),
+        keys=np.full((b, 1), d // 2, np.int32),
+        labels=labels,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Analytic FLOPs and matmul shapes
 # ---------------------------------------------------------------------------------------------
+
 
 def _out(s: int, k: int, stride: int, pad: int) -> int:
     return (s + 2 * pad - k) // stride + 1
@@ -132,25 +144,25 @@ def matmul_shapes(size: Size) -> list[tuple[int, int, int]]:
     n_img = size.batch * size.depth
     shapes = []
     s = _out(size.image, 7, 2, 3)
-    shapes.append((n_img * s * s, 7 * 7 * 3, size.width))          # stem
-    s = _out(s, 3, 2, 1)                                               # max-pool
+    shapes.append((n_img * s * s, 7 * 7 * 3, size.width))  # stem
+    s = _out(s, 3, 2, 1)  # max-pool
     cin = size.width
     for i, blocks in enumerate(size.layers):
-        planes, cout = size.width * 2 ** i, size.width * 2 ** i * 4
+        planes, cout = size.width * 2**i, size.width * 2**i * 4
         for j in range(blocks):
             stride = 2 if (i > 0 and j == 0) else 1
             s_out = _out(s, 3, stride, 1)
-            shapes.append((n_img * s * s, cin, planes))                # 1x1 reduce
+            shapes.append((n_img * s * s, cin, planes))  # 1x1 reduce
             shapes.append((n_img * s_out * s_out, 9 * planes, planes))  # 3x3
-            shapes.append((n_img * s_out * s_out, planes, cout))        # 1x1 expand
+            shapes.append((n_img * s_out * s_out, planes, cout))  # 1x1 expand
             if j == 0:
-                shapes.append((n_img * s_out * s_out, cin, cout))      # projection shortcut
+                shapes.append((n_img * s_out * s_out, cin, cout))  # projection shortcut
             cin, s = cout, s_out
     d, t = size.dim, size.depth + 1
     rows = size.batch * t
     for _ in range(size.attn_layers):
-        shapes += [(rows, d, d)] * 4                                   # q, k, v, out
-        shapes += [(rows, d, t), (rows, t, d)]                         # scores, weighted sum
+        shapes += [(rows, d, d)] * 4  # q, k, v, out
+        shapes += [(rows, d, t), (rows, t, d)]  # scores, weighted sum
         shapes += [(rows, d, size.mlp_dim), (rows, size.mlp_dim, d)]
     shapes += [(size.batch, d, d), (size.batch, d, size.num_classes)]  # head
     return shapes
@@ -170,6 +182,7 @@ def typical_matmul(size: Size) -> tuple[int, int, int]:
 # Results
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Report:
     size: Size
@@ -183,6 +196,7 @@ class Report:
 # ---------------------------------------------------------------------------------------------
 # radjax
 # ---------------------------------------------------------------------------------------------
+
 
 class RadjaxStep:
     """The radjax side: experiment.build on a one-device mesh, compiled ahead of time."""
@@ -215,6 +229,7 @@ class RadjaxStep:
 # PyTorch
 # ---------------------------------------------------------------------------------------------
 
+
 def build_torch_model(size: Size):
     """The same network from PyTorch library modules (see the module docstring)."""
     import torch
@@ -224,20 +239,32 @@ def build_torch_model(size: Size):
     class TorchRadNet(nn.Module):
         def __init__(self):
             super().__init__()
-            cfg = ResNetConfig(num_channels=3, embedding_size=size.width,
-                               hidden_sizes=[size.width * 2 ** i * 4 for i in range(len(size.layers))],
-                               depths=list(size.layers), layer_type="bottleneck",
-                               hidden_act="relu", downsample_in_first_stage=False,
-                               downsample_in_bottleneck=False)
+            cfg = ResNetConfig(
+                num_channels=3,
+                embedding_size=size.width,
+                hidden_sizes=[size.width * 2**i * 4 for i in range(len(size.layers))],
+                depths=list(size.layers),
+                layer_type="bottleneck",
+                hidden_act="relu",
+                downsample_in_first_stage=False,
+                downsample_in_bottleneck=False,
+            )
             self.trunk = ResNetModel(cfg)
             d = size.dim
             self.cls_token = nn.Parameter(torch.randn(1, 1, d))
             self.pos_embed = nn.Parameter(torch.randn(1, 1 + size.depth, d))
-            layer = nn.TransformerEncoderLayer(d, size.heads, size.mlp_dim, dropout=0.0,
-                                               activation="relu", batch_first=True,
-                                               norm_first=True)
-            self.encoder = nn.TransformerEncoder(layer, size.attn_layers, norm=nn.LayerNorm(d),
-                                                 enable_nested_tensor=False)
+            layer = nn.TransformerEncoderLayer(
+                d,
+                size.heads,
+                size.mlp_dim,
+                dropout=0.0,
+                activation="relu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder = nn.TransformerEncoder(
+                layer, size.attn_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
+            )
             self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, size.num_classes))
 
         def forward(self, images, marks):
@@ -255,8 +282,13 @@ def build_torch_model(size: Size):
 class TorchStep:
     """The eager PyTorch side: forward, BCEWithLogits, backward, AdamW step."""
 
-    def __init__(self, size: Size, batch: dict[str, np.ndarray], config: ml_collections.ConfigDict,
-                 seed: int = 0):
+    def __init__(
+        self,
+        size: Size,
+        batch: dict[str, np.ndarray],
+        config: ml_collections.ConfigDict,
+        seed: int = 0,
+    ):
         import torch
 
         torch.manual_seed(seed)
@@ -265,12 +297,18 @@ class TorchStep:
         self.model.train()
         self.params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         o = config.optim
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(0.9, 0.999),
-                                     eps=1e-8, weight_decay=o.weight_decay)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=o.lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=o.weight_decay,
+        )
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         # (B, 1, D, H, W, 1) channels-last volumes -> (B, D, 1, H, W) NCHW slices.
-        self.images = torch.from_numpy(np.ascontiguousarray(
-            batch["images"][:, 0].transpose(0, 1, 4, 2, 3)))
+        self.images = torch.from_numpy(
+            np.ascontiguousarray(batch["images"][:, 0].transpose(0, 1, 4, 2, 3))
+        )
         self.marks = torch.from_numpy(batch["marks"][:, 0].copy())
         self.labels = torch.from_numpy(batch["labels"].copy())
         self.last = None
@@ -291,13 +329,16 @@ class TorchStep:
 # The benchmark
 # ---------------------------------------------------------------------------------------------
 
+
 def set_torch_threads(threads: int) -> None:
     import torch
+
     torch.set_num_threads(threads)
 
 
-def run(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0,
-        threads: int | None = None) -> Report:
+def run(
+    size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0, threads: int | None = None
+) -> Report:
     """Builds both sides and times their train steps, interleaved round by round.
 
     Interleaving (radjax step, torch step, radjax step, ...) exposes both to the same
@@ -313,17 +354,28 @@ def run(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0,
     flops, source = common.step_flops(rj.compiled, analytic_train_flops(size))
     th = TorchStep(size, batch, config, seed)
     if abs(rj.params - th.params) > 0.01 * rj.params:
-        raise AssertionError(f"parameter counts differ by more than 1%: radjax {rj.params:,} "
-                             f"vs torch {th.params:,}")
+        raise AssertionError(
+            f"parameter counts differ by more than 1%: radjax {rj.params:,} vs torch {th.params:,}"
+        )
 
-    timings = common.time_interleaved({"radjax": rj, "torch": th}, warmup=warmup, iters=iters,
-                                      sync={"radjax": jax.block_until_ready,
-                                            "torch": lambda out: out})
+    timings = common.time_interleaved(
+        {"radjax": rj, "torch": th},
+        warmup=warmup,
+        iters=iters,
+        sync={"radjax": jax.block_until_ready, "torch": lambda out: out},
+    )
     results = {
-        "radjax": common.StepResult("radjax (jax.jit, XLA CPU)", timings["radjax"], rj.params,
-                                    rj.compile_s, rj.compile_cpu_s, rj.loss()),
-        "torch": common.StepResult("torch (eager)", timings["torch"], th.params,
-                                   final_loss=th.loss()),
+        "radjax": common.StepResult(
+            "radjax (jax.jit, XLA CPU)",
+            timings["radjax"],
+            rj.params,
+            rj.compile_s,
+            rj.compile_cpu_s,
+            rj.loss(),
+        ),
+        "torch": common.StepResult(
+            "torch (eager)", timings["torch"], th.params, final_loss=th.loss()
+        ),
     }
     return Report(size, threads, flops, source, analytic_train_flops(size), results)
 

@@ -1,4 +1,5 @@
 """Shared config helpers: big_vision-style argument parsing."""
+
 from __future__ import annotations
 
 import ml_collections

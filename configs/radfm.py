@@ -11,6 +11,7 @@ Variants (``--config configs/radfm.py:<arg>``):
   ``freeze_llm_steps=<n>``  the paper's first stage: only the perceiver, fc and the image
               marker embeddings train for n steps (``optim.delay``).
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -21,22 +22,52 @@ from configs.common import parse_arg
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, tiny=False, paper=False, entity_weight=3.0, freeze_llm_steps=0)
     c = ml_collections.ConfigDict()
+    c.paper = "radfm"  # the package radjax.papers.radfm
     c.seed = 0
 
     # ---- model ----
     c.model = m = ml_collections.ConfigDict()
-    m.name = "radfm"
-    m.vision = ml_collections.ConfigDict(dict(
-        image_size=512, frames=512, patch_size=32, frame_patch_size=4, channels=3, dim=768,
-        depth=12, heads=8, dim_head=64, mlp_dim=2048, dropout=0.1, emb_dropout=0.1,
-        num_latents=32, perceiver_depth=6, perceiver_heads=8, perceiver_dim_head=64,
-        perceiver_ff_mult=4, llm_dim=5120, dtype="float32", remat=False))
+    m.vision = ml_collections.ConfigDict(
+        dict(
+            image_size=512,
+            frames=512,
+            patch_size=32,
+            frame_patch_size=4,
+            channels=3,
+            dim=768,
+            depth=12,
+            heads=8,
+            dim_head=64,
+            mlp_dim=2048,
+            dropout=0.1,
+            emb_dropout=0.1,
+            num_latents=32,
+            perceiver_depth=6,
+            perceiver_heads=8,
+            perceiver_dim_head=64,
+            perceiver_ff_mult=4,
+            llm_dim=5120,
+            dtype="float32",
+            remat=False,
+        )
+    )
     # LLaMA-13B (Quick_demo/Language_files/config.json); vocab_size = the tokenizer's text
     # vocabulary, set by the data format.
-    m.llm = ml_collections.ConfigDict(dict(
-        vocab_size=32000, hidden_size=5120, num_layers=40, num_heads=40, intermediate_size=13824,
-        rms_norm_eps=1e-6, max_position_embeddings=2048, model_type="llama", dtype="float32",
-        remat=True, scan_layers=True))
+    m.llm = ml_collections.ConfigDict(
+        dict(
+            vocab_size=32000,
+            hidden_size=5120,
+            num_layers=40,
+            num_heads=40,
+            intermediate_size=13824,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=2048,
+            model_type="llama",
+            dtype="float32",
+            remat=True,
+            scan_layers=True,
+        )
+    )
     # token chunks of the fused head loss: at most (tokens / chunks, 32000) logits at a time
     m.loss_chunks = 8
     # Weights to start from (radfm.pretrained_params): the released RadFM checkpoint, or a
@@ -46,12 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # ---- data ----
     c.data = d = ml_collections.ConfigDict()
-    d.format = "radfm"
     d.root = "runs/data/radfm_phantoms"
-    d.tasks = ml_collections.ConfigDict()   # filled with the phantom task files when empty
-    d.tokenizer = "phantom"             # 'phantom' or a local HF (LLaMA) tokenizer directory
+    d.tasks = ml_collections.ConfigDict()  # filled with the phantom task files when empty
+    d.tokenizer = "phantom"  # 'phantom' or a local HF (LLaMA) tokenizer directory
     d.max_images = 10
-    d.tokens_per_image = 32             # = model.vision.num_latents
+    d.tokens_per_image = 32  # = model.vision.num_latents
     d.max_length = 2048
     d.image_size = 512
     d.batch_size_2d = 4
@@ -62,15 +92,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.random_crop_2d = True
     d.skip_bad_records = False
     d.num_threads = 2
-    d.phantoms = ml_collections.ConfigDict(dict(enabled=True, num_train=200, num_test=40,
-                                                seed=0, image_size=64, max_depth=16))
+    d.phantoms = ml_collections.ConfigDict(
+        dict(enabled=True, num_train=200, num_test=40, seed=0, image_size=64, max_depth=16)
+    )
 
     # ---- loss ---- (the data marks entity tokens: batch["entity_mask"])
     c.loss = ml_collections.ConfigDict(dict(entity_weight=a.entity_weight))
 
     # ---- training ----
     c.train = t = ml_collections.ConfigDict()
-    t.batch_size = 4                    # nominal: the format sets 2D / 3D batch sizes
+    t.batch_size = 4  # nominal: the format sets 2D / 3D batch sizes
     t.steps = 100_000
     t.grad_accum = 1
     t.remat_policy = ""
@@ -88,8 +119,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.groups = ()
     # The paper's first epoch trains only the perceiver and the projection: with
     # freeze_llm_steps=N the ViT and LLaMA keep their values for the first N steps.
-    o.delay = (((r"(vision/vision_encoder|lang_model)/.*", a.freeze_llm_steps),)
-               if a.freeze_llm_steps else ())
+    o.delay = (
+        ((r"(vision/vision_encoder|lang_model)/.*", a.freeze_llm_steps),)
+        if a.freeze_llm_steps
+        else ()
+    )
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3))
@@ -103,27 +137,59 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _tiny(c: ml_collections.ConfigDict) -> None:
     """Shrinks every size so training takes a few minutes on 2 CPU cores."""
     m, d, t = c.model, c.data, c.train
-    m.vision = ml_collections.ConfigDict(dict(
-        image_size=32, frames=16, patch_size=8, frame_patch_size=4, channels=3, dim=48, depth=2,
-        heads=4, dim_head=16, mlp_dim=96, dropout=0.1, emb_dropout=0.1, num_latents=16,
-        perceiver_depth=2, perceiver_heads=4, perceiver_dim_head=16, perceiver_ff_mult=2,
-        llm_dim=128, dtype="float32", remat=False))
-    m.llm = ml_collections.ConfigDict(dict(
-        vocab_size=0, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
-        rms_norm_eps=1e-6, max_position_embeddings=512, model_type="llama", dtype="float32",
-        remat=False, scan_layers=False, init_std=0.02))
+    m.vision = ml_collections.ConfigDict(
+        dict(
+            image_size=32,
+            frames=16,
+            patch_size=8,
+            frame_patch_size=4,
+            channels=3,
+            dim=48,
+            depth=2,
+            heads=4,
+            dim_head=16,
+            mlp_dim=96,
+            dropout=0.1,
+            emb_dropout=0.1,
+            num_latents=16,
+            perceiver_depth=2,
+            perceiver_heads=4,
+            perceiver_dim_head=16,
+            perceiver_ff_mult=2,
+            llm_dim=128,
+            dtype="float32",
+            remat=False,
+        )
+    )
+    m.llm = ml_collections.ConfigDict(
+        dict(
+            vocab_size=0,
+            hidden_size=128,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=256,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=512,
+            model_type="llama",
+            dtype="float32",
+            remat=False,
+            scan_layers=False,
+            init_std=0.02,
+        )
+    )
     m.loss_chunks = 1
     # 16 resampled tokens per image: with 8 the LLM read one visual attribute of the 3D
     # studies (anatomy, or modality once entity-weighted) and guessed the other from it.
     d.tokens_per_image = 16
     d.max_images = 2
-    d.max_length = 184                  # the longest phantom rationale with its image block
+    d.max_length = 184  # the longest phantom rationale with its image block
     d.image_size = 32
     d.batch_size_2d = 8
     d.batch_size_3d = 4
     d.num_threads = 1
-    d.phantoms = ml_collections.ConfigDict(dict(enabled=True, num_train=600, num_test=24,
-                                                seed=0, image_size=32, max_depth=8))
+    d.phantoms = ml_collections.ConfigDict(
+        dict(enabled=True, num_train=600, num_test=24, seed=0, image_size=32, max_depth=8)
+    )
     t.steps = 3000
     t.log_every = 50
     t.eval_every = 3000

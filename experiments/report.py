@@ -3,6 +3,7 @@
 Reads only what the launchers write (``metrics.jsonl``, ``eval/<step>.json``), so any run can
 be reported: ``python -m experiments.report --workdir W``.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,12 @@ def plot_curve(rows: Sequence[dict], key: str, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def split_table(results: dict[str, dict], splits: Sequence[str], metrics: Sequence[str],
-                split_name: str = "split") -> tuple[list[str], list[list[str]]]:
+def split_table(
+    results: dict[str, dict],
+    splits: Sequence[str],
+    metrics: Sequence[str],
+    split_name: str = "split",
+) -> tuple[list[str], list[list[str]]]:
     """Rows: (model, split); columns: metrics. ``results`` maps a model name to its eval dict,
     whose keys are ``<split>/<metric>`` (``<metric>`` for the split ``all``)."""
     header = ["model", split_name, *metrics]

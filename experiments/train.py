@@ -5,6 +5,7 @@ Running the same command again resumes from the newest checkpoint. ``--dry_run=f
 prints the parameter count and per-device memory of the training state on that mesh instead
 (abstract: nothing is allocated, any model size works on a laptop).
 """
+
 from absl import app
 
 from experiments import launch
@@ -15,10 +16,12 @@ def main(argv):
     launch.start()
     if launch.DRY_RUN.value is not None:
         from radjax.train import memory
+
         report = memory.state_memory(launch.CONFIG.value, launch.parse_mesh(launch.DRY_RUN.value))
         print("\n".join(report.lines()))
         return
     from radjax.train import loop
+
     loop.train_and_evaluate(launch.CONFIG.value, launch.WORKDIR.value)
 
 

@@ -6,6 +6,7 @@ the NNX RNG streams, all inside one pytree), the grain iterator state and a smal
 killed save leaves no half-written step behind; a latest step that is nevertheless unreadable
 (truncated or corrupted files) is skipped with a warning and the previous one restored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,17 +30,21 @@ class Checkpointer:
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iter: Any | None = None,
-             meta: dict | None = None) -> None:
-        items = dict(state=ocp.args.StandardSave(state),
-                     meta=ocp.args.JsonSave(dict(meta or {}, step=int(step))))
+    def save(
+        self, step: int, state: Any, data_iter: Any | None = None, meta: dict | None = None
+    ) -> None:
+        items = dict(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave(dict(meta or {}, step=int(step))),
+        )
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iter)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
 
-    def restore(self, step: int, abstract_state: Any,
-                data_iter: Any | None = None) -> tuple[Any, dict]:
+    def restore(
+        self, step: int, abstract_state: Any, data_iter: Any | None = None
+    ) -> tuple[Any, dict]:
         """Restores one step into ``abstract_state``'s shapes/shardings (and ``data_iter``)."""
         items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         if data_iter is not None:
@@ -47,8 +52,9 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored.state, dict(restored.meta)
 
-    def restore_latest(self, abstract_state: Any, data_iter: Any | None = None
-                       ) -> tuple[int, Any, dict] | None:
+    def restore_latest(
+        self, abstract_state: Any, data_iter: Any | None = None
+    ) -> tuple[int, Any, dict] | None:
         """Restores the newest readable step, falling back past unreadable ones.
 
         Returns ``(step, state, meta)``, or None when no step exists. Raises when steps
@@ -62,11 +68,13 @@ class Checkpointer:
                 return step, state, meta
             except Exception as e:  # orbax/tensorstore raise many types for bad files
                 errors.append(f"step {step}: {type(e).__name__}: {e}")
-                log.warning("checkpoint step %d is unreadable (%s); trying the previous one",
-                            step, e)
+                log.warning(
+                    "checkpoint step %d is unreadable (%s); trying the previous one", step, e
+                )
         if steps:
-            raise RuntimeError("no readable checkpoint in "
-                               f"{self._manager.directory}:\n" + "\n".join(errors))
+            raise RuntimeError(
+                f"no readable checkpoint in {self._manager.directory}:\n" + "\n".join(errors)
+            )
         return None
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ activations with ``act_*`` names. One table maps each name to a mesh axis (or
 ``None`` = replicated). Meshes always have the four axes ``data``, ``fsdp``,
 ``tensor``, ``expert`` with Auto axis types, so the same rules serve every run.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
 
@@ -44,8 +46,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def make_mesh(shape: Mapping[str, int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+def make_mesh(
+    shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None
+) -> jax.sharding.Mesh:
     """Builds a (data, fsdp, tensor, expert) mesh with Auto axis types.
 
     Args:
@@ -67,14 +70,17 @@ def make_mesh(shape: Mapping[str, int] | None = None,
             raise ValueError(f"mesh: {len(devices)} devices do not divide into {shape}")
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(f"mesh: shape {dict(zip(MESH_AXES, sizes))} needs "
-                         f"{int(np.prod(sizes))} devices, have {len(devices)}")
+        raise ValueError(
+            f"mesh: shape {dict(zip(MESH_AXES, sizes))} needs "
+            f"{int(np.prod(sizes))} devices, have {len(devices)}"
+        )
     device_array = np.asarray(devices, dtype=object).reshape(sizes)
     return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def logical_to_spec(names: Sequence[str | None] | None,
-                    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> P:
+def logical_to_spec(
+    names: Sequence[str | None] | None, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
+) -> P:
     """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once."""
     if names is None:
         return P()
@@ -106,8 +112,9 @@ def _fit_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
     return P(*fitted)
 
 
-def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
-                    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> Any:
+def state_shardings(
+    abstract_state: Any, mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
+) -> Any:
     """NamedShardings for an (abstract) nnx.State or any pytree of nnx Variables/arrays.
 
     Variables carrying ``out_sharding`` logical names are sharded by the rules;
@@ -115,6 +122,7 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
     The result has the same tree structure as ``abstract_state`` (Variables keep their
     metadata and hold a NamedSharding), so it zips with it leaf by leaf.
     """
+
     def sharding(shape, names):
         spec = logical_to_spec(names, rules) if names else P()
         return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
@@ -131,8 +139,9 @@ def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh,
 
 def with_shardings(abstract_state: Any, shardings: Any) -> Any:
     """ShapeDtypeStructs carrying the target shardings (a restore target for orbax)."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        abstract_state, shardings)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
+    )
 
 
 def shard_act(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -1,4 +1,5 @@
 """Test set-up: 8 simulated CPU devices, set before JAX starts."""
+
 import os
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")

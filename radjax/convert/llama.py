@@ -8,6 +8,7 @@ Key names follow transformers' ``*ForCausalLM``: ``model.embed_tokens.weight``,
 Linear weights (out, in) become (in, out) kernels. With tied embeddings an ``lm_head.weight``
 equal to the embedding table (torch state dicts repeat tied tensors) is dropped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,9 @@ _FUSED_GATE_UP = re.compile(_LAYER + r"mlp\.gate_up_proj\.weight")
 def _split_rows(key: str, w: np.ndarray, sizes: tuple[int, ...]) -> list[np.ndarray]:
     """Splits a fused (sum(sizes), in) weight into row blocks of ``sizes``."""
     if w.ndim != 2 or w.shape[0] != sum(sizes):
-        raise ConversionError(f"{key}: fused weight of shape {w.shape}, expected "
-                              f"({sum(sizes)}, in) = rows {sizes}")
+        raise ConversionError(
+            f"{key}: fused weight of shape {w.shape}, expected ({sum(sizes)}, in) = rows {sizes}"
+        )
     return np.split(w, np.cumsum(sizes)[:-1], axis=0)
 
 
@@ -91,16 +93,16 @@ def from_hf_llama(sd: Mapping[str, np.ndarray], cfg: DecoderConfig) -> dict[str,
     """
     sd = _unfuse({k: v for k, v in sd.items() if not _BUFFERS.fullmatch(k)}, cfg)
     if cfg.tie_word_embeddings:
-        drop_tied_copy(sd, "lm_head.weight", ("model.embed_tokens.weight",),
-                       caller="from_hf_llama")
+        drop_tied_copy(sd, "lm_head.weight", ("model.embed_tokens.weight",), caller="from_hf_llama")
     flat = map_keys(sd, _rename, caller="from_hf_llama")
     if cfg.scan_layers:
         return stack_layers(flat, "layers", cfg.num_layers, caller="from_hf_llama")
     return flat
 
 
-def load_decoder(model_dir: str | os.PathLike, *, dtype: str = "float32",
-                 scan_layers: bool = False) -> Decoder:
+def load_decoder(
+    model_dir: str | os.PathLike, *, dtype: str = "float32", scan_layers: bool = False
+) -> Decoder:
     """Loads a local transformers LLaMA / Mistral / Phi-3 directory (``config.json`` plus
     ``model.safetensors``, ``pytorch_model.bin`` or shards named by an index file).
 

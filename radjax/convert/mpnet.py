@@ -6,6 +6,7 @@ prefix (``MPNetFor*`` checkpoints, whose task heads such as ``lm_head.*`` are le
 out). sentence-transformers directories (BioLORD-2023) store the bare ``MPNetModel``.
 Linear weights are stored (out, in) in PyTorch and become (in, out) kernels.
 """
+
 from __future__ import annotations
 
 import os

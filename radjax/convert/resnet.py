@@ -14,6 +14,7 @@ under ``prefix`` that is not a ResNet key raises ``ConversionError``.
   from_medicalnet    RP3D-Diag v1 3D ResNet (torchvision names; kernels (O, I, kH, kW, kD))
   from_resnet_fuse   RP3D-Diag v1 shared encoder ``resnet34_Fuse`` (torchvision names)
 """
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,10 @@ _BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "runnin
 
 _TORCHVISION_MODULE = re.compile(r"(conv1|bn1)|layer\d+\.\d+\.(conv\d|bn\d|downsample\.[01])")
 _HF_STEM = {"embedder.embedder.convolution": "conv1", "embedder.embedder.normalization": "bn1"}
-_HF_BLOCK = re.compile(r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
-                       r"(?:layer\.(\d+)|shortcut)\.(convolution|normalization)")
+_HF_BLOCK = re.compile(
+    r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
+    r"(?:layer\.(\d+)|shortcut)\.(convolution|normalization)"
+)
 
 
 def _torchvision_path(module: str) -> str | None:
@@ -53,13 +56,18 @@ def _hf_path(module: str) -> str | None:
     return f"{base}/{'conv' if kind == 'convolution' else 'bn'}{int(conv) + 1}"
 
 
-def _convert(sd: Mapping[str, np.ndarray], prefix: str, module_path: Callable[[str], str | None],
-             heads: tuple[str, ...], depth_last: bool = False) -> dict[str, np.ndarray]:
+def _convert(
+    sd: Mapping[str, np.ndarray],
+    prefix: str,
+    module_path: Callable[[str], str | None],
+    heads: tuple[str, ...],
+    depth_last: bool = False,
+) -> dict[str, np.ndarray]:
     out, unknown = {}, []
     for key, value in sd.items():
         if not key.startswith(prefix):
             continue
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name.startswith(heads) or name.endswith(".num_batches_tracked"):
             continue
         module, _, leaf = name.rpartition(".")
@@ -72,11 +80,13 @@ def _convert(sd: Mapping[str, np.ndarray], prefix: str, module_path: Callable[[s
         else:
             unknown.append(f"{key} {tuple(np.shape(value))}")
     if unknown:
-        raise ConversionError(f"{len(unknown)} keys under prefix {prefix!r} are not ResNet "
-                              f"parameters: {unknown[:20]}")
+        raise ConversionError(
+            f"{len(unknown)} keys under prefix {prefix!r} are not ResNet parameters: {unknown[:20]}"
+        )
     if not out:
-        raise ConversionError(f"no ResNet keys under prefix {prefix!r}; the state dict starts "
-                              f"with {sorted(sd)[:5]}")
+        raise ConversionError(
+            f"no ResNet keys under prefix {prefix!r}; the state dict starts with {sorted(sd)[:5]}"
+        )
     return out
 
 

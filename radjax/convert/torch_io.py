@@ -7,6 +7,7 @@ layout mapping -> ``assign``. Nothing here executes code from a weight file:
 Layouts: PyTorch stores linear weights as (out, in) and conv weights as
 (out, in, *kernel); radjax (channels-last) uses (in, out) and (*kernel, in, out).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,20 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 # safetensors dtype names, for files safetensors.numpy cannot read (bf16, fp8).
-_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-              "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-              "BF16": ml_dtypes.bfloat16, "F8_E4M3": ml_dtypes.float8_e4m3fn,
-              "F8_E5M2": ml_dtypes.float8_e5m2}
+_ST_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+    "BF16": ml_dtypes.bfloat16,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn,
+    "F8_E5M2": ml_dtypes.float8_e5m2,
+}
 _MAX_LISTED = 20
 
 
@@ -41,8 +52,9 @@ class ConversionError(Exception):
 # ----------------------------------------------------------------------------- reading
 
 
-def load_state_dict(path: str | os.PathLike, *,
-                    strip_prefix: str | None = "module.") -> dict[str, np.ndarray]:
+def load_state_dict(
+    path: str | os.PathLike, *, strip_prefix: str | None = "module."
+) -> dict[str, np.ndarray]:
     """Reads a checkpoint into a flat ``{torch key: np.ndarray}`` dict.
 
     Args:
@@ -70,8 +82,10 @@ def load_state_dict(path: str | os.PathLike, *,
     elif path.endswith(_TORCH_SUFFIXES):
         sd = _load_torch(path)
     else:
-        raise ConversionError(f"{path}: unknown checkpoint type; expected .safetensors, "
-                              f"{', '.join(_TORCH_SUFFIXES)} or a HF checkpoint directory")
+        raise ConversionError(
+            f"{path}: unknown checkpoint type; expected .safetensors, "
+            f"{', '.join(_TORCH_SUFFIXES)} or a HF checkpoint directory"
+        )
     if strip_prefix:
         sd = {k.removeprefix(strip_prefix): v for k, v in sd.items()}
     return sd
@@ -105,8 +119,9 @@ def _load_sharded(index: str) -> dict[str, np.ndarray]:
         merged.update(part)
     absent = sorted(set(weight_map) - set(merged))
     if absent:
-        raise ConversionError(f"{index}: {len(absent)} indexed keys are in no shard: "
-                              f"{absent[:_MAX_LISTED]}")
+        raise ConversionError(
+            f"{index}: {len(absent)} indexed keys are in no shard: {absent[:_MAX_LISTED]}"
+        )
     return merged
 
 
@@ -142,8 +157,10 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ConversionError(f"{path}: reading a PyTorch file needs torch (pip install torch), "
-                              "or convert the file to .safetensors") from e
+        raise ConversionError(
+            f"{path}: reading a PyTorch file needs torch (pip install torch), "
+            "or convert the file to .safetensors"
+        ) from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ...
@@ -153,9 +170,11 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     if bad:
         raise ConversionError(f"{path}: entries that are not tensors: {bad[:_MAX_LISTED]}")
     # dtypes numpy has no name for: reinterpret the bits as ml_dtypes
-    bits = {torch.bfloat16: (torch.int16, ml_dtypes.bfloat16),
-            torch.float8_e4m3fn: (torch.int8, ml_dtypes.float8_e4m3fn),
-            torch.float8_e5m2: (torch.int8, ml_dtypes.float8_e5m2)}
+    bits = {
+        torch.bfloat16: (torch.int16, ml_dtypes.bfloat16),
+        torch.float8_e4m3fn: (torch.int8, ml_dtypes.float8_e4m3fn),
+        torch.float8_e5m2: (torch.int8, ml_dtypes.float8_e5m2),
+    }
 
     def to_numpy(t):
         t = t.detach().cpu()
@@ -197,8 +216,9 @@ def conv_kernel(w: np.ndarray, *, depth_last: bool = False) -> np.ndarray:
         reordered to radjax's (kD, kH, kW, I, O).
     """
     if w.ndim not in (3, 4, 5):
-        raise ConversionError(f"conv weight must be (O, I, *kernel) with 1-3 spatial dims, "
-                              f"got shape {w.shape}")
+        raise ConversionError(
+            f"conv weight must be (O, I, *kernel) with 1-3 spatial dims, got shape {w.shape}"
+        )
     if depth_last:
         if w.ndim != 5:
             raise ConversionError(f"depth_last needs a 3D conv weight, got shape {w.shape}")
@@ -227,6 +247,7 @@ HF_LEAVES = {
 def module_renamer(modules: Sequence[tuple[str, str, str]]) -> Callable[[str], str | None]:
     """A ``rename`` for ``map_keys`` from ``(torch module regex, radjax path, kind)`` rows;
     the path may use the regex groups, the leaf comes from ``HF_LEAVES``."""
+
     def rename(key: str) -> str | None:
         module, _, leaf = key.rpartition(".")
         for pattern, target, kind in modules:
@@ -234,11 +255,17 @@ def module_renamer(modules: Sequence[tuple[str, str, str]]) -> Callable[[str], s
             if match and (kind, leaf) in HF_LEAVES:
                 return f"{match.expand(target)}/{HF_LEAVES[kind, leaf]}"
         return None
+
     return rename
 
 
-def map_keys(sd: Mapping[str, Any], rename: Callable[[str], str | None], *, caller: str,
-             transpose_kernels: bool = True) -> dict[str, np.ndarray]:
+def map_keys(
+    sd: Mapping[str, Any],
+    rename: Callable[[str], str | None],
+    *,
+    caller: str,
+    transpose_kernels: bool = True,
+) -> dict[str, np.ndarray]:
     """``{torch key: array}`` -> ``{'/'-joined radjax path: f32 array}``.
 
     ``rename`` gives the radjax path of a key, or None for a key that is no parameter of the
@@ -252,15 +279,20 @@ def map_keys(sd: Mapping[str, Any], rename: Callable[[str], str | None], *, call
             unknown.append(key)
             continue
         value = np.asarray(value, np.float32)
-        out[path] = linear_kernel(value) if transpose_kernels and path.endswith("/kernel") else value
+        out[path] = (
+            linear_kernel(value) if transpose_kernels and path.endswith("/kernel") else value
+        )
     if unknown:
-        raise ConversionError(f"{caller}: {len(unknown)} keys are no parameter of the model: "
-                              f"{sorted(unknown)[:_MAX_LISTED]}")
+        raise ConversionError(
+            f"{caller}: {len(unknown)} keys are no parameter of the model: "
+            f"{sorted(unknown)[:_MAX_LISTED]}"
+        )
     return out
 
 
-def stack_layers(flat: Mapping[str, np.ndarray], prefix: str, num_layers: int, *,
-                 caller: str) -> dict[str, np.ndarray]:
+def stack_layers(
+    flat: Mapping[str, np.ndarray], prefix: str, num_layers: int, *, caller: str
+) -> dict[str, np.ndarray]:
     """``{prefix/<i>/rest: array}`` for i < num_layers -> ``{prefix/rest: stacked array}``
     with the layer index as a new leading axis: checkpoint values for a scanned layer
     stack (e.g. ``DecoderConfig.scan_layers``). Other paths pass through.
@@ -280,14 +312,17 @@ def stack_layers(flat: Mapping[str, np.ndarray], prefix: str, num_layers: int, *
         if sorted(layers) != list(range(num_layers)):
             missing = sorted(set(range(num_layers)) - set(layers))
             extra = sorted(set(layers) - set(range(num_layers)))
-            raise ConversionError(f"{caller}: {prefix}/<i>/{rest}: layers {missing} missing, "
-                                  f"{extra} beyond the {num_layers} layers")
+            raise ConversionError(
+                f"{caller}: {prefix}/<i>/{rest}: layers {missing} missing, "
+                f"{extra} beyond the {num_layers} layers"
+            )
         out[f"{prefix}/{rest}"] = np.stack([layers[i] for i in range(num_layers)])
     return out
 
 
-def drop_tied_copy(sd: dict[str, Any], head_key: str, table_keys: Sequence[str], *,
-                   caller: str) -> None:
+def drop_tied_copy(
+    sd: dict[str, Any], head_key: str, table_keys: Sequence[str], *, caller: str
+) -> None:
     """Removes ``head_key`` when it repeats the embedding table (torch state dicts store tied
     tensors twice); raises when it differs, since radjax then ties them."""
     if head_key not in sd:
@@ -295,14 +330,19 @@ def drop_tied_copy(sd: dict[str, Any], head_key: str, table_keys: Sequence[str],
     table = next((sd[k] for k in table_keys if k in sd), None)
     head = sd[head_key]
     if table is None or np.shape(table) != np.shape(head) or not np.array_equal(table, head):
-        raise ConversionError(f"{caller}: {head_key} differs from the embedding table "
-                              f"({' / '.join(table_keys)}) but the model ties them")
+        raise ConversionError(
+            f"{caller}: {head_key} differs from the embedding table "
+            f"({' / '.join(table_keys)}) but the model ties them"
+        )
     del sd[head_key]
 
 
 def _variables(model: nnx.Module) -> dict[str, nnx.Variable]:
-    return {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
-            if isinstance(node, nnx.Variable)}
+    return {
+        "/".join(map(str, path)): node
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, nnx.Variable)
+    }
 
 
 def assign(model: nnx.Module, values: Mapping[str, np.ndarray], *, strict: bool = True) -> None:
@@ -322,22 +362,30 @@ def assign(model: nnx.Module, values: Mapping[str, np.ndarray], *, strict: bool 
     variables = _variables(model)
     model_shape = {k: tuple(var.get_value().shape) for k, var in variables.items()}
     unexpected = [f"{k} {np.shape(v)}" for k, v in sorted(values.items()) if k not in variables]
-    mismatched = [f"{k}: checkpoint {np.shape(v)} != model {model_shape[k]}"
-                  for k, v in sorted(values.items())
-                  if k in variables and np.shape(v) != model_shape[k]]
-    missing = [f"{k} {model_shape[k]}" for k, var in sorted(variables.items())
-               if strict and k not in values and isinstance(var, (nnx.Param, nnx.BatchStat))]
+    mismatched = [
+        f"{k}: checkpoint {np.shape(v)} != model {model_shape[k]}"
+        for k, v in sorted(values.items())
+        if k in variables and np.shape(v) != model_shape[k]
+    ]
+    missing = [
+        f"{k} {model_shape[k]}"
+        for k, var in sorted(variables.items())
+        if strict and k not in values and isinstance(var, (nnx.Param, nnx.BatchStat))
+    ]
     if unexpected or mismatched or missing:
-        raise ConversionError("checkpoint does not match the model:"
-                              + _section("missing", missing)
-                              + _section("unexpected", unexpected)
-                              + _section("shape mismatch", mismatched))
+        raise ConversionError(
+            "checkpoint does not match the model:"
+            + _section("missing", missing)
+            + _section("unexpected", unexpected)
+            + _section("shape mismatch", mismatched)
+        )
     for key, value in values.items():
         var = variables[key]
         old = var.get_value()
         new = np.asarray(value).astype(old.dtype, copy=False)
-        var.set_value(jax.device_put(new, old.sharding) if isinstance(old, jax.Array)
-                      else jnp.asarray(new))
+        var.set_value(
+            jax.device_put(new, old.sharding) if isinstance(old, jax.Array) else jnp.asarray(new)
+        )
 
 
 def _section(title: str, items: list[str]) -> str:

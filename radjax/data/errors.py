@@ -1,4 +1,5 @@
 """The one error every reader and data format raises for bad input."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ the seeded map, so the iterator state (saved in checkpoints) replays exactly.
 Evaluation: the split in order, per-host slice, deterministic loading (``rng=None``), batches
 padded to a fixed size with a ``valid`` mask so one compiled step serves the whole split.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class _Skipped:
     """Stands in for an example whose record could not be loaded."""
+
     error: str
 
 
@@ -39,6 +41,7 @@ class SkipCounter:
     ``count`` = records the format left out of its index (``source.skipped_records``) plus
     every draw whose loading failed (a bad file drawn in two epochs counts twice).
     """
+
     count: int = 0
 
     @classmethod
@@ -88,9 +91,16 @@ def _host_batch(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
-def train_dataset(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, *, global_batch: int,
-                  seed: int, split: str = "train", process_index: int | None = None,
-                  process_count: int | None = None) -> tuple[grain.IterDataset, SkipCounter]:
+def train_dataset(
+    fmt: ModuleType,
+    data_cfg: ml_collections.ConfigDict,
+    *,
+    global_batch: int,
+    seed: int,
+    split: str = "train",
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tuple[grain.IterDataset, SkipCounter]:
     """Infinite shuffled training batches of this process's share of ``global_batch``
     (formats with a ``batches`` function batch themselves and set their own sizes)."""
     process_index = jax.process_index() if process_index is None else process_index
@@ -100,20 +110,32 @@ def train_dataset(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, *, globa
         raise ValueError(f"data split {split!r} under {data_cfg.root} has no records")
     counter = SkipCounter.for_source(source)
     if hasattr(fmt, "batches"):
-        return (_format_batches(fmt, source, data_cfg, counter, seed, True, process_index,
-                               process_count), counter)
+        return (
+            _format_batches(
+                fmt, source, data_cfg, counter, seed, True, process_index, process_count
+            ),
+            counter,
+        )
     ds = source.seed(seed).shuffle().repeat()
     ds = ds[process_index::process_count]
-    it = (ds.random_map(_Load(fmt, data_cfg, random=True))
-          .to_iter_dataset(_read_options(data_cfg))
-          .filter(counter.keep)
-          .batch(_host_batch(global_batch, process_count), drop_remainder=True))
+    it = (
+        ds.random_map(_Load(fmt, data_cfg, random=True))
+        .to_iter_dataset(_read_options(data_cfg))
+        .filter(counter.keep)
+        .batch(_host_batch(global_batch, process_count), drop_remainder=True)
+    )
     return it, counter
 
 
-def eval_batches(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, split: str, *,
-                 batch_size: int, process_index: int | None = None,
-                 process_count: int | None = None) -> tuple[Iterator[dict], SkipCounter]:
+def eval_batches(
+    fmt: ModuleType,
+    data_cfg: ml_collections.ConfigDict,
+    split: str,
+    *,
+    batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tuple[Iterator[dict], SkipCounter]:
     """This process's share of ``split`` in order, as fixed-size batches with a ``valid`` mask."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -121,40 +143,60 @@ def eval_batches(fmt: ModuleType, data_cfg: ml_collections.ConfigDict, split: st
     source = fmt.make_source(data_cfg, split)
     counter = SkipCounter.for_source(source)
     if hasattr(fmt, "batches"):
-        return iter(_format_batches(fmt, source, data_cfg, counter, 0, False, process_index,
-                                    process_count)), counter
+        return iter(
+            _format_batches(fmt, source, data_cfg, counter, 0, False, process_index, process_count)
+        ), counter
     source = source[process_index::process_count]
-    ds = (source.seed(0).random_map(_Load(fmt, data_cfg, random=False))
-          .to_iter_dataset(_read_options(data_cfg))
-          .filter(counter.keep)
-          .batch(host_batch, drop_remainder=False))
+    ds = (
+        source.seed(0)
+        .random_map(_Load(fmt, data_cfg, random=False))
+        .to_iter_dataset(_read_options(data_cfg))
+        .filter(counter.keep)
+        .batch(host_batch, drop_remainder=False)
+    )
 
     def padded():
         for batch in ds:
             n = len(next(iter(batch.values())))
-            pad = lambda x: np.concatenate([x, np.zeros((host_batch - n,) + x.shape[1:], x.dtype)])
+            pad = lambda x, n=n: np.concatenate(
+                [x, np.zeros((host_batch - n,) + x.shape[1:], x.dtype)]
+            )
             out = {k: pad(np.asarray(v)) for k, v in batch.items()}
             out["valid"] = np.arange(host_batch) < n
             yield out
+
     return padded(), counter
 
 
-def _format_batches(fmt: ModuleType, source: grain.MapDataset, data_cfg: ml_collections.ConfigDict,
-                    counter: SkipCounter, seed: int, train: bool, process_index: int,
-                    process_count: int) -> grain.IterDataset:
+def _format_batches(
+    fmt: ModuleType,
+    source: grain.MapDataset,
+    data_cfg: ml_collections.ConfigDict,
+    counter: SkipCounter,
+    seed: int,
+    train: bool,
+    process_index: int,
+    process_count: int,
+) -> grain.IterDataset:
     """Batches made by the format itself (``fmt.batches(source, data_cfg, seed=, train=,
     process_index=, process_count=)``), for formats whose batches vary in shape (RadFM:
     all-2D or all-3D, depth buckets). Each batch carries ``valid``; its ``skipped`` count
     goes to ``counter``. On one process batches without a valid row are dropped; with
     several every process keeps them, so all step through the same global batches."""
-    batches = (fmt.batches(source, data_cfg, seed=seed, train=train,
-                           process_index=process_index, process_count=process_count)
-               .map(counter.take_batch_skips))
+    batches = fmt.batches(
+        source,
+        data_cfg,
+        seed=seed,
+        train=train,
+        process_index=process_index,
+        process_count=process_count,
+    ).map(counter.take_batch_skips)
     return batches.filter(lambda batch: batch["valid"].any()) if process_count == 1 else batches
 
 
 def to_global(batch: dict, mesh: jax.sharding.Mesh) -> dict:
     """Assembles process-local numpy batches into global arrays sharded over (data, fsdp)."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)),
-                                                      np.asarray(v))
-            for k, v in batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+        for k, v in batch.items()
+    }

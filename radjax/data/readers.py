@@ -9,6 +9,7 @@ column index of a slice, ``j`` the row index and ``k`` the slice index (a 4-D NI
 its extra axes after ``k``). ``Volume.affine`` maps ``(i, j, k, 1)`` to RAS+ millimetres,
 as nibabel does; DICOM's LPS patient coordinates are converted to RAS.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,30 +38,38 @@ class Volume:
       spacing: voxel size in mm along ``(i, j, k)``.
       orientation: axis codes of ``(i, j, k)`` in RAS terms, e.g. ``('R', 'A', 'S')``.
     """
+
     array: np.ndarray
     affine: np.ndarray
     spacing: tuple[float, float, float]
     orientation: tuple[str, str, str]
 
 
-def check_finite(array: np.ndarray, path: str | os.PathLike[str], field: str | None = None
-                 ) -> np.ndarray:
+def check_finite(
+    array: np.ndarray, path: str | os.PathLike[str], field: str | None = None
+) -> np.ndarray:
     """Returns ``array`` unchanged, or raises BadRecordError if it holds NaN or Inf."""
     if np.issubdtype(array.dtype, np.inexact):
         bad = np.size(array) - np.count_nonzero(np.isfinite(array))
         if bad:
-            raise BadRecordError(path, field, f"{bad} non-finite values (NaN/Inf) "
-                                              f"in an array of shape {array.shape}")
+            raise BadRecordError(
+                path, field, f"{bad} non-finite values (NaN/Inf) in an array of shape {array.shape}"
+            )
     return array
 
 
-def check_rank(array: np.ndarray, ndim: int | Sequence[int] | None,
-               path: str | os.PathLike[str], field: str | None = None) -> np.ndarray:
+def check_rank(
+    array: np.ndarray,
+    ndim: int | Sequence[int] | None,
+    path: str | os.PathLike[str],
+    field: str | None = None,
+) -> np.ndarray:
     """Returns ``array`` unchanged, or raises BadRecordError if its rank is not allowed."""
     allowed = (ndim,) if isinstance(ndim, int) else ndim
     if allowed is not None and array.ndim not in allowed:
-        raise BadRecordError(path, field, f"expected rank {' or '.join(map(str, allowed))}, "
-                                          f"got shape {array.shape}")
+        raise BadRecordError(
+            path, field, f"expected rank {' or '.join(map(str, allowed))}, got shape {array.shape}"
+        )
     return array
 
 
@@ -73,8 +82,9 @@ def resolve_path(root: str | os.PathLike[str], relative: str | os.PathLike[str])
     root_path = Path(root).resolve()
     resolved = (root_path / relative).resolve()
     if not resolved.is_relative_to(root_path):
-        raise BadRecordError(relative, None, f"path resolves to {resolved}, outside the data "
-                                             f"root {root_path}")
+        raise BadRecordError(
+            relative, None, f"path resolves to {resolved}, outside the data root {root_path}"
+        )
     return resolved
 
 
@@ -95,8 +105,9 @@ def read_json(path: str | os.PathLike[str]):
         raise BadRecordError(path, None, f"not valid JSON ({err})") from err
 
 
-def read_npy(path: str | os.PathLike[str], *, ndim: int | Sequence[int] | None = None
-             ) -> np.ndarray:
+def read_npy(
+    path: str | os.PathLike[str], *, ndim: int | Sequence[int] | None = None
+) -> np.ndarray:
     """Loads a ``.npy`` array without unpickling; checks rank (if given) and finiteness."""
     path = Path(path)
     _require_file(path)
@@ -118,8 +129,11 @@ def array_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
         if path.suffix.lower() == ".npy":
             with open(path, "rb") as f:
                 major, _ = np.lib.format.read_magic(f)
-                read = (np.lib.format.read_array_header_1_0 if major == 1
-                        else np.lib.format.read_array_header_2_0)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if major == 1
+                    else np.lib.format.read_array_header_2_0
+                )
                 return tuple(read(f)[0])
         import nibabel as nib
 
@@ -128,8 +142,12 @@ def array_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
         raise BadRecordError(path, None, f"unreadable array header ({err})") from err
 
 
-def read_nifti(path: str | os.PathLike[str], *, canonical: bool = False,
-               ndim: int | Sequence[int] | None = None) -> Volume:
+def read_nifti(
+    path: str | os.PathLike[str],
+    *,
+    canonical: bool = False,
+    ndim: int | Sequence[int] | None = None,
+) -> Volume:
     """Reads a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel.
 
     Args:
@@ -149,8 +167,9 @@ def read_nifti(path: str | os.PathLike[str], *, canonical: bool = False,
             image = nib.as_closest_canonical(image)
         array = np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as err:  # nibabel, gzip and zlib raise many kinds of errors.
-        raise BadRecordError(path, None, f"not a readable NIfTI file ({type(err).__name__}: "
-                                         f"{err})") from err
+        raise BadRecordError(
+            path, None, f"not a readable NIfTI file ({type(err).__name__}: {err})"
+        ) from err
     check_finite(check_rank(array, ndim, path), path)
     if array.ndim == 2:  # a single slice: give it its slice axis
         array = array[..., None]
@@ -180,8 +199,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return check_rank(array, (2, 3), path)
 
 
-def _dicom_files(path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-                 ) -> list[Path]:
+def _dicom_files(
+    path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> list[Path]:
     """A directory's files (sorted by name), one file, or the given list of files."""
     if isinstance(path_or_files, (str, os.PathLike)):
         path = Path(path_or_files)
@@ -204,19 +224,23 @@ def _read_dicom_file(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
         dataset = pydicom.dcmread(path)
         pixels = np.asarray(dataset.pixel_array, dtype=np.float32)
     except Exception as err:  # pydicom and its pixel decoders raise many kinds of errors.
-        raise BadRecordError(path, None, f"not a readable DICOM image ({type(err).__name__}: "
-                                         f"{err})") from err
+        raise BadRecordError(
+            path, None, f"not a readable DICOM image ({type(err).__name__}: {err})"
+        ) from err
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if int(dataset.get("SamplesPerPixel", 1)) != 1:
         raise BadRecordError(path, "SamplesPerPixel", "colour DICOM images are not volumes")
     return dataset, pixels.reshape(frames, *pixels.shape[-2:])
 
 
-def _functional_group(dataset: pydicom.Dataset, frame: int, sequence: str
-                      ) -> pydicom.Dataset | None:
+def _functional_group(
+    dataset: pydicom.Dataset, frame: int, sequence: str
+) -> pydicom.Dataset | None:
     """The per-frame (else shared) functional group item ``sequence`` of an enhanced image."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
-                          ("SharedFunctionalGroupsSequence", 0)):
+    for groups, index in (
+        ("PerFrameFunctionalGroupsSequence", frame),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
         items = dataset.get(groups)
         if items is not None and len(items) > index and sequence in items[index]:
             return items[index][sequence][0]
@@ -250,19 +274,20 @@ def _field(path: Path, keyword: str, value, length: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class _Slice:
     """One 2-D frame of a series with the geometry needed to stack it."""
-    pixels: np.ndarray          # f32 (rows, cols), rescaled
+
+    pixels: np.ndarray  # f32 (rows, cols), rescaled
     position: np.ndarray | None  # ImagePositionPatient (LPS mm) or None
-    instance: int               # InstanceNumber (or frame order)
-    orientation: np.ndarray     # (6,) row and column direction cosines (LPS)
-    pixel_spacing: np.ndarray   # (2,) spacing between rows, between columns (mm)
-    slice_gap: float            # SpacingBetweenSlices / SliceThickness fallback (mm)
+    instance: int  # InstanceNumber (or frame order)
+    orientation: np.ndarray  # (6,) row and column direction cosines (LPS)
+    pixel_spacing: np.ndarray  # (2,) spacing between rows, between columns (mm)
+    slice_gap: float  # SpacingBetweenSlices / SliceThickness fallback (mm)
 
 
 def _slices_of(path: Path, dataset: pydicom.Dataset, frames: np.ndarray) -> list[_Slice]:
     """Splits a (possibly multi-frame) DICOM file into rescaled, geometry-tagged slices."""
     out = []
     for f, pixels in enumerate(frames):
-        attr = lambda seq, key: _frame_attribute(dataset, f, seq, key)
+        attr = lambda seq, key, f=f: _frame_attribute(dataset, f, seq, key)
         slope = attr("PixelValueTransformationSequence", "RescaleSlope")
         intercept = attr("PixelValueTransformationSequence", "RescaleIntercept")
         pixels = pixels * np.float32(1.0 if slope is None else float(slope))
@@ -270,20 +295,31 @@ def _slices_of(path: Path, dataset: pydicom.Dataset, frames: np.ndarray) -> list
         position = attr("PlanePositionSequence", "ImagePositionPatient")
         orientation = attr("PlaneOrientationSequence", "ImageOrientationPatient")
         spacing = attr("PixelMeasuresSequence", "PixelSpacing")
-        gap = (dataset.get("SpacingBetweenSlices")
-               or attr("PixelMeasuresSequence", "SpacingBetweenSlices")
-               or attr("PixelMeasuresSequence", "SliceThickness") or 1.0)
+        gap = (
+            dataset.get("SpacingBetweenSlices")
+            or attr("PixelMeasuresSequence", "SpacingBetweenSlices")
+            or attr("PixelMeasuresSequence", "SliceThickness")
+            or 1.0
+        )
         instance = dataset.get("InstanceNumber") if len(frames) == 1 else f
-        out.append(_Slice(
-            pixels=pixels,
-            position=(None if position is None else
-                      _field(path, "ImagePositionPatient", position, 3)),
-            instance=int(instance or 0),
-            orientation=(np.array([1.0, 0, 0, 0, 1, 0]) if orientation is None else
-                         _field(path, "ImageOrientationPatient", orientation, 6)),
-            pixel_spacing=(np.ones(2) if spacing is None else
-                           _field(path, "PixelSpacing", spacing, 2)),
-            slice_gap=float(gap)))
+        out.append(
+            _Slice(
+                pixels=pixels,
+                position=(
+                    None if position is None else _field(path, "ImagePositionPatient", position, 3)
+                ),
+                instance=int(instance or 0),
+                orientation=(
+                    np.array([1.0, 0, 0, 0, 1, 0])
+                    if orientation is None
+                    else _field(path, "ImageOrientationPatient", orientation, 6)
+                ),
+                pixel_spacing=(
+                    np.ones(2) if spacing is None else _field(path, "PixelSpacing", spacing, 2)
+                ),
+                slice_gap=float(gap),
+            )
+        )
     return out
 
 
@@ -296,8 +332,9 @@ def _stack_order(slices: list[_Slice], normal: np.ndarray) -> tuple[list[int], n
     return sorted(range(len(slices)), key=lambda n: slices[n].instance), None
 
 
-def read_dicom_series(path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-                      ) -> Volume:
+def read_dicom_series(
+    path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> Volume:
     """Reads a DICOM series (a directory, a list of files, or one single/multi-frame file).
 
     Slices are sorted by ``ImagePositionPatient`` projected on the slice normal (the cross
@@ -335,12 +372,13 @@ def read_dicom_series(path_or_files: str | os.PathLike[str] | Sequence[str | os.
         slice_step = normal * slice_gap
     row_spacing, col_spacing = (float(v) for v in first.pixel_spacing)
     lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_spacing    # i runs along a row, i.e. across columns
-    lps[:3, 1] = col_dir * row_spacing    # j runs down a column, i.e. across rows
+    lps[:3, 0] = row_dir * col_spacing  # i runs along a row, i.e. across columns
+    lps[:3, 1] = col_dir * row_spacing  # j runs down a column, i.e. across rows
     lps[:3, 2] = slice_step
     lps[:3, 3] = ordered[0].position if ordered[0].position is not None else 0.0
     affine = _LPS_TO_RAS @ lps
     array = np.stack([s.pixels.T for s in ordered], axis=-1)
     check_finite(array, files[0])
-    return Volume(array, affine, (col_spacing, row_spacing, abs(slice_gap)),
-                  tuple(nib.aff2axcodes(affine)))
+    return Volume(
+        array, affine, (col_spacing, row_spacing, abs(slice_gap)), tuple(nib.aff2axcodes(affine))
+    )

@@ -4,12 +4,10 @@ MONAI (and PyTorch) put the channel axis first: ``(C, H, W)`` / ``(C, D, H, W)``
 channels-last throughout, so every function here that takes a channel axis expects it LAST:
 ``(H, W, C)`` / ``(D, H, W, C)``, and ``spatial_size`` lists the leading (spatial) axes only.
 Apart from the axis order the results equal MONAI's (tests check parity with MONAI 1.6).
-
-The RP3D-specific resampling (``rp3d_resample``) is here too, since it is built from ``resize``.
 """
+
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,9 +15,14 @@ import numpy as np
 _LINEAR_MODES = ("bilinear", "trilinear", "linear")
 
 
-def scale_intensity_range(x: np.ndarray, a_min: float, a_max: float,
-                          b_min: float | None = None, b_max: float | None = None,
-                          clip: bool = False) -> np.ndarray:
+def scale_intensity_range(
+    x: np.ndarray,
+    a_min: float,
+    a_max: float,
+    b_min: float | None = None,
+    b_max: float | None = None,
+    clip: bool = False,
+) -> np.ndarray:
     """MONAI ``ScaleIntensityRange``: maps ``[a_min, a_max]`` linearly onto ``[b_min, b_max]``.
 
     Any shape. With ``b_min``/``b_max`` None the output is ``(x - a_min) / (a_max - a_min)``;
@@ -37,8 +40,9 @@ def scale_intensity_range(x: np.ndarray, a_min: float, a_max: float,
     return x.astype(np.float32)
 
 
-def scale_intensity(x: np.ndarray, minv: float = 0.0, maxv: float = 1.0,
-                    rng: np.random.Generator | None = None) -> np.ndarray:
+def scale_intensity(
+    x: np.ndarray, minv: float = 0.0, maxv: float = 1.0, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """MONAI ``ScaleIntensity`` (global min-max) onto ``[minv, maxv]``; any shape, f32 out.
 
     Constant input: MONAI returns ``x * minv``; RP3D's dataset code instead replaces the
@@ -62,8 +66,9 @@ def _spatial_size(shape: Sequence[int], spatial_size: Sequence[int] | int) -> tu
     if isinstance(spatial_size, int):
         spatial_size = (spatial_size,) * len(shape)
     if len(spatial_size) != len(shape):
-        raise ValueError(f"spatial_size {tuple(spatial_size)} does not match spatial shape "
-                         f"{tuple(shape)}")
+        raise ValueError(
+            f"spatial_size {tuple(spatial_size)} does not match spatial shape {tuple(shape)}"
+        )
     return tuple(int(s) if s and s > 0 else int(n) for s, n in zip(spatial_size, shape))
 
 
@@ -93,13 +98,11 @@ def _nearest_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
     if n_in == size:
         return x
     scale = np.float32(n_in / size)
-    src = np.minimum(np.floor(np.arange(size, dtype=np.float32) * scale).astype(np.int64),
-                     n_in - 1)
+    src = np.minimum(np.floor(np.arange(size, dtype=np.float32) * scale).astype(np.int64), n_in - 1)
     return np.take(x, src, axis=axis)
 
 
-def resize(x: np.ndarray, spatial_size: Sequence[int] | int, mode: str = "bilinear"
-           ) -> np.ndarray:
+def resize(x: np.ndarray, spatial_size: Sequence[int] | int, mode: str = "bilinear") -> np.ndarray:
     """MONAI ``Resize`` (``size_mode='all'``, ``align_corners=False``, no anti-aliasing).
 
     Args:
@@ -125,8 +128,13 @@ def resize(x: np.ndarray, spatial_size: Sequence[int] | int, mode: str = "biline
     return x.astype(np.float32, copy=False)
 
 
-def spatial_pad(x: np.ndarray, spatial_size: Sequence[int] | int, method: str = "symmetric",
-                mode: str = "constant", **np_pad_kwargs) -> np.ndarray:
+def spatial_pad(
+    x: np.ndarray,
+    spatial_size: Sequence[int] | int,
+    method: str = "symmetric",
+    mode: str = "constant",
+    **np_pad_kwargs,
+) -> np.ndarray:
     """MONAI ``SpatialPad``: pads the spatial axes of channels-last ``x`` up to ``spatial_size``.
 
     Axes already at least as large are left alone. ``method='symmetric'`` splits the padding
@@ -157,12 +165,17 @@ def center_spatial_crop(x: np.ndarray, roi_size: Sequence[int] | int) -> np.ndar
     return x[tuple(slice(b, b + s) for b, s in zip(starts, size))]
 
 
-def resize_with_pad_or_crop(x: np.ndarray, spatial_size: Sequence[int] | int,
-                            method: str = "symmetric", mode: str = "constant",
-                            **np_pad_kwargs) -> np.ndarray:
+def resize_with_pad_or_crop(
+    x: np.ndarray,
+    spatial_size: Sequence[int] | int,
+    method: str = "symmetric",
+    mode: str = "constant",
+    **np_pad_kwargs,
+) -> np.ndarray:
     """MONAI ``ResizeWithPadOrCrop``: center-crops, then pads, to exactly ``spatial_size``."""
-    return spatial_pad(center_spatial_crop(x, spatial_size), spatial_size, method, mode,
-                       **np_pad_kwargs)
+    return spatial_pad(
+        center_spatial_crop(x, spatial_size), spatial_size, method, mode, **np_pad_kwargs
+    )
 
 
 def repeat_slices(image2d: np.ndarray, depth: int) -> np.ndarray:
@@ -174,46 +187,3 @@ def repeat_slices(image2d: np.ndarray, depth: int) -> np.ndarray:
     if image2d.ndim not in (2, 3):
         raise ValueError(f"repeat_slices expects (H, W) or (H, W, C), got {image2d.shape}")
     return np.repeat(image2d[None], depth, axis=0)
-
-
-def rp3d_slice_indices(num_slices: int, depth: int) -> np.ndarray:
-    """Slices RP3D keeps when a scan has more than ``depth`` of them.
-
-    RP3D's ``resample_image`` takes ``torch.arange(0, D, D / depth).long()[:depth]``: a float32
-    ramp with a double-precision step, truncated. This reproduces it bit for bit. For
-    ``num_slices <= depth`` every slice is kept. Returns i64 ``(min(num_slices, depth),)``.
-    """
-    if num_slices <= depth:
-        return np.arange(num_slices)
-    step = num_slices / depth
-    ramp = (np.arange(math.ceil(num_slices / step), dtype=np.float64) * step).astype(np.float32)
-    return ramp.astype(np.int64)[:depth]
-
-
-def rp3d_resample(volume_hwd: np.ndarray, size: int = 256, depth: int = 32
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """RP3D's ``resample_image`` plus its zero padding and slice marks.
-
-    Every slice is resized to ``size x size`` (bilinear, ``align_corners=False``); depth is
-    never interpolated: if ``D > depth`` the strided subset ``rp3d_slice_indices`` is kept,
-    if ``D < depth`` the volume is zero-padded at the end.
-
-    Args:
-      volume_hwd: ``(H, W, D)``, RP3D's on-disk layout.
-      size: in-plane output size.
-      depth: output number of slices.
-
-    Returns:
-      ``volume`` f32 ``(depth, size, size)`` and ``marks`` f32 ``(depth,)``: 1 for real
-      slices, 0 for padding.
-    """
-    volume_hwd = np.asarray(volume_hwd, dtype=np.float32)
-    if volume_hwd.ndim != 3:
-        raise ValueError(f"rp3d_resample expects (H, W, D), got {volume_hwd.shape}")
-    kept = volume_hwd[:, :, rp3d_slice_indices(volume_hwd.shape[-1], depth)]
-    slices = resize(kept, (size, size), mode="bilinear")      # (size, size, D') as (H, W, C)
-    volume = np.zeros((depth, size, size), np.float32)
-    volume[:slices.shape[-1]] = np.moveaxis(slices, -1, 0)
-    marks = np.zeros((depth,), np.float32)
-    marks[:slices.shape[-1]] = 1.0
-    return volume, marks

@@ -80,12 +80,34 @@ _CONTRACTIONS = dict(
     y'all'dve=y'all'd've youd=you'd youd've=you'd've you'dve=you'd've youll=you'll
     youre=you're youve=you've""".split()
 )
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten".split())}
+_NUMBER_WORDS = {
+    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())
+}
 _NUMBER_WORDS["none"] = "0"
 _ARTICLES = frozenset({"a", "an", "the"})
-_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
-          "`", ",", "?", "!")
+_PUNCT = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 # The original pattern is ``(?!<=\d)(\.)(?!\d)`` (a look-ahead, not a look-behind: every period
 # not followed by a digit goes) and it is applied with ``sub(..., re.UNICODE)``, which passes
 # re.UNICODE (= 32) as ``count``: only the first 32 such periods are removed. Both kept.
@@ -115,21 +137,28 @@ def normalize_answer(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def sentence_bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]],
-                  weights: Sequence[float] = (0.25, 0.25, 0.25, 0.25)) -> float:
+def sentence_bleu(
+    hypothesis: Sequence[str],
+    references: Sequence[Sequence[str]],
+    weights: Sequence[float] = (0.25, 0.25, 0.25, 0.25),
+) -> float:
     """nltk ``sentence_bleu`` without smoothing on pre-tokenised input (its warnings silenced)."""
     from nltk.translate.bleu_score import sentence_bleu as _nltk_sentence_bleu
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(_nltk_sentence_bleu([list(r) for r in references], list(hypothesis),
-                                         weights=tuple(weights)))
+        return float(
+            _nltk_sentence_bleu(
+                [list(r) for r in references], list(hypothesis), weights=tuple(weights)
+            )
+        )
 
 
 def autorg_bleu1(prediction: str, reference: str) -> float:
     """AutoRG-Brain BLEU-1: nltk, weights (1,0,0,0), lower-cased whitespace tokens."""
-    return sentence_bleu(whitespace_tokens(prediction), [whitespace_tokens(reference)],
-                         (1, 0, 0, 0))
+    return sentence_bleu(
+        whitespace_tokens(prediction), [whitespace_tokens(reference)], (1, 0, 0, 0)
+    )
 
 
 def m3d_bleu1(prediction: str, reference: str) -> float:
@@ -145,7 +174,10 @@ def llava_med_bleu(prediction: str, reference: str, normalize: bool = True) -> d
     """LLaVA-Med VQA BLEU on normalised answers: nltk default (uniform 4-gram) and the
     single-order variants ``weights=(1,0,0,0)``, ``(0,1,0,0)``, ``(0,0,1,0)``; no smoothing."""
     if normalize:
-        prediction, reference = normalize_answer(prediction.lower()), normalize_answer(reference.lower())
+        prediction, reference = (
+            normalize_answer(prediction.lower()),
+            normalize_answer(reference.lower()),
+        )
     hyp, ref = prediction.lower().split(), reference.lower().split()
     return {
         "bleu": sentence_bleu(hyp, [ref]),
@@ -167,7 +199,9 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str], **kwargs)
     import sacrebleu
 
     _check_pairs(predictions, references)
-    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)], **kwargs).score) / 100.0
+    return (
+        float(sacrebleu.corpus_bleu(list(predictions), [list(references)], **kwargs).score) / 100.0
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,12 +216,18 @@ def _rouge_scorer(types: tuple[str, ...], use_stemmer: bool):
     return rouge_scorer.RougeScorer(list(types), use_stemmer=use_stemmer)
 
 
-def rouge(prediction: str, reference: str, types: Sequence[str] = ("rouge1", "rouge2", "rougeL"),
-          use_stemmer: bool = False) -> dict[str, dict[str, float]]:
+def rouge(
+    prediction: str,
+    reference: str,
+    types: Sequence[str] = ("rouge1", "rouge2", "rougeL"),
+    use_stemmer: bool = False,
+) -> dict[str, dict[str, float]]:
     """rouge-score: ``{type: {"precision", "recall", "fmeasure"}}`` (target = reference)."""
     scores = _rouge_scorer(tuple(types), use_stemmer).score(reference, prediction)
-    return {k: {"precision": v.precision, "recall": v.recall, "fmeasure": v.fmeasure}
-            for k, v in scores.items()}
+    return {
+        k: {"precision": v.precision, "recall": v.recall, "fmeasure": v.fmeasure}
+        for k, v in scores.items()
+    }
 
 
 def autorg_rouge1(prediction: str, reference: str) -> float:
@@ -231,7 +271,9 @@ class WordNetMissingError(LookupError):
 def write_lexnames(wordnet_dir: str | os.PathLike) -> Path:
     """Write WordNet's ``lexnames`` file (``NN<TAB>name<TAB>pos-number``) into ``wordnet_dir``."""
     path = Path(wordnet_dir) / "lexnames"
-    lines = [f"{i:02d}\t{name}\t{_POS_NUMBER[name.split('.')[0]]}" for i, name in enumerate(LEXNAMES)]
+    lines = [
+        f"{i:02d}\t{name}\t{_POS_NUMBER[name.split('.')[0]]}" for i, name in enumerate(LEXNAMES)
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -278,8 +320,13 @@ def meteor_tokens(text: str) -> list[str]:
     return [t for s in _SENTENCE_END.split(text.strip()) if s for t in tok.tokenize(s)]
 
 
-def meteor(prediction: str, references: str | Sequence[str], alpha: float = 0.9,
-           beta: float = 3.0, gamma: float = 0.5) -> float:
+def meteor(
+    prediction: str,
+    references: str | Sequence[str],
+    alpha: float = 0.9,
+    beta: float = 3.0,
+    gamma: float = 0.5,
+) -> float:
     """nltk METEOR (exact, Porter stem and WordNet synonym stages), HF ``evaluate`` defaults.
 
     M3D calls ``evaluate.load('meteor')`` per sample, which tokenises with
@@ -289,8 +336,16 @@ def meteor(prediction: str, references: str | Sequence[str], alpha: float = 0.9,
 
     wn = require_wordnet()
     refs = [references] if isinstance(references, str) else list(references)
-    return float(meteor_score([meteor_tokens(r) for r in refs], meteor_tokens(prediction),
-                              alpha=alpha, beta=beta, gamma=gamma, wordnet=wn))
+    return float(
+        meteor_score(
+            [meteor_tokens(r) for r in refs],
+            meteor_tokens(prediction),
+            alpha=alpha,
+            beta=beta,
+            gamma=gamma,
+            wordnet=wn,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,7 +355,7 @@ def meteor(prediction: str, references: str | Sequence[str], alpha: float = 0.9,
 
 def default_bertscore_model() -> str:
     """The local all-MiniLM-L6-v2 folder (offline stand-in for roberta-large / bert-base)."""
-    from radjax.convert.bert import minilm_path
+    from radjax.assets import minilm_path
 
     return minilm_path()
 
@@ -310,14 +365,22 @@ def _bert_scorer(model_dir: str, num_layers: int, batch_size: int):
     from bert_score import BERTScorer
 
     if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"BERTScore model directory not found: {model_dir!r} "
-                                "(a local folder with config.json and tokenizer files)")
-    return BERTScorer(model_type=model_dir, num_layers=num_layers, batch_size=batch_size,
-                      device="cpu", lang="en")
+        raise FileNotFoundError(
+            f"BERTScore model directory not found: {model_dir!r} "
+            "(a local folder with config.json and tokenizer files)"
+        )
+    return BERTScorer(
+        model_type=model_dir, num_layers=num_layers, batch_size=batch_size, device="cpu", lang="en"
+    )
 
 
-def bertscore(predictions: Sequence[str], references: Sequence[str], model_dir: str | None = None,
-              num_layers: int = 6, batch_size: int = 32) -> dict[str, np.ndarray]:
+def bertscore(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    model_dir: str | None = None,
+    num_layers: int = 6,
+    batch_size: int = 32,
+) -> dict[str, np.ndarray]:
     """bert-score P/R/F1 per pair with a local model (no idf, no baseline rescaling).
 
     Default model: MiniLM-L6 (6 layers). M3D used roberta-large (layer 17) and AutoRG
@@ -377,8 +440,9 @@ def _mean(xs: Iterable[float]) -> float:
     return float(np.mean(xs)) if xs else 0.0
 
 
-def llava_med_vqa(predictions: Sequence[str], references: Sequence[str],
-                  answer_types: Sequence[str]) -> dict[str, float]:
+def llava_med_vqa(
+    predictions: Sequence[str], references: Sequence[str], answer_types: Sequence[str]
+) -> dict[str, float]:
     """LLaVA-Med ``run_eval_batch.evaluate`` (after PR #35: every item counts).
 
     ``answer_types`` are ``"OPEN"``/``"CLOSED"``. CLOSED: ``closed_acc`` (gt substring of pred)
@@ -388,7 +452,9 @@ def llava_med_vqa(predictions: Sequence[str], references: Sequence[str],
     """
     _check_pairs(predictions, references)
     if len(answer_types) != len(predictions):
-        raise ValueError(f"answer_types has {len(answer_types)} items, predictions {len(predictions)}")
+        raise ValueError(
+            f"answer_types has {len(answer_types)} items, predictions {len(predictions)}"
+        )
     rows = {"open": [], "closed": []}
     for p, g, t in zip(predictions, references, answer_types):
         t = t.upper()
@@ -404,7 +470,8 @@ def llava_med_vqa(predictions: Sequence[str], references: Sequence[str],
     out.update(
         open_acc=_mean(float(g in p) for p, g in op),
         exact_match=_mean(llava_med_exact_match(p, g) for p, g in op),
-        f1=_mean(f[0] for f in f1s), precision=_mean(f[1] for f in f1s),
+        f1=_mean(f[0] for f in f1s),
+        precision=_mean(f[1] for f in f1s),
         open_recall=_mean(f[2] for f in f1s),
         **{k: _mean(b[k] for b in bleus) for k in ("bleu", "bleu_1", "bleu_2", "bleu_3")},
         closed_acc=_mean(float(g in p) for p, g in rows["closed"]),
@@ -413,13 +480,16 @@ def llava_med_vqa(predictions: Sequence[str], references: Sequence[str],
     return out
 
 
-def uni_med_vqa(predictions: Sequence[str], references: Sequence[str],
-                answer_types: Sequence[str]) -> dict[str, dict[str, float]]:
+def uni_med_vqa(
+    predictions: Sequence[str], references: Sequence[str], answer_types: Sequence[str]
+) -> dict[str, dict[str, float]]:
     """Uni-Med ``eval_vqa.evaluate_open_and_closed``: per subset (open/closed/all) mean
     BLEU-1..4 and token F1; closed accuracy (normalised gt substring of normalised pred).
     Predictions are lower-cased and stripped first, as its generation loop does."""
     _check_pairs(predictions, references)
-    items = [(p.lower().strip(), g, t.upper()) for p, g, t in zip(predictions, references, answer_types)]
+    items = [
+        (p.lower().strip(), g, t.upper()) for p, g, t in zip(predictions, references, answer_types)
+    ]
 
     def block(sub):
         bl = [uni_med_bleu(p, g) for p, g, _ in sub]
@@ -428,8 +498,11 @@ def uni_med_vqa(predictions: Sequence[str], references: Sequence[str],
         return res
 
     closed = [x for x in items if x[2] == "CLOSED"]
-    out = {"open": block([x for x in items if x[2] == "OPEN"]), "closed": block(closed),
-           "all": block(items)}
+    out = {
+        "open": block([x for x in items if x[2] == "OPEN"]),
+        "closed": block(closed),
+        "all": block(items),
+    }
     out["closed"]["acc"] = _mean(vqa_hit(p, g) for p, g, _ in closed)
     return out
 
@@ -439,46 +512,62 @@ def uni_med_vqa(predictions: Sequence[str], references: Sequence[str],
 # --------------------------------------------------------------------------------------------
 
 
-def m3d_report_metrics(predictions: Sequence[str], references: Sequence[str], *,
-                       bertscore_model: str | None = None, num_layers: int = 6,
-                       with_meteor: bool = True) -> dict[str, float]:
+def m3d_report_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    bertscore_model: str | None = None,
+    num_layers: int = 6,
+    with_meteor: bool = True,
+) -> dict[str, float]:
     """M3D ``eval_caption.py``: per-sample BLEU-1, ROUGE-1 F (no stemmer), METEOR and
     BERTScore F1, averaged. Deviation: BERTScore model is local (MiniLM by default)."""
     _check_pairs(predictions, references)
     out = {
         "bleu1": _mean(m3d_bleu1(p, r) for p, r in zip(predictions, references)),
-        "rouge1": _mean(rouge(p, r, ("rouge1",))["rouge1"]["fmeasure"]
-                        for p, r in zip(predictions, references)),
-        "bertscore_f1": float(np.mean(bertscore(predictions, references, bertscore_model,
-                                                num_layers)["f1"])),
+        "rouge1": _mean(
+            rouge(p, r, ("rouge1",))["rouge1"]["fmeasure"] for p, r in zip(predictions, references)
+        ),
+        "bertscore_f1": float(
+            np.mean(bertscore(predictions, references, bertscore_model, num_layers)["f1"])
+        ),
     }
     if with_meteor:
         out["meteor"] = _mean(meteor(p, r) for p, r in zip(predictions, references))
     return out
 
 
-def autorg_report_metrics(predictions: Sequence[str], references: Sequence[str], *,
-                          bertscore_model: str | None = None, num_layers: int = 6) -> dict[str, float]:
+def autorg_report_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    bertscore_model: str | None = None,
+    num_layers: int = 6,
+) -> dict[str, float]:
     """AutoRG-Brain ``llm_metric``: BLEU-1, unigram-set recall ("ROUGE-1"), BERTScore F1, averaged."""
     _check_pairs(predictions, references)
     return {
         "bleu1": _mean(autorg_bleu1(p, r) for p, r in zip(predictions, references)),
         "rouge1": _mean(autorg_rouge1(p, r) for p, r in zip(predictions, references)),
-        "bertscore_f1": float(np.mean(bertscore(predictions, references, bertscore_model,
-                                                num_layers)["f1"])),
+        "bertscore_f1": float(
+            np.mean(bertscore(predictions, references, bertscore_model, num_layers)["f1"])
+        ),
     }
 
 
-def uni_med_report_metrics(predictions: Sequence[str], references: Sequence[str],
-                           with_meteor: bool = True) -> dict[str, float]:
+def uni_med_report_metrics(
+    predictions: Sequence[str], references: Sequence[str], with_meteor: bool = True
+) -> dict[str, float]:
     """Uni-Med report metrics. Deviations (offline, no Java): corpus BLEU-4 from sacrebleu
     instead of pycocoevalcap ``Bleu(4)``; nltk METEOR instead of the Java METEOR 1.5;
     rouge-score instead of the ``rouge`` package for ROUGE-1/2/L F; token F1 as for VQA."""
     _check_pairs(predictions, references)
     rs = [rouge(p, r) for p, r in zip(predictions, references)]
-    out = {"bleu4": corpus_bleu(predictions, references),
-           **{k: _mean(x[k]["fmeasure"] for x in rs) for k in ("rouge1", "rouge2", "rougeL")},
-           "f1": _mean(token_f1(p, r)[0] for p, r in zip(predictions, references))}
+    out = {
+        "bleu4": corpus_bleu(predictions, references),
+        **{k: _mean(x[k]["fmeasure"] for x in rs) for k in ("rouge1", "rouge2", "rougeL")},
+        "f1": _mean(token_f1(p, r)[0] for p, r in zip(predictions, references)),
+    }
     if with_meteor:
         out["meteor"] = _mean(meteor(p, r) for p, r in zip(predictions, references))
     return out
@@ -490,9 +579,11 @@ def uni_med_report_metrics(predictions: Sequence[str], references: Sequence[str]
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 # ICD-10-CM heads that are not findings.
-_GENERIC_HEADS = frozenset("""other unspecified certain personal family encounter history
+_GENERIC_HEADS = frozenset(
+    """other unspecified certain personal family encounter history
     status contact exposure underdosing poisoning adverse presence absence problems problem
-    observation screening follow-up""".split())
+    observation screening follow-up""".split()
+)
 
 
 def _norm_token(tok: str) -> str:
@@ -561,7 +652,7 @@ class EntityMatcher:
         out, i = [], 0
         while i < len(words):
             for n in range(min(self._max_len, len(words) - i), 0, -1):
-                key = tuple(w for w, _, _ in words[i:i + n])
+                key = tuple(w for w, _, _ in words[i : i + n])
                 if key in self._terms:
                     out.append((words[i][1], words[i + n - 1][2], " ".join(key)))
                     i += n
@@ -574,8 +665,9 @@ class EntityMatcher:
         return {e for _, _, e in self.spans(text)}
 
 
-def radfm_entity_scores(prediction: str, reference: str,
-                        matcher: EntityMatcher | None = None) -> dict[str, float]:
+def radfm_entity_scores(
+    prediction: str, reference: str, matcher: EntityMatcher | None = None
+) -> dict[str, float]:
     """RadFM-style UMLS precision/recall with an offline lexicon: entity *sets* of prediction
     and reference; precision = |P∩R|/|P|, recall = |P∩R|/|R|, f1 their harmonic mean
     (0 when the denominator set is empty). RadFM used scispaCy + the UMLS linker instead."""
@@ -598,20 +690,27 @@ def entity_token_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]]
     return mask
 
 
-def token_weights_from_offsets(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]],
-                               entity_weight: float = 3.0) -> np.ndarray:
+def token_weights_from_offsets(
+    offsets: np.ndarray, spans: Sequence[tuple[int, int, str]], entity_weight: float = 3.0
+) -> np.ndarray:
     """f32 (N,) per-token weights: ``entity_weight`` on ``entity_token_mask``, 1 elsewhere."""
     return np.where(entity_token_mask(offsets, spans), entity_weight, 1.0).astype(np.float32)
 
 
-def entity_token_weights(text: str, tokenizer, matcher: EntityMatcher | None = None,
-                         entity_weight: float = 3.0, add_special_tokens: bool = False):
+def entity_token_weights(
+    text: str,
+    tokenizer,
+    matcher: EntityMatcher | None = None,
+    entity_weight: float = 3.0,
+    add_special_tokens: bool = False,
+):
     """RadFM's paper loss weights for one answer: token ids and weights (3 on medical-entity
     tokens, 1 elsewhere). ``tokenizer`` must be a fast HF tokenizer (offset mapping)."""
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
     spans = (matcher or EntityMatcher.default()).spans(text)
     return np.asarray(enc["input_ids"]), token_weights_from_offsets(
-        np.asarray(enc["offset_mapping"]), spans, entity_weight)
+        np.asarray(enc["offset_mapping"]), spans, entity_weight
+    )
 
 
 def _check_pairs(predictions, references):

@@ -10,6 +10,7 @@ The config base class, the layer and its building blocks are shared with MPNet
 Used frozen as the knowledge-enhancement text encoder (RP3D-Diag), and as the
 encoder of text stacks. Original weights load with ``radjax.convert.bert``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,21 +72,22 @@ class EncoderConfig:
     Field defaults are transformers' defaults (transformers' names in comments where
     they differ). Subclasses name their ``model_type`` and add their own fields.
     """
+
     vocab_size: int
     hidden_size: int
-    num_layers: int            # num_hidden_layers
-    num_heads: int             # num_attention_heads
+    num_layers: int  # num_hidden_layers
+    num_heads: int  # num_attention_heads
     intermediate_size: int
     max_position_embeddings: int = 512
     layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"   # "gelu" is the exact (erf) GELU, as in transformers
-    hidden_dropout: float = 0.1     # hidden_dropout_prob
+    hidden_act: str = "gelu"  # "gelu" is the exact (erf) GELU, as in transformers
+    hidden_dropout: float = 0.1  # hidden_dropout_prob
     attention_dropout: float = 0.1  # attention_probs_dropout_prob
-    init_std: float = 0.02     # initializer_range
-    dtype: str = "float32"     # compute dtype; parameters are always f32
+    init_std: float = 0.02  # initializer_range
+    dtype: str = "float32"  # compute dtype; parameters are always f32
 
     MODEL_TYPE: ClassVar[str] = ""  # config.json ``model_type``
-    NAME: ClassVar[str] = ""        # for messages
+    NAME: ClassVar[str] = ""  # for messages
     # config.json fields whose other values are not implemented: field -> allowed values,
     # the first being transformers' default.
     HF_SUPPORTED: ClassVar[Mapping[str, tuple]] = {}
@@ -93,11 +95,15 @@ class EncoderConfig:
     def __post_init__(self):
         name = type(self).__name__
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"{name}: hidden_size {self.hidden_size} is not a multiple "
-                             f"of num_heads {self.num_heads}")
+            raise ValueError(
+                f"{name}: hidden_size {self.hidden_size} is not a multiple "
+                f"of num_heads {self.num_heads}"
+            )
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"{name}: hidden_act {self.hidden_act!r} not supported; "
-                             f"use one of {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"{name}: hidden_act {self.hidden_act!r} not supported; "
+                f"use one of {sorted(ACTIVATIONS)}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -117,8 +123,10 @@ class EncoderConfig:
         for field, allowed in cls.HF_SUPPORTED.items():
             value = config.get(field, allowed[0])
             if value not in allowed:
-                raise ValueError(f"{where}: {field} {value!r} not supported for {cls.NAME}; "
-                                 f"expected one of {allowed}")
+                raise ValueError(
+                    f"{where}: {field} {value!r} not supported for {cls.NAME}; "
+                    f"expected one of {allowed}"
+                )
         kwargs = {}
         for field in dataclasses.fields(cls):
             name = _HF_NAMES.get(field.name, field.name)
@@ -132,6 +140,7 @@ class EncoderConfig:
 @dataclasses.dataclass(frozen=True)
 class BertConfig(EncoderConfig):
     """BERT hyper-parameters: the shared ones plus the segment vocabulary."""
+
     type_vocab_size: int = 2
 
     MODEL_TYPE: ClassVar[str] = "bert"
@@ -143,46 +152,63 @@ class BertConfig(EncoderConfig):
     }
 
 
-def linear(cfg: EncoderConfig, din: int, dout: int, axes: tuple, *,
-           rngs: nnx.Rngs) -> nnx.Linear:
+def linear(cfg: EncoderConfig, din: int, dout: int, axes: tuple, *, rngs: nnx.Rngs) -> nnx.Linear:
     """Linear with BERT's N(0, init_std) kernel, zero bias and logical axes ``axes`` (in, out)."""
     return nnx.Linear(
-        din, dout, dtype=cfg.dtype, param_dtype=jnp.float32,
+        din,
+        dout,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
         kernel_init=nnx.initializers.normal(cfg.init_std),
         kernel_metadata={"out_sharding": axes},
         bias_metadata={"out_sharding": axes[1:]},
-        rngs=rngs)
+        rngs=rngs,
+    )
 
 
 def layer_norm(cfg: EncoderConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm over the hidden size, torch semantics (two-pass variance)."""
     return nnx.LayerNorm(
-        cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=jnp.float32,
+        cfg.hidden_size,
+        epsilon=cfg.layer_norm_eps,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
         use_fast_variance=False,
         scale_metadata={"out_sharding": ("norm",)},
         bias_metadata={"out_sharding": ("norm",)},
-        rngs=rngs)
+        rngs=rngs,
+    )
 
 
-def embed(cfg: EncoderConfig, num: int, axes: tuple, *, features: int | None = None,
-          rngs: nnx.Rngs) -> nnx.Embed:
+def embed(
+    cfg: EncoderConfig, num: int, axes: tuple, *, features: int | None = None, rngs: nnx.Rngs
+) -> nnx.Embed:
     """(num, features) table, N(0, init_std), logical axes ``axes``; features = hidden size."""
     return nnx.Embed(
-        num, features or cfg.hidden_size, dtype=cfg.dtype, param_dtype=jnp.float32,
+        num,
+        features or cfg.hidden_size,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
         embedding_init=nnx.initializers.normal(cfg.init_std),
         embedding_metadata={"out_sharding": axes},
-        rngs=rngs)
+        rngs=rngs,
+    )
 
 
-def check_inputs(model: str, input_ids: jax.Array, attention_mask: jax.Array,
-                 max_length: int) -> None:
+def check_inputs(
+    model: str, input_ids: jax.Array, attention_mask: jax.Array, max_length: int
+) -> None:
     """Raises ValueError unless ids and mask are both (B, L) with L <= max_length."""
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
-        raise ValueError(f"{model}: input_ids {input_ids.shape} and attention_mask "
-                         f"{attention_mask.shape} must both be (B, L)")
+        raise ValueError(
+            f"{model}: input_ids {input_ids.shape} and attention_mask "
+            f"{attention_mask.shape} must both be (B, L)"
+        )
     if input_ids.shape[1] > max_length:
-        raise ValueError(f"{model}: length {input_ids.shape[1]} exceeds {max_length}, "
-                         f"the most max_position_embeddings allows")
+        raise ValueError(
+            f"{model}: length {input_ids.shape[1]} exceeds {max_length}, "
+            f"the most max_position_embeddings allows"
+        )
 
 
 def padding_bias(attention_mask: jax.Array) -> jax.Array:
@@ -235,7 +261,7 @@ class BertSelfAttention(nnx.Module):
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
         logits = jnp.einsum("bqnd,bknd->bnqk", q, k)
         logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-        probs = jax.nn.softmax(logits * self.head_dim ** -0.5 + bias, axis=-1)
+        probs = jax.nn.softmax(logits * self.head_dim**-0.5 + bias, axis=-1)
         probs = self.dropout(probs).astype(v.dtype)
         y = jnp.einsum("bnqk,bknd->bqnd", probs, v)
         return self.out(y.reshape(x.shape))
@@ -247,10 +273,12 @@ class BertLayer(nnx.Module):
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
         self.attention = BertSelfAttention(cfg, rngs=rngs)
         self.attention_norm = layer_norm(cfg, rngs=rngs)
-        self.intermediate = linear(cfg, cfg.hidden_size, cfg.intermediate_size,
-                                   ("embed", "mlp"), rngs=rngs)
-        self.output = linear(cfg, cfg.intermediate_size, cfg.hidden_size,
-                             ("mlp", "embed"), rngs=rngs)
+        self.intermediate = linear(
+            cfg, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), rngs=rngs
+        )
+        self.output = linear(
+            cfg, cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), rngs=rngs
+        )
         self.output_norm = layer_norm(cfg, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout, rngs=rngs)
         self.act = ACTIVATIONS[cfg.hidden_act]
@@ -272,8 +300,12 @@ class BertModel(nnx.Module):
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.pooler = linear(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs=rngs)
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-                 token_type_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        token_type_ids: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
         """Encodes a padded batch.
 
         Args:

@@ -4,6 +4,7 @@ New rows of the input embedding table and new columns of an untied output head a
 of the existing ones (what LLaVA-Med, M3D and RadFM do for their image / [SEG] tokens), so
 the new tokens start as an "average word" rather than noise.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,8 @@ from flax import nnx
 
 # (attribute path of a vocab-indexed Param, its vocab axis), per model family.
 VOCAB_TABLES: dict[str, tuple[tuple[str, int], ...]] = {
-    "Decoder": (("embed_tokens", 0), ("lm_head/kernel", 1)),   # radjax.models.llama
-    "GPT2": (("wte/embedding", 0),),                            # radjax.models.gpt2
+    "Decoder": (("embed_tokens", 0), ("lm_head/kernel", 1)),  # radjax.models.llama
+    "GPT2": (("wte/embedding", 0),),  # radjax.models.gpt2
 }
 
 
@@ -37,8 +38,9 @@ def _grow(table: jnp.ndarray, axis: int, new_size: int) -> jnp.ndarray:
     return jnp.concatenate([table, jnp.tile(mean, reps)], axis=axis)
 
 
-def resize_vocab(model: nnx.Module, new_size: int,
-                 tables: Sequence[tuple[str, int]] | None = None) -> int:
+def resize_vocab(
+    model: nnx.Module, new_size: int, tables: Sequence[tuple[str, int]] | None = None
+) -> int:
     """Grows ``model``'s vocab-indexed tables to ``new_size`` in place; returns the old size.
 
     ``tables`` defaults to ``VOCAB_TABLES[type(model).__name__]``; paths missing on the model

@@ -32,6 +32,7 @@ The uk/uv projections belong to the report-generator module, not to this one. It
 released forward also takes the position embeddings from the *word* table
 (``wte(position_ids)``); ``position_table='wte'`` reproduces that.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,20 +58,21 @@ ExtraKVArg = Sequence[ExtraKV] | Callable[[int], ExtraKV] | None
 @dataclasses.dataclass(frozen=True)
 class GPT2Config:
     """GPT-2 hyper-parameters; names and defaults are transformers' (GPT-2 small)."""
+
     vocab_size: int = 50257
     n_positions: int = 1024
     n_embd: int = 768
     n_layer: int = 12
     n_head: int = 12
-    n_inner: int | None = None          # None = 4 * n_embd
+    n_inner: int | None = None  # None = 4 * n_embd
     activation_function: str = "gelu_new"
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
     resid_pdrop: float = 0.1
     embd_pdrop: float = 0.1
     attn_pdrop: float = 0.1
-    position_table: str = "wpe"         # not transformers': 'wte' = AutoRG-Brain's quirk
-    dtype: str = "float32"              # compute dtype; parameters are always f32
+    position_table: str = "wpe"  # not transformers': 'wte' = AutoRG-Brain's quirk
+    dtype: str = "float32"  # compute dtype; parameters are always f32
 
     # config.json fields whose other values are not implemented; first = default.
     HF_SUPPORTED: ClassVar[Mapping[str, tuple]] = {
@@ -83,14 +85,18 @@ class GPT2Config:
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
-            raise ValueError(f"GPT2Config: n_embd {self.n_embd} is not a multiple of "
-                             f"n_head {self.n_head}")
+            raise ValueError(
+                f"GPT2Config: n_embd {self.n_embd} is not a multiple of n_head {self.n_head}"
+            )
         if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"GPT2Config: activation_function {self.activation_function!r} "
-                             f"not supported; use one of {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"GPT2Config: activation_function {self.activation_function!r} "
+                f"not supported; use one of {sorted(ACTIVATIONS)}"
+            )
         if self.position_table not in ("wpe", "wte"):
-            raise ValueError(f"GPT2Config: position_table {self.position_table!r} "
-                             "must be 'wpe' or 'wte'")
+            raise ValueError(
+                f"GPT2Config: position_table {self.position_table!r} must be 'wpe' or 'wte'"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -111,35 +117,58 @@ class GPT2Config:
         for field, allowed in cls.HF_SUPPORTED.items():
             value = config.get(field, allowed[0])
             if value not in allowed:
-                raise ValueError(f"{where}: {field} {value!r} not supported for GPT-2; "
-                                 f"expected one of {allowed}")
+                raise ValueError(
+                    f"{where}: {field} {value!r} not supported for GPT-2; expected one of {allowed}"
+                )
         local = {"dtype", "position_table"}
-        kwargs = {f.name: config[f.name] for f in dataclasses.fields(cls)
-                  if f.name in config and f.name not in local}
+        kwargs = {
+            f.name: config[f.name]
+            for f in dataclasses.fields(cls)
+            if f.name in config and f.name not in local
+        }
         return cls(**kwargs, **overrides)
 
 
-def _linear(cfg: GPT2Config, din: int, dout: int, axes: tuple, *, std: float,
-            rngs: nnx.Rngs) -> nnx.Linear:
+def _linear(
+    cfg: GPT2Config, din: int, dout: int, axes: tuple, *, std: float, rngs: nnx.Rngs
+) -> nnx.Linear:
     """Conv1D-equivalent Linear: (in, out) kernel N(0, std), zero bias, logical axes ``axes``."""
-    return nnx.Linear(din, dout, dtype=cfg.dtype, param_dtype=jnp.float32,
-                      kernel_init=nnx.initializers.normal(std),
-                      kernel_metadata={"out_sharding": axes},
-                      bias_metadata={"out_sharding": axes[1:]}, rngs=rngs)
+    return nnx.Linear(
+        din,
+        dout,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.normal(std),
+        kernel_metadata={"out_sharding": axes},
+        bias_metadata={"out_sharding": axes[1:]},
+        rngs=rngs,
+    )
 
 
 def _layer_norm(cfg: GPT2Config, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm over n_embd; statistics in f32, torch's two-pass variance."""
-    return nnx.LayerNorm(cfg.n_embd, epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype,
-                         param_dtype=jnp.float32, use_fast_variance=False,
-                         scale_metadata={"out_sharding": ("norm",)},
-                         bias_metadata={"out_sharding": ("norm",)}, rngs=rngs)
+    return nnx.LayerNorm(
+        cfg.n_embd,
+        epsilon=cfg.layer_norm_epsilon,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        scale_metadata={"out_sharding": ("norm",)},
+        bias_metadata={"out_sharding": ("norm",)},
+        rngs=rngs,
+    )
 
 
 def _embed(cfg: GPT2Config, num: int, axes: tuple, *, rngs: nnx.Rngs) -> nnx.Embed:
-    return nnx.Embed(num, cfg.n_embd, dtype=cfg.dtype, param_dtype=jnp.float32,
-                     embedding_init=nnx.initializers.normal(cfg.initializer_range),
-                     embedding_metadata={"out_sharding": axes}, rngs=rngs)
+    return nnx.Embed(
+        num,
+        cfg.n_embd,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
+        embedding_init=nnx.initializers.normal(cfg.initializer_range),
+        embedding_metadata={"out_sharding": axes},
+        rngs=rngs,
+    )
 
 
 def _residual_std(cfg: GPT2Config) -> float:
@@ -153,8 +182,9 @@ class GPT2Attention(nnx.Module):
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         d = cfg.n_embd
-        self.c_attn = _linear(cfg, d, 3 * d, ("embed", "heads"),
-                              std=cfg.initializer_range, rngs=rngs)
+        self.c_attn = _linear(
+            cfg, d, 3 * d, ("embed", "heads"), std=cfg.initializer_range, rngs=rngs
+        )
         self.c_proj = _linear(cfg, d, d, ("heads", "embed"), std=_residual_std(cfg), rngs=rngs)
         self.attn_dropout = nnx.Dropout(cfg.attn_pdrop, rngs=rngs)
         self.resid_dropout = nnx.Dropout(cfg.resid_pdrop, rngs=rngs)
@@ -164,22 +194,34 @@ class GPT2Attention(nnx.Module):
         x = x.reshape(*x.shape[:2], self.n_head, self.head_dim)
         return shard_act(x, ("act_batch", "act_length", "act_heads", None))
 
-    def _prepend(self, extra: ExtraKV, k: jax.Array, v: jax.Array, mask: jax.Array
-                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _prepend(
+        self, extra: ExtraKV, k: jax.Array, v: jax.Array, mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Puts (B, P, H, Dh) extra keys/values before k, v (B, L, H, Dh); mask gains P
         always-visible columns: (B, 1, L, L) -> (B, 1, L, P + L)."""
         ek, ev = extra
         want = (k.shape[0], ek.shape[1], self.n_head, self.head_dim)
         if ek.shape != ev.shape or ek.ndim != 4 or ek.shape[2:] != want[2:]:
-            raise ValueError(f"GPT2: extra keys {ek.shape} / values {ev.shape} must both be "
-                             f"(B, P, {self.n_head}, {self.head_dim})")
+            raise ValueError(
+                f"GPT2: extra keys {ek.shape} / values {ev.shape} must both be "
+                f"(B, P, {self.n_head}, {self.head_dim})"
+            )
         ek, ev = (jnp.broadcast_to(t, want).astype(k.dtype) for t in (ek, ev))
         visible = jnp.ones((*mask.shape[:3], want[1]), bool)
-        return (jnp.concatenate([ek, k], 1), jnp.concatenate([ev, v], 1),
-                jnp.concatenate([visible, mask], -1))
+        return (
+            jnp.concatenate([ek, k], 1),
+            jnp.concatenate([ev, v], 1),
+            jnp.concatenate([visible, mask], -1),
+        )
 
-    def __call__(self, x: jax.Array, mask: jax.Array, extra: ExtraKV = None,
-                 kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None):
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        extra: ExtraKV = None,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | None = None,
+    ):
         """x (B, L, D), boolean mask (B, 1, L, L) (True = attend), extra (k, v) each
         (B or 1, P, H, Dh) or None -> (B, L, D). Scores and softmax in f32.
 
@@ -196,10 +238,13 @@ class GPT2Attention(nnx.Module):
         values = kv_cache.write(kv[1], v.transpose(0, 2, 1, 3), index)
         all_k, all_v = keys, values
         if extra is not None:
-            all_k, all_v = (jnp.concatenate([e.astype(t.dtype), t], axis=2)
-                            for e, t in zip(extra, (keys, values)))
-            mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], extra[0].shape[2]), bool),
-                                    mask], axis=-1)
+            all_k, all_v = (
+                jnp.concatenate([e.astype(t.dtype), t], axis=2)
+                for e, t in zip(extra, (keys, values))
+            )
+            mask = jnp.concatenate(
+                [jnp.ones((*mask.shape[:-1], extra[0].shape[2]), bool), mask], axis=-1
+            )
         out = kv_cache.grouped_attention(q, all_k, all_v, mask)
         return self.resid_dropout(self.c_proj(out.reshape(x.shape))), (keys, values)
 
@@ -208,10 +253,12 @@ class GPT2MLP(nnx.Module):
     """c_proj(act(c_fc(x))), act = gelu_new (tanh GELU) for GPT-2."""
 
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
-        self.c_fc = _linear(cfg, cfg.n_embd, cfg.inner_dim, ("embed", "mlp"),
-                            std=cfg.initializer_range, rngs=rngs)
-        self.c_proj = _linear(cfg, cfg.inner_dim, cfg.n_embd, ("mlp", "embed"),
-                              std=_residual_std(cfg), rngs=rngs)
+        self.c_fc = _linear(
+            cfg, cfg.n_embd, cfg.inner_dim, ("embed", "mlp"), std=cfg.initializer_range, rngs=rngs
+        )
+        self.c_proj = _linear(
+            cfg, cfg.inner_dim, cfg.n_embd, ("mlp", "embed"), std=_residual_std(cfg), rngs=rngs
+        )
         self.dropout = nnx.Dropout(cfg.resid_pdrop, rngs=rngs)
         self.act = ACTIVATIONS[cfg.activation_function]
 
@@ -230,8 +277,14 @@ class GPT2Block(nnx.Module):
         self.ln_2 = _layer_norm(cfg, rngs=rngs)
         self.mlp = GPT2MLP(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, extra: ExtraKV = None,
-                 kv: tuple[jax.Array, jax.Array] | None = None, index: jax.Array | None = None):
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        extra: ExtraKV = None,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | None = None,
+    ):
         """(B, L, D), boolean mask (B, 1, L, L), extra (k, v) or None -> (B, L, D); with a
         cache layer ``kv``, ``(x, (keys, values))`` (see GPT2Attention)."""
         h = self.attn(self.ln_1(x), mask, extra, kv, index)
@@ -289,36 +342,60 @@ class GPT2(nnx.Module):
         """An empty cache of ``size`` slots per row holding ``extra_kv`` (as in ``__call__``;
         each (B or 1, P, H, Dh)) for every later call."""
         cfg = self.cfg
-        cache = KVCache.empty(batch, size, num_layers=cfg.n_layer, heads=cfg.n_head,
-                              head_dim=cfg.head_dim, dtype=cfg.dtype)
+        cache = KVCache.empty(
+            batch,
+            size,
+            num_layers=cfg.n_layer,
+            heads=cfg.n_head,
+            head_dim=cfg.head_dim,
+            dtype=cfg.dtype,
+        )
         if extra_kv is None:
             return cache
         self._check_extra(extra_kv)
-        layout = lambda t: jnp.broadcast_to(  # noqa: E731
-            t, (batch, *t.shape[1:])).astype(cfg.dtype).transpose(0, 2, 1, 3)
+        layout = (
+            lambda t: (
+                jnp.broadcast_to(  # noqa: E731
+                    t, (batch, *t.shape[1:])
+                )
+                .astype(cfg.dtype)
+                .transpose(0, 2, 1, 3)
+            )
+        )
         pairs = [self._extra(extra_kv, i) for i in range(cfg.n_layer)]
         for i, pair in enumerate(pairs):
-            if pair is not None and (pair[0].ndim != 4 or pair[0].shape != pair[1].shape
-                                     or pair[0].shape[2:] != (cfg.n_head, cfg.head_dim)):
-                raise ValueError(f"GPT2: extra_kv[{i}] keys {pair[0].shape} / values "
-                                 f"{pair[1].shape} must both be (B, P, {cfg.n_head}, "
-                                 f"{cfg.head_dim})")
+            if pair is not None and (
+                pair[0].ndim != 4
+                or pair[0].shape != pair[1].shape
+                or pair[0].shape[2:] != (cfg.n_head, cfg.head_dim)
+            ):
+                raise ValueError(
+                    f"GPT2: extra_kv[{i}] keys {pair[0].shape} / values "
+                    f"{pair[1].shape} must both be (B, P, {cfg.n_head}, "
+                    f"{cfg.head_dim})"
+                )
         return cache._replace(
             extra_keys=tuple(None if p is None else layout(p[0]) for p in pairs),
-            extra_values=tuple(None if p is None else layout(p[1]) for p in pairs))
+            extra_values=tuple(None if p is None else layout(p[1]) for p in pairs),
+        )
 
     def _check_extra(self, extra_kv: ExtraKVArg) -> None:
         if not callable(extra_kv) and extra_kv is not None and len(extra_kv) != self.cfg.n_layer:
-            raise ValueError(f"GPT2: extra_kv has {len(extra_kv)} entries, the model "
-                             f"{self.cfg.n_layer} layers")
+            raise ValueError(
+                f"GPT2: extra_kv has {len(extra_kv)} entries, the model {self.cfg.n_layer} layers"
+            )
 
-    def __call__(self, input_ids: jax.Array | None = None, *,
-                 inputs_embeds: jax.Array | None = None,
-                 attention_mask: jax.Array | None = None,
-                 positions: jax.Array | None = None,
-                 extra_kv: ExtraKVArg = None,
-                 cache: KVCache | None = None,
-                 last_only: bool = False):
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        extra_kv: ExtraKVArg = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ):
         """Next-token logits of a right-padded batch.
 
         Args:
@@ -360,8 +437,9 @@ class GPT2(nnx.Module):
         logits = self._logits(x[:, -1:] if last_only else x)
         return logits if cache is None else (logits, cache)
 
-    def _cached(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None,
-                cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def _cached(
+        self, x: jax.Array, valid: jax.Array, positions: jax.Array | None, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
         """The cache path: embeddings x (B, L, D), valid (B, L) bool -> hidden states
         before ``ln_f`` and the updated cache."""
         num_new = x.shape[1]
@@ -369,17 +447,25 @@ class GPT2(nnx.Module):
         x = self.drop(x + self._positions(positions, num_new))
         keys, values = [], []
         for i, block in enumerate(self.h):
-            extra = (None if not cache.extra_keys or cache.extra_keys[i] is None
-                     else (cache.extra_keys[i], cache.extra_values[i]))
+            extra = (
+                None
+                if not cache.extra_keys or cache.extra_keys[i] is None
+                else (cache.extra_keys[i], cache.extra_values[i])
+            )
             x, (k, v) = block(x, mask, extra, (cache.keys[i], cache.values[i]), cache.length)
             keys.append(k)
             values.append(v)
-        return x, cache._replace(keys=tuple(keys), values=tuple(values), valid=slots,
-                                 length=cache.length + num_new)
+        return x, cache._replace(
+            keys=tuple(keys), values=tuple(values), valid=slots, length=cache.length + num_new
+        )
 
     def _logits(self, x: jax.Array) -> jax.Array:
         """ln_f and the tied head: (B, L, D) -> (B, L, vocab) f32."""
         x = self.ln_f(x)
-        logits = jnp.einsum("bld,vd->blv", x, self.wte.embedding[...].astype(x.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "bld,vd->blv",
+            x,
+            self.wte.embedding[...].astype(x.dtype),
+            preferred_element_type=jnp.float32,
+        )
         return shard_act(logits, ("act_batch", "act_length", None))

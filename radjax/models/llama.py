@@ -38,6 +38,7 @@ for it (``radjax.convert.llama``); the KV-cache path slices the stack layer by l
 Not implemented: attention / MLP biases, and the ``dynamic``, ``yarn`` and ``longrope``
 RoPE scalings (``from_hf_config`` rejects such configs).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,13 +70,14 @@ class DecoderConfig:
     ``rope_high_freq_factor`` and ``rope_original_max_positions``; ``linear`` divides
     the frequencies by ``rope_factor``.
     """
+
     vocab_size: int
     hidden_size: int
-    num_layers: int                 # num_hidden_layers
-    num_heads: int                  # num_attention_heads
+    num_layers: int  # num_hidden_layers
+    num_heads: int  # num_attention_heads
     intermediate_size: int
     num_kv_heads: int | None = None  # num_key_value_heads; None = num_heads
-    head_dim: int | None = None      # None = hidden_size // num_heads
+    head_dim: int | None = None  # None = hidden_size // num_heads
     model_type: str = "llama"
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
@@ -88,33 +90,44 @@ class DecoderConfig:
     sliding_window: int | None = None
     max_position_embeddings: int | None = None  # longest sequence generation accepts; None = any
     tie_word_embeddings: bool = False
-    init_std: float = 0.02          # initializer_range
-    dtype: str = "float32"          # compute dtype; parameters are always f32
-    dropout: float = 0.0            # attention_dropout: on attention probabilities, train mode only
-    remat: bool = False             # recompute each layer's activations in the backward pass
-    scan_layers: bool = False       # one stacked layer run by lax.scan (see Decoder)
+    init_std: float = 0.02  # initializer_range
+    dtype: str = "float32"  # compute dtype; parameters are always f32
+    dropout: float = 0.0  # attention_dropout: on attention probabilities, train mode only
+    remat: bool = False  # recompute each layer's activations in the backward pass
+    scan_layers: bool = False  # one stacked layer run by lax.scan (see Decoder)
 
     def __post_init__(self):
         kv = self.num_kv_heads or self.num_heads
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DecoderConfig: dropout must be in [0, 1), got {self.dropout}")
         if self.scan_layers and self.dropout:
-            raise ValueError("DecoderConfig: scan_layers with attention dropout is not "
-                             "supported (per-layer dropout streams); use scan_layers=False")
+            raise ValueError(
+                "DecoderConfig: scan_layers with attention dropout is not "
+                "supported (per-layer dropout streams); use scan_layers=False"
+            )
         if self.model_type not in MODEL_TYPES:
-            raise ValueError(f"DecoderConfig: model_type {self.model_type!r} not one of {MODEL_TYPES}")
+            raise ValueError(
+                f"DecoderConfig: model_type {self.model_type!r} not one of {MODEL_TYPES}"
+            )
         if self.rope_type not in ROPE_TYPES:
-            raise ValueError(f"DecoderConfig: rope_type {self.rope_type!r} not supported; "
-                             f"use one of {ROPE_TYPES}")
+            raise ValueError(
+                f"DecoderConfig: rope_type {self.rope_type!r} not supported; "
+                f"use one of {ROPE_TYPES}"
+            )
         if self.num_heads % kv:
-            raise ValueError(f"DecoderConfig: num_heads {self.num_heads} is not a multiple of "
-                             f"num_kv_heads {kv}")
+            raise ValueError(
+                f"DecoderConfig: num_heads {self.num_heads} is not a multiple of num_kv_heads {kv}"
+            )
         if self.head_dim is None and self.hidden_size % self.num_heads:
-            raise ValueError(f"DecoderConfig: hidden_size {self.hidden_size} is not a multiple "
-                             f"of num_heads {self.num_heads}; set head_dim")
+            raise ValueError(
+                f"DecoderConfig: hidden_size {self.hidden_size} is not a multiple "
+                f"of num_heads {self.num_heads}; set head_dim"
+            )
         if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.dim_per_head:
-            raise ValueError(f"DecoderConfig: partial_rotary_factor {self.partial_rotary_factor} "
-                             f"gives rotary dim {self.rotary_dim} for head dim {self.dim_per_head}")
+            raise ValueError(
+                f"DecoderConfig: partial_rotary_factor {self.partial_rotary_factor} "
+                f"gives rotary dim {self.rotary_dim} for head dim {self.dim_per_head}"
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -146,11 +159,16 @@ class DecoderConfig:
         unsupported = {"hidden_act": ("silu",), "attention_bias": (False,), "mlp_bias": (False,)}
         for field, allowed in unsupported.items():
             if config.get(field, allowed[0]) not in allowed:
-                raise ValueError(f"{where}: {field} {config[field]!r} not supported; "
-                                 f"expected one of {allowed}")
-        required = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
-                    "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-                    "intermediate_size": "intermediate_size"}
+                raise ValueError(
+                    f"{where}: {field} {config[field]!r} not supported; expected one of {allowed}"
+                )
+        required = {
+            "vocab_size": "vocab_size",
+            "hidden_size": "hidden_size",
+            "num_layers": "num_hidden_layers",
+            "num_heads": "num_attention_heads",
+            "intermediate_size": "intermediate_size",
+        }
         missing = [name for name in required.values() if name not in config]
         if missing:
             raise ValueError(f"{where}: missing fields {missing}")
@@ -165,7 +183,8 @@ class DecoderConfig:
             tie_word_embeddings=config.get("tie_word_embeddings", False),
             init_std=config.get("initializer_range", 0.02),
             dropout=float(config.get("attention_dropout", 0.0)),
-            **_rope_fields(config, where))
+            **_rope_fields(config, where),
+        )
         try:
             return cls(**kwargs)
         except ValueError as e:
@@ -178,16 +197,21 @@ def _rope_fields(config: Mapping[str, Any], where: str) -> dict[str, Any]:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES:
         raise ValueError(f"{where}: RoPE type {rope_type!r} not supported; use one of {ROPE_TYPES}")
-    fields = {"rope_type": rope_type,
-                  "rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
-                  "partial_rotary_factor": float(rope.get("partial_rotary_factor",
-                                                       config.get("partial_rotary_factor", 1.0)))}
+    fields = {
+        "rope_type": rope_type,
+        "rope_theta": float(rope.get("rope_theta", config.get("rope_theta", 10000.0))),
+        "partial_rotary_factor": float(
+            rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+        ),
+    }
     if rope_type != "default":
         fields["rope_factor"] = float(rope["factor"])
     if rope_type == "llama3":
-        fields.update(rope_low_freq_factor=float(rope["low_freq_factor"]),
-                      rope_high_freq_factor=float(rope["high_freq_factor"]),
-                      rope_original_max_positions=int(rope["original_max_position_embeddings"]))
+        fields.update(
+            rope_low_freq_factor=float(rope["low_freq_factor"]),
+            rope_high_freq_factor=float(rope["high_freq_factor"]),
+            rope_original_max_positions=int(rope["original_max_position_embeddings"]),
+        )
     return fields
 
 
@@ -197,7 +221,9 @@ def _rope_fields(config: Mapping[str, Any], where: str) -> dict[str, Any]:
 def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
     """Inverse rotary frequencies (rotary_dim // 2,) f32, after the config's scaling."""
     dim = cfg.rotary_dim
-    inv = (1.0 / cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)).astype(np.float32)
+    inv = (1.0 / cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)).astype(
+        np.float32
+    )
     if cfg.rope_type == "linear":
         return (inv / cfg.rope_factor).astype(np.float32)
     if cfg.rope_type == "llama3":
@@ -208,7 +234,11 @@ def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
 def _llama3_scaling(inv: np.ndarray, cfg: DecoderConfig) -> np.ndarray:
     """Llama 3.1 RoPE: long wavelengths divided by ``factor``, short ones kept, the band
     between them interpolated smoothly."""
-    old_len, low, high = cfg.rope_original_max_positions, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old_len, low, high = (
+        cfg.rope_original_max_positions,
+        cfg.rope_low_freq_factor,
+        cfg.rope_high_freq_factor,
+    )
     wavelen = 2 * math.pi / inv
     scaled = np.where(wavelen > old_len / low, inv / cfg.rope_factor, inv)
     smooth = (old_len / wavelen - low) / (high - low)
@@ -229,7 +259,7 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     (channel i pairs with i + rotary_dim / 2); the rest pass through."""
     rot = cos.shape[-1]
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    first, second = x_rot[..., : rot // 2], x_rot[..., rot // 2:]
+    first, second = x_rot[..., : rot // 2], x_rot[..., rot // 2 :]
     rotated = jnp.concatenate([-second, first], axis=-1)
     out = x_rot * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
     return jnp.concatenate([out, x_pass], axis=-1)
@@ -257,12 +287,20 @@ def decoder_mask(valid: jax.Array, sliding_window: int | None) -> jax.Array:
 # ----------------------------------------------------------------------------- modules
 
 
-def linear(cfg: DecoderConfig, din: int, dout: int, axes: tuple[str, str], *,
-           rngs: nnx.Rngs) -> nnx.Linear:
+def linear(
+    cfg: DecoderConfig, din: int, dout: int, axes: tuple[str, str], *, rngs: nnx.Rngs
+) -> nnx.Linear:
     """Bias-free Linear, N(0, init_std) kernel (din, dout) with logical axes ``axes``."""
-    return nnx.Linear(din, dout, use_bias=False, dtype=cfg.dtype, param_dtype=jnp.float32,
-                      kernel_init=nnx.initializers.normal(cfg.init_std),
-                      kernel_metadata={"out_sharding": axes}, rngs=rngs)
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=False,
+        dtype=cfg.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nnx.initializers.normal(cfg.init_std),
+        kernel_metadata={"out_sharding": axes},
+        rngs=rngs,
+    )
 
 
 def stack_modules(modules: Sequence[nnx.Module]) -> nnx.Module:
@@ -330,9 +368,15 @@ class Attention(nnx.Module):
         # No RNG state at rate 0: checkpoints and converters see the same state as before.
         self.attn_dropout = nnx.Dropout(cfg.dropout, rngs=rngs if cfg.dropout else None)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                 kv: tuple[jax.Array, jax.Array] | None = None,
-                 index: jax.Array | None = None):
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | None = None,
+    ):
         """x (B, L, hidden); cos, sin (B, L, 1, rotary_dim); mask (B, 1, 1, L, L), or
         (B, 1, 1, L, S) with a cache ``kv`` = (keys, values) (B, K, S, Dh) whose slots
         ``[index, index + L)`` receive this call's keys/values; then returns
@@ -391,9 +435,15 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = Mlp(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
-                 kv: tuple[jax.Array, jax.Array] | None = None,
-                 index: jax.Array | None = None):
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        kv: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | None = None,
+    ):
         """Returns x, or ``(x, (keys, values))`` with a cache ``kv`` (see Attention)."""
         if kv is None:
             x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
@@ -408,14 +458,18 @@ class Decoder(nnx.Module):
 
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        table = nnx.initializers.normal(cfg.init_std)(rngs.params(),
-                                                      (cfg.vocab_size, cfg.hidden_size))
+        table = nnx.initializers.normal(cfg.init_std)(
+            rngs.params(), (cfg.vocab_size, cfg.hidden_size)
+        )
         self.embed_tokens = nnx.Param(table, out_sharding=("vocab", "embed"))
         layers = [DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
         self.layers = stack_modules(layers) if cfg.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
-        self.lm_head = (None if cfg.tie_word_embeddings else
-                        linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs))
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs)
+        )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """(B, L) int token ids -> (B, L, hidden) embeddings in the compute dtype."""
@@ -424,21 +478,30 @@ class Decoder(nnx.Module):
 
     def init_cache(self, batch: int, size: int) -> KVCache:
         """An empty cache of ``size`` slots per row (zeros, nothing valid, length 0)."""
-        return KVCache.empty(batch, size, num_layers=self.cfg.num_layers,
-                             heads=self.cfg.kv_heads, head_dim=self.cfg.dim_per_head,
-                             dtype=self.cfg.dtype)
+        return KVCache.empty(
+            batch,
+            size,
+            num_layers=self.cfg.num_layers,
+            heads=self.cfg.kv_heads,
+            head_dim=self.cfg.dim_per_head,
+            dtype=self.cfg.dtype,
+        )
 
     @property
     def context_length(self) -> int | None:
         """Longest prompt + generation the model accepts (None = no limit)."""
         return self.cfg.max_position_embeddings
 
-    def __call__(self, input_ids: jax.Array | None = None, *,
-                 inputs_embeds: jax.Array | None = None,
-                 attention_mask: jax.Array | None = None,
-                 positions: jax.Array | None = None,
-                 cache: KVCache | None = None,
-                 last_only: bool = False):
+    def __call__(
+        self,
+        input_ids: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ):
         """Next-token logits.
 
         Args:
@@ -467,10 +530,14 @@ class Decoder(nnx.Module):
         x = self._layers(x, valid, positions)
         return self._logits(x[:, -1:] if last_only else x)
 
-    def hidden_states(self, input_ids: jax.Array | None = None, *,
-                      inputs_embeds: jax.Array | None = None,
-                      attention_mask: jax.Array | None = None,
-                      positions: jax.Array | None = None) -> jax.Array:
+    def hidden_states(
+        self,
+        input_ids: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
         """The final-normed hidden states (B, L, hidden) that ``head_kernel()`` maps to
         logits; arguments as ``__call__`` without a cache. For losses that fuse the head
         (``radjax.train.lm_loss.fused_head_cross_entropy``)."""
@@ -489,8 +556,7 @@ class Decoder(nnx.Module):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Decoder: pass exactly one of input_ids and inputs_embeds")
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.cfg.dtype)
-        valid = (jnp.ones(x.shape[:2], jnp.bool_) if attention_mask is None
-                 else attention_mask != 0)
+        valid = jnp.ones(x.shape[:2], jnp.bool_) if attention_mask is None else attention_mask != 0
         return x, valid
 
     def _layers(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None) -> jax.Array:
@@ -503,13 +569,15 @@ class Decoder(nnx.Module):
         if self.cfg.scan_layers:
             return self._scanned(x, cos, sin, mask)
         for layer in self.layers:
-            x = (checkpointed(layer, x, cos, sin, mask) if self.cfg.remat
-                 else layer(x, cos, sin, mask))
+            x = (
+                checkpointed(layer, x, cos, sin, mask)
+                if self.cfg.remat
+                else layer(x, cos, sin, mask)
+            )
             x = shard_act(x, ("act_batch", "act_length", "act_embed"))
         return x
 
-    def _scanned(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
-                 mask: jax.Array) -> jax.Array:
+    def _scanned(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
         """The stacked layer under ``lax.scan`` (each step rematerialised with ``remat``)."""
         graphdef, stacked = nnx.split(self.layers)
 
@@ -527,15 +595,19 @@ class Decoder(nnx.Module):
         if not self.cfg.scan_layers:
             return list(self.layers)
         graphdef, stacked = nnx.split(self.layers)
-        return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
-                for i in range(self.cfg.num_layers)]
+        return [
+            nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
+            for i in range(self.cfg.num_layers)
+        ]
 
-    def _cached(self, x: jax.Array, valid: jax.Array, positions: jax.Array | None,
-                cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def _cached(
+        self, x: jax.Array, valid: jax.Array, positions: jax.Array | None, cache: KVCache
+    ) -> tuple[jax.Array, KVCache]:
         """The cache path of ``__call__``: x (B, L, hidden), valid (B, L) bool -> hidden
         states before the final norm (B, L, hidden) and the updated cache."""
-        positions, slots, mask = kv_cache.append(cache, valid, positions, owner="Decoder",
-                                                 sliding_window=self.cfg.sliding_window)
+        positions, slots, mask = kv_cache.append(
+            cache, valid, positions, owner="Decoder", sliding_window=self.cfg.sliding_window
+        )
         cos, sin = rope_cos_sin(positions, self.cfg)
         keys, values = [], []
         for layer, k, v in zip(self._layer_list(), cache.keys, cache.values):
@@ -543,12 +615,14 @@ class Decoder(nnx.Module):
             x = shard_act(x, ("act_batch", "act_length", "act_embed"))
             keys.append(k)
             values.append(v)
-        cache = cache._replace(keys=tuple(keys), values=tuple(values), valid=slots,
-                               length=cache.length + x.shape[1])
+        cache = cache._replace(
+            keys=tuple(keys), values=tuple(values), valid=slots, length=cache.length + x.shape[1]
+        )
         return x, cache
 
     def _logits(self, x: jax.Array) -> jax.Array:
         """Final norm and LM head: (B, L, hidden) -> (B, L, vocab) f32."""
-        logits = jnp.einsum("bld,dv->blv", self.norm(x), self.head_kernel(),
-                            preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "bld,dv->blv", self.norm(x), self.head_kernel(), preferred_element_type=jnp.float32
+        )
         return shard_act(logits, ("act_batch", "act_length", None))

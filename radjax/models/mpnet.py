@@ -17,6 +17,7 @@ BERT's post-LN layers (``radjax.models.bert.BertLayer``) and pooler, with two ch
 Used frozen as the knowledge-enhancement text encoder of RP3D-Diag's released code
 (BioLORD-2023). Original weights load with ``radjax.convert.mpnet``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,18 +29,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from radjax.models.bert import (BertLayer, EncoderConfig, check_inputs, embed, layer_norm,
-                                linear, padding_bias)
+from radjax.models.bert import (
+    BertLayer,
+    EncoderConfig,
+    check_inputs,
+    embed,
+    layer_norm,
+    linear,
+    padding_bias,
+)
 from radjax.sharding import shard_act
 
 PADDING_IDX = 1
-NUM_BUCKETS = 32    # buckets used by the bias, both directions together
+NUM_BUCKETS = 32  # buckets used by the bias, both directions together
 MAX_DISTANCE = 128  # distances from here on share the last bucket of their direction
 
 
 @dataclasses.dataclass(frozen=True)
 class MPNetConfig(EncoderConfig):
     """MPNet hyper-parameters: the shared ones plus the relative-bias table size."""
+
     relative_attention_num_buckets: int = 32
 
     MODEL_TYPE: ClassVar[str] = "mpnet"
@@ -48,12 +57,16 @@ class MPNetConfig(EncoderConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.relative_attention_num_buckets < NUM_BUCKETS:
-            raise ValueError(f"MPNetConfig: relative_attention_num_buckets "
-                             f"{self.relative_attention_num_buckets} < {NUM_BUCKETS}, the "
-                             f"buckets transformers' MPNet always uses")
+            raise ValueError(
+                f"MPNetConfig: relative_attention_num_buckets "
+                f"{self.relative_attention_num_buckets} < {NUM_BUCKETS}, the "
+                f"buckets transformers' MPNet always uses"
+            )
         if self.max_position_embeddings <= PADDING_IDX + 1:
-            raise ValueError(f"MPNetConfig: max_position_embeddings "
-                             f"{self.max_position_embeddings} leaves no room for tokens")
+            raise ValueError(
+                f"MPNetConfig: max_position_embeddings "
+                f"{self.max_position_embeddings} leaves no room for tokens"
+            )
 
     @property
     def max_length(self) -> int:
@@ -73,8 +86,9 @@ def relative_position_buckets(length: int) -> np.ndarray:
     distance = np.arange(length)[:, None] - np.arange(length)[None, :]  # query - key
     offset = np.where(distance < 0, half, 0)
     d = np.abs(distance)
-    log_ratio = (np.log(np.maximum(d, exact).astype(np.float32) / np.float32(exact))
-                 / np.float32(math.log(MAX_DISTANCE / exact)))
+    log_ratio = np.log(np.maximum(d, exact).astype(np.float32) / np.float32(exact)) / np.float32(
+        math.log(MAX_DISTANCE / exact)
+    )
     far = np.minimum(exact + (log_ratio * np.float32(half - exact)).astype(np.int32), half - 1)
     return (offset + np.where(d < exact, d, far)).astype(np.int32)
 
@@ -107,8 +121,13 @@ class MPNetModel(nnx.Module):
     def __init__(self, cfg: MPNetConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embeddings = MPNetEmbeddings(cfg, rngs=rngs)
-        self.relative_attention_bias = embed(cfg, cfg.relative_attention_num_buckets,
-                                             (None, "heads"), features=cfg.num_heads, rngs=rngs)
+        self.relative_attention_bias = embed(
+            cfg,
+            cfg.relative_attention_num_buckets,
+            (None, "heads"),
+            features=cfg.num_heads,
+            rngs=rngs,
+        )
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.pooler = linear(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs=rngs)
 
@@ -118,8 +137,9 @@ class MPNetModel(nnx.Module):
         bias = jnp.take(table, relative_position_buckets(length), axis=0)  # (L, L, N)
         return jnp.transpose(bias, (2, 0, 1))[None]
 
-    def __call__(self, input_ids: jax.Array,
-                 attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         """Encodes a padded batch.
 
         Args:

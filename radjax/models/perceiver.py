@@ -16,6 +16,7 @@ Attribute names follow the original state dict: ``latents``, ``layers.{i}.0.{nor
 norm_latents,to_q,to_kv,to_out}`` -> ``layers/{i}/attn/...``, ``layers.{i}.1.{0,1,3}`` ->
 ``layers/{i}/ff/{norm,fc1,fc2}``, ``norm``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -30,8 +31,15 @@ from radjax.sharding import shard_act
 
 def _linear(d_in: int, d_out: int, axes: tuple[str, str], *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
     """Bias-free Linear with torch's default init and logical axes ``axes``."""
-    return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, kernel_init=torch_linear_init,
-                      kernel_metadata={"out_sharding": axes}, rngs=rngs)
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=False,
+        dtype=dtype,
+        kernel_init=torch_linear_init,
+        kernel_metadata={"out_sharding": axes},
+        rngs=rngs,
+    )
 
 
 class PerceiverAttention(nnx.Module):
@@ -72,8 +80,9 @@ class FeedForward(nnx.Module):
 class PerceiverLayer(nnx.Module):
     """One resampler layer (residual attention, then residual feed-forward) on the latents."""
 
-    def __init__(self, dim: int, *, heads: int, dim_head: int, ff_mult: int, dtype=None,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, *, heads: int, dim_head: int, ff_mult: int, dtype=None, rngs: nnx.Rngs
+    ):
         self.attn = PerceiverAttention(dim, heads=heads, dim_head=dim_head, dtype=dtype, rngs=rngs)
         self.ff = FeedForward(dim, mult=ff_mult, dtype=dtype, rngs=rngs)
 
@@ -93,18 +102,35 @@ class PerceiverResampler(nnx.Module):
       ff_mult: feed-forward hidden width is ``ff_mult * dim``.
     """
 
-    def __init__(self, dim: int, *, depth: int = 6, num_latents: int = 32, heads: int = 8,
-                 dim_head: int = 64, ff_mult: int = 4, dtype=None, rngs: nnx.Rngs):
-        self.latents = nnx.Param(jax.random.normal(rngs.params(), (num_latents, dim)),
-                                 out_sharding=(None, "embed"))
-        self.layers = nnx.List([PerceiverLayer(dim, heads=heads, dim_head=dim_head,
-                                               ff_mult=ff_mult, dtype=dtype, rngs=rngs)
-                                for _ in range(depth)])
+    def __init__(
+        self,
+        dim: int,
+        *,
+        depth: int = 6,
+        num_latents: int = 32,
+        heads: int = 8,
+        dim_head: int = 64,
+        ff_mult: int = 4,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        self.latents = nnx.Param(
+            jax.random.normal(rngs.params(), (num_latents, dim)), out_sharding=(None, "embed")
+        )
+        self.layers = nnx.List(
+            [
+                PerceiverLayer(
+                    dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult, dtype=dtype, rngs=rngs
+                )
+                for _ in range(depth)
+            ]
+        )
         self.norm = layer_norm(dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        latents = jnp.broadcast_to(self.latents[...].astype(tokens.dtype),
-                                   (tokens.shape[0], *self.latents.shape))
+        latents = jnp.broadcast_to(
+            self.latents[...].astype(tokens.dtype), (tokens.shape[0], *self.latents.shape)
+        )
         for layer in self.layers:
             latents = layer(tokens, latents)
             latents = shard_act(latents, ("act_batch", "act_length", "act_embed"))

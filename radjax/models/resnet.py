@@ -13,6 +13,7 @@ unbiased one (a factor n/(n-1), n = batch x spatial positions).
 
 Kernels carry logical axes (..., 'conv_in', 'conv_out'), BatchNorm scale/bias ('norm',).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,7 +26,6 @@ from flax import nnx
 
 from radjax.nn.conv import conv_general_dilated
 from radjax.nn.remat import checkpointed
-
 from radjax.sharding import shard_act
 
 _KAIMING = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -46,29 +46,54 @@ MEDICALNET_LAYERS: dict[int, tuple[tuple[tuple[int, int, int], int], ...]] = {
 }
 
 
-def _conv(cin: int, cout: int, kernel: int, *, ndim: int, stride: Any = 1, dilation: int = 1,
-          dtype: Any = None, rngs: nnx.Rngs) -> nnx.Conv:
+def _conv(
+    cin: int,
+    cout: int,
+    kernel: int,
+    *,
+    ndim: int,
+    stride: Any = 1,
+    dilation: int = 1,
+    dtype: Any = None,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
     """Bias-free k^ndim conv padded like PyTorch (``dilation * (k - 1) // 2`` each side)."""
     pad = dilation * (kernel - 1) // 2
-    return nnx.Conv(cin, cout, (kernel,) * ndim, strides=stride, padding=((pad, pad),) * ndim,
-                    kernel_dilation=dilation, use_bias=False, dtype=dtype, kernel_init=_KAIMING,
-                    conv_general_dilated=conv_general_dilated,
-                    kernel_metadata={"out_sharding": (None,) * ndim + ("conv_in", "conv_out")},
-                    rngs=rngs)
+    return nnx.Conv(
+        cin,
+        cout,
+        (kernel,) * ndim,
+        strides=stride,
+        padding=((pad, pad),) * ndim,
+        kernel_dilation=dilation,
+        use_bias=False,
+        dtype=dtype,
+        kernel_init=_KAIMING,
+        conv_general_dilated=conv_general_dilated,
+        kernel_metadata={"out_sharding": (None,) * ndim + ("conv_in", "conv_out")},
+        rngs=rngs,
+    )
 
 
 def _bn(features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
     """BatchNorm with PyTorch's defaults (eps 1e-5, momentum 0.1 == flax 0.9)."""
-    return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs,
-                         scale_metadata={"out_sharding": ("norm",)},
-                         bias_metadata={"out_sharding": ("norm",)})
+    return nnx.BatchNorm(
+        features,
+        momentum=0.9,
+        epsilon=1e-5,
+        use_fast_variance=False,
+        rngs=rngs,
+        scale_metadata={"out_sharding": ("norm",)},
+        bias_metadata={"out_sharding": ("norm",)},
+    )
 
 
 class Downsample(nnx.Module):
     """Shortcut projection, torchvision's ``downsample``: 1x1 conv with the block's stride + BN."""
 
-    def __init__(self, cin: int, cout: int, *, stride: Any, ndim: int, dtype: Any = None,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, cin: int, cout: int, *, stride: Any, ndim: int, dtype: Any = None, rngs: nnx.Rngs
+    ):
         self.conv = _conv(cin, cout, 1, ndim=ndim, stride=stride, dtype=dtype, rngs=rngs)
         self.bn = _bn(cout, rngs=rngs)
 
@@ -95,9 +120,19 @@ class BasicBlock(_Block):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, *, stride: Any = 1, dilation: int = 1,
-                 downsample: bool = False, ndim: int = 2, remat: bool = False,
-                 dtype: Any = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        *,
+        stride: Any = 1,
+        dilation: int = 1,
+        downsample: bool = False,
+        ndim: int = 2,
+        remat: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
         conv = dict(ndim=ndim, dtype=dtype, rngs=rngs)
         self.conv1 = _conv(cin, planes, 3, stride=stride, dilation=dilation, **conv)
         self.bn1 = _bn(planes, rngs=rngs)
@@ -115,9 +150,19 @@ class Bottleneck(_Block):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, *, stride: Any = 1, dilation: int = 1,
-                 downsample: bool = False, ndim: int = 2, remat: bool = False,
-                 dtype: Any = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        *,
+        stride: Any = 1,
+        dilation: int = 1,
+        downsample: bool = False,
+        ndim: int = 2,
+        remat: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
         conv = dict(ndim=ndim, dtype=dtype, rngs=rngs)
         cout = planes * self.expansion
         self.conv1 = _conv(cin, planes, 1, **conv)
@@ -144,15 +189,29 @@ def _block_class(block: str) -> type[_Block]:
     return _BLOCKS[block]
 
 
-def _make_layer(block_cls: type[_Block], cin: int, planes: int, num_blocks: int, *,
-                stride: Any, dilation: int = 1, always_downsample: bool = False,
-                **kw) -> nnx.List:
+def _make_layer(
+    block_cls: type[_Block],
+    cin: int,
+    planes: int,
+    num_blocks: int,
+    *,
+    stride: Any,
+    dilation: int = 1,
+    always_downsample: bool = False,
+    **kw,
+) -> nnx.List:
     """One stage; the first block strides and gets a projection shortcut when the shape
     changes (torchvision's rule) or when ``always_downsample``."""
     cout = planes * block_cls.expansion
     strided = bool(np.any(np.asarray(stride) != 1))
-    first = block_cls(cin, planes, stride=stride, dilation=dilation,
-                      downsample=always_downsample or strided or cin != cout, **kw)
+    first = block_cls(
+        cin,
+        planes,
+        stride=stride,
+        dilation=dilation,
+        downsample=always_downsample or strided or cin != cout,
+        **kw,
+    )
     rest = [block_cls(cout, planes, dilation=dilation, **kw) for _ in range(num_blocks - 1)]
     return nnx.List([first, *rest])
 
@@ -191,8 +250,17 @@ class ResNet(_Stages):
     ``out_features = width * 2**(len(layers)-1) * expansion`` (2048 for ResNet-50).
     """
 
-    def __init__(self, *, block: str = "bottleneck", layers: Sequence[int], width: int = 64,
-                 in_channels: int = 3, remat: bool = False, dtype: Any = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        block: str = "bottleneck",
+        layers: Sequence[int],
+        width: int = 64,
+        in_channels: int = 3,
+        remat: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
         block_cls = _block_class(block)
         kw = dict(ndim=2, remat=remat, dtype=dtype, rngs=rngs)
         self.conv1 = _conv(in_channels, width, 7, ndim=2, stride=2, dtype=dtype, rngs=rngs)
@@ -200,8 +268,11 @@ class ResNet(_Stages):
         cin = width
         for i, n in enumerate(layers):
             planes = width * 2**i
-            setattr(self, f"layer{i + 1}",
-                    _make_layer(block_cls, cin, planes, n, stride=1 if i == 0 else 2, **kw))
+            setattr(
+                self,
+                f"layer{i + 1}",
+                _make_layer(block_cls, cin, planes, n, stride=1 if i == 0 else 2, **kw),
+            )
             cin = planes * block_cls.expansion
         self.num_layers = len(layers)
         self.out_features = cin
@@ -238,12 +309,22 @@ class ResNet3D(_Stages):
     ResNet-18: ``layers=(2, 2, 2, 2)``, ``block='basic'``.
     """
 
-    def __init__(self, *, depth: int = 16, layers: Sequence[int] = (2, 2, 2, 2),
-                 block: str = "basic", width: int = 64, in_channels: int = 3,
-                 remat: bool = False, dtype: Any = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        depth: int = 16,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        block: str = "basic",
+        width: int = 64,
+        in_channels: int = 3,
+        remat: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
         if depth not in MEDICALNET_LAYERS:
-            raise ValueError(f"ResNet3D depth {depth} unsupported; use one of "
-                             f"{sorted(MEDICALNET_LAYERS)}")
+            raise ValueError(
+                f"ResNet3D depth {depth} unsupported; use one of {sorted(MEDICALNET_LAYERS)}"
+            )
         if len(layers) != 4:
             raise ValueError(f"ResNet3D needs 4 stages, got layers={tuple(layers)}")
         block_cls = _block_class(block)
@@ -254,8 +335,11 @@ class ResNet3D(_Stages):
         cin = width
         for i, (n, (stride, dilation)) in enumerate(zip(layers, MEDICALNET_LAYERS[depth])):
             planes = width * 2**i
-            setattr(self, f"layer{i + 1}", _make_layer(block_cls, cin, planes, n, stride=stride,
-                                                       dilation=dilation, **kw))
+            setattr(
+                self,
+                f"layer{i + 1}",
+                _make_layer(block_cls, cin, planes, n, stride=stride, dilation=dilation, **kw),
+            )
             cin = planes * block_cls.expansion
         self.num_layers = 4
         self.out_features = cin
@@ -268,8 +352,10 @@ class ResNet3D(_Stages):
         """(B, D, H, W, C_in) -> (B, H/32, W/32, out_features), the depth axis squeezed."""
         y = self.features(x)
         if y.shape[1] != 1:
-            raise ValueError(f"ResNet3D(depth={self.depth}) got {x.shape[1]} slices, which "
-                             f"leaves depth {y.shape[1]} != 1; input shape {x.shape}")
+            raise ValueError(
+                f"ResNet3D(depth={self.depth}) got {x.shape[1]} slices, which "
+                f"leaves depth {y.shape[1]} != 1; input shape {x.shape}"
+            )
         return y[:, 0]
 
 
@@ -282,17 +368,26 @@ class ResNetFuse(_Stages):
     The original is ``in_channels = width = 512``, ``vis_dim = 1024``.
     """
 
-    def __init__(self, *, layers: Sequence[int] = (3, 4, 6, 3), in_channels: int = 512,
-                 width: int = 512, vis_dim: int = 1024, remat: bool = False, dtype: Any = None,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        in_channels: int = 512,
+        width: int = 512,
+        vis_dim: int = 1024,
+        remat: bool = False,
+        dtype: Any = None,
+        rngs: nnx.Rngs,
+    ):
         if len(layers) != 4:
             raise ValueError(f"ResNetFuse needs 4 stages, got layers={tuple(layers)}")
         kw = dict(ndim=2, remat=remat, dtype=dtype, rngs=rngs)
         cin = in_channels
         for i, n in enumerate(layers):
             planes, stride = (vis_dim, 2) if i == 3 else (width, 1)
-            setattr(self, f"layer{i + 1}", _make_layer(BasicBlock, cin, planes, n, stride=stride,
-                                                       **kw))
+            setattr(
+                self, f"layer{i + 1}", _make_layer(BasicBlock, cin, planes, n, stride=stride, **kw)
+            )
             cin = planes
         self.num_layers = 4
         self.out_features = vis_dim

@@ -16,6 +16,7 @@ originals take (B, C, H, W, D), depth last; converters reorder at the boundary.)
 * Blocks: pre-norm, LayerNorm eps 1e-5, attention with bias-free q/k/v of
   heads*dim_head and a biased output projection, GELU MLP; no final norm, no CLS.
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,9 +63,15 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, patch_dim: int, dim: int, *, dtype=None, rngs: nnx.Rngs):
         self.norm_in = layer_norm(patch_dim, dtype=dtype, rngs=rngs)
-        self.proj = nnx.Linear(patch_dim, dim, dtype=dtype, kernel_init=torch_linear_init,
-                               kernel_metadata={"out_sharding": (None, "embed")},
-                               bias_metadata={"out_sharding": ("embed",)}, rngs=rngs)
+        self.proj = nnx.Linear(
+            patch_dim,
+            dim,
+            dtype=dtype,
+            kernel_init=torch_linear_init,
+            kernel_metadata={"out_sharding": (None, "embed")},
+            bias_metadata={"out_sharding": ("embed",)},
+            rngs=rngs,
+        )
         self.norm_out = layer_norm(dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, patches: jax.Array) -> jax.Array:
@@ -117,26 +124,60 @@ class ViT3D(nnx.Module):
       remat: rematerialise each block in the backward pass.
     """
 
-    def __init__(self, *, image_size: int | tuple[int, int], frames: int, patch_size: int,
-                 frame_patch_size: int, dim: int, depth: int, heads: int, mlp_dim: int,
-                 dim_head: int = 64, channels: int = 3, dropout: float = 0.0,
-                 emb_dropout: float = 0.0, patch_embed_2d: bool = True, dtype=None,
-                 remat: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        image_size: int | tuple[int, int],
+        frames: int,
+        patch_size: int,
+        frame_patch_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        dim_head: int = 64,
+        channels: int = 3,
+        dropout: float = 0.0,
+        emb_dropout: float = 0.0,
+        patch_embed_2d: bool = True,
+        dtype=None,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         height, width = _pair(image_size)
         self.patch = (frame_patch_size, patch_size, patch_size)
-        self.patch_embed_3d = PatchEmbed(channels * patch_size**2 * frame_patch_size, dim,
-                                         dtype=dtype, rngs=rngs)
-        self.patch_embed_2d = (PatchEmbed(channels * patch_size**2, dim, dtype=dtype, rngs=rngs)
-                               if patch_embed_2d else None)
-        grid = (_grid(height, patch_size, "image height"), _grid(width, patch_size, "image width"),
-                _grid(frames, frame_patch_size, "frames"))
+        self.patch_embed_3d = PatchEmbed(
+            channels * patch_size**2 * frame_patch_size, dim, dtype=dtype, rngs=rngs
+        )
+        self.patch_embed_2d = (
+            PatchEmbed(channels * patch_size**2, dim, dtype=dtype, rngs=rngs)
+            if patch_embed_2d
+            else None
+        )
+        grid = (
+            _grid(height, patch_size, "image height"),
+            _grid(width, patch_size, "image width"),
+            _grid(frames, frame_patch_size, "frames"),
+        )
         self.pos_embed = AxialPositionEmbedding(dim, grid, rngs=rngs)
         self.dropout = nnx.Dropout(emb_dropout, rngs=rngs if emb_dropout else None)
         self.encoder = Encoder(
-            dim, layers=depth, final_norm=None, remat=remat, rngs=rngs, heads=heads,
-            head_dim=dim_head, mlp_dim=mlp_dim, norm_first=True,
-            norm=functools.partial(layer_norm, eps=1e-5, dtype=dtype), activation=gelu_exact,
-            dropout=dropout, qkv_bias=False, kernel_init=torch_linear_init, dtype=dtype)
+            dim,
+            layers=depth,
+            final_norm=None,
+            remat=remat,
+            rngs=rngs,
+            heads=heads,
+            head_dim=dim_head,
+            mlp_dim=mlp_dim,
+            norm_first=True,
+            norm=functools.partial(layer_norm, eps=1e-5, dtype=dtype),
+            activation=gelu_exact,
+            dropout=dropout,
+            qkv_bias=False,
+            kernel_init=torch_linear_init,
+            dtype=dtype,
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim == 5:

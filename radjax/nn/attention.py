@@ -6,6 +6,7 @@ to (B, H, Lq, Lk). Scores and softmax are computed in f32; masked scores are fil
 with a large negative constant (-1e9, as the RP3D/Annotated-Transformer code does)
 rather than -inf, so a fully masked row gives a uniform distribution, not NaN.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -38,9 +39,14 @@ def attention_scores(q: jax.Array, k: jax.Array, mask: jax.Array | None = None) 
     return scores
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
-                          *, dropout: Callable[[jax.Array], jax.Array] | None = None
-                          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    dropout: Callable[[jax.Array], jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """softmax(q·k/sqrt(Dh) masked)·v.
 
     Args:
@@ -65,9 +71,19 @@ class MultiHeadAttention(nnx.Module):
     Linear(heads*head_dim, dim). Logical axes: (embed, heads) in, (heads, embed) out.
     """
 
-    def __init__(self, dim: int, *, heads: int, head_dim: int | None = None,
-                 qkv_bias: bool = True, out_bias: bool = True, dropout: float = 0.0,
-                 kernel_init: nnx.Initializer | None = None, dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        head_dim: int | None = None,
+        qkv_bias: bool = True,
+        out_bias: bool = True,
+        dropout: float = 0.0,
+        kernel_init: nnx.Initializer | None = None,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
         if head_dim is None:
             if dim % heads:
                 raise ValueError(f"MultiHeadAttention: dim {dim} not divisible by heads {heads}")
@@ -77,9 +93,16 @@ class MultiHeadAttention(nnx.Module):
         init = {} if kernel_init is None else {"kernel_init": kernel_init}
 
         def proj(d_in, d_out, bias, axes):
-            return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, rngs=rngs,
-                              kernel_metadata={"out_sharding": axes},
-                              bias_metadata={"out_sharding": axes[1:]}, **init)
+            return nnx.Linear(
+                d_in,
+                d_out,
+                use_bias=bias,
+                dtype=dtype,
+                rngs=rngs,
+                kernel_metadata={"out_sharding": axes},
+                bias_metadata={"out_sharding": axes[1:]},
+                **init,
+            )
 
         self.query = proj(dim, inner, qkv_bias, ("embed", "heads"))
         self.key = proj(dim, inner, qkv_bias, ("embed", "heads"))
@@ -90,14 +113,17 @@ class MultiHeadAttention(nnx.Module):
     def _heads(self, x: jax.Array) -> jax.Array:
         return x.reshape(*x.shape[:-1], self.heads, self.head_dim)
 
-    def __call__(self, x: jax.Array, context: jax.Array | None = None,
-                 mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(
+        self, x: jax.Array, context: jax.Array | None = None, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x (B, Lq, dim) attends to ``context`` (B, Lk, dim; default x).
 
         Returns (out (B, Lq, dim), probs (B, H, Lq, Lk) f32, raw scores (B, H, Lq, Lk) f32).
         """
         context = x if context is None else context
-        q, k, v = (self._heads(p(t)) for p, t in
-                   ((self.query, x), (self.key, context), (self.value, context)))
+        q, k, v = (
+            self._heads(p(t))
+            for p, t in ((self.query, x), (self.key, context), (self.value, context))
+        )
         out, probs, scores = dot_product_attention(q, k, v, mask, dropout=self.dropout)
         return self.out(out.reshape(*out.shape[:-2], -1)), probs, scores

@@ -9,6 +9,7 @@ Layout: keys and values are (B, K, S, Dh), heads before slots, so the attention 
 read them without a transpose; ``grouped_attention`` takes this layout. Under a mesh they are
 sharded like activations: rows over (data, fsdp), heads over tensor (``CACHE_AXES``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -38,6 +39,7 @@ class KVCache(NamedTuple):
       extra_keys, extra_values: per layer, (B, K, P, Dh) keys/values every query also sees
         (GPT-2's ``extra_kv``: visual tokens), fixed while decoding; () when unused.
     """
+
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
     valid: jax.Array
@@ -46,13 +48,18 @@ class KVCache(NamedTuple):
     extra_values: tuple[jax.Array | None, ...] = ()
 
     @classmethod
-    def empty(cls, batch: int, size: int, *, num_layers: int, heads: int, head_dim: int,
-              dtype) -> Self:
+    def empty(
+        cls, batch: int, size: int, *, num_layers: int, heads: int, head_dim: int, dtype
+    ) -> Self:
         """``size`` zero slots per row, nothing valid, length 0."""
         shape = (batch, heads, size, head_dim)
         zeros = tuple(shard_act(jnp.zeros(shape, dtype), CACHE_AXES) for _ in range(num_layers))
-        return cls(keys=zeros, values=tuple(jnp.zeros_like(z) for z in zeros),
-                   valid=jnp.zeros((batch, size), jnp.bool_), length=jnp.zeros((), jnp.int32))
+        return cls(
+            keys=zeros,
+            values=tuple(jnp.zeros_like(z) for z in zeros),
+            valid=jnp.zeros((batch, size), jnp.bool_),
+            length=jnp.zeros((), jnp.int32),
+        )
 
     @property
     def size(self) -> int:
@@ -73,8 +80,14 @@ def real_positions(cache: KVCache, valid: jax.Array) -> jax.Array:
     return before + jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def append(cache: KVCache, valid: jax.Array, positions: jax.Array | None, *, owner: str,
-           sliding_window: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+def append(
+    cache: KVCache,
+    valid: jax.Array,
+    positions: jax.Array | None,
+    *,
+    owner: str,
+    sliding_window: int | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """What a decoder needs to append L new tokens to ``cache``.
 
     Args:
@@ -88,8 +101,9 @@ def append(cache: KVCache, valid: jax.Array, positions: jax.Array | None, *, own
     """
     num_new = valid.shape[1]
     if num_new > cache.size:
-        raise ValueError(f"{owner}: {num_new} new tokens do not fit a KV cache of "
-                         f"{cache.size} slots")
+        raise ValueError(
+            f"{owner}: {num_new} new tokens do not fit a KV cache of {cache.size} slots"
+        )
     if positions is None:
         positions = real_positions(cache, valid)
     slots = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.length))
@@ -103,8 +117,9 @@ def write(cache_kv: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
     return shard_act(out, CACHE_AXES)
 
 
-def cached_mask(valid: jax.Array, length: jax.Array, num_new: int,
-                sliding_window: int | None = None) -> jax.Array:
+def cached_mask(
+    valid: jax.Array, length: jax.Array, num_new: int, sliding_window: int | None = None
+) -> jax.Array:
     """Mask of ``num_new`` queries at slots ``length + i`` over all S cache slots.
 
     Args:
@@ -122,8 +137,13 @@ def cached_mask(valid: jax.Array, length: jax.Array, num_new: int,
     return (allowed[None] & valid[:, None, :])[:, None, None]
 
 
-def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                      dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+def grouped_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    dropout: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
     """Grouped-query attention, scores and softmax in f32, masked scores at ``MASK_FILL``.
 
     Args:
@@ -138,7 +158,7 @@ def grouped_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     kv = k.shape[1]
     q = q.reshape(b, lq, kv, h // kv, dh)
     scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask, scores * (dh ** -0.5), MASK_FILL)
+    scores = jnp.where(mask, scores * (dh**-0.5), MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout is not None:
         probs = dropout(probs)

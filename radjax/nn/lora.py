@@ -28,6 +28,7 @@ Common targets (LLaMA-family module names, ``radjax.models.llama``):
   ``LLAMA_ALL_LINEAR``  every projection of attention and MLP (M3D r=16 α=32 dropout 0.05,
                         Uni-Med r=8 α=16 dropout 0.05; lm_head excluded)
 """
+
 from __future__ import annotations
 
 import re
@@ -42,8 +43,17 @@ LLAMA_ALL_LINEAR = r".*/(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj
 LORA_PARAMS = r"(.*/)?lora_[ab]"
 
 # nnx.Linear attributes (besides kernel / bias) that LoRALinear carries over and merge restores.
-_LINEAR_ATTRS = ("in_features", "out_features", "use_bias", "dtype", "param_dtype", "precision",
-                 "dot_general", "promote_dtype", "preferred_element_type")
+_LINEAR_ATTRS = (
+    "in_features",
+    "out_features",
+    "use_bias",
+    "dtype",
+    "param_dtype",
+    "precision",
+    "dot_general",
+    "promote_dtype",
+    "preferred_element_type",
+)
 
 
 class LoRALinear(nnx.Module):
@@ -61,8 +71,9 @@ class LoRALinear(nnx.Module):
       rngs: ``rngs.params()`` initialises ``lora_a``.
     """
 
-    def __init__(self, base: nnx.Linear, *, rank: int, alpha: float, dropout: float = 0.0,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, base: nnx.Linear, *, rank: int, alpha: float, dropout: float = 0.0, rngs: nnx.Rngs
+    ):
         if not isinstance(base, nnx.Linear) or isinstance(base, LoRALinear):
             raise TypeError(f"LoRALinear: base must be an nnx.Linear, got {type(base).__name__}")
         if rank <= 0:
@@ -78,12 +89,14 @@ class LoRALinear(nnx.Module):
         self.scaling = self.alpha / self.rank
         din, dout = base.kernel.shape
         axes = base.kernel.get_metadata().get("out_sharding") or (None, None)
-        bound = 1.0 / (din ** 0.5)
+        bound = 1.0 / (din**0.5)
         self.lora_a = nnx.Param(
             jax.random.uniform(rngs.params(), (din, self.rank), self.param_dtype, -bound, bound),
-            out_sharding=(axes[0], None))
-        self.lora_b = nnx.Param(jnp.zeros((self.rank, dout), self.param_dtype),
-                                out_sharding=(None, axes[1]))
+            out_sharding=(axes[0], None),
+        )
+        self.lora_b = nnx.Param(
+            jnp.zeros((self.rank, dout), self.param_dtype), out_sharding=(None, axes[1])
+        )
         self.lora_dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
 
     def base_forward(self, x: jax.Array) -> jax.Array:
@@ -94,8 +107,9 @@ class LoRALinear(nnx.Module):
         kwargs = {}
         if self.preferred_element_type is not None:
             kwargs["preferred_element_type"] = self.preferred_element_type
-        y = self.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
-                             precision=self.precision, **kwargs)
+        y = self.dot_general(
+            x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision, **kwargs
+        )
         if bias is not None:
             y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
         return y
@@ -116,10 +130,12 @@ class LoRALinear(nnx.Module):
         """A plain nnx.Linear with kernel W + (alpha / rank) A B (this module's kernel Variable,
         updated in place) and this module's bias and settings."""
         self.kernel[...] = self.kernel[...] + self.delta()
-        settings = {n: getattr(self, n) for n in _LINEAR_ATTRS if n not in (
-            "in_features", "out_features")}
-        linear = nnx.eval_shape(lambda: nnx.Linear(self.in_features, self.out_features,
-                                                   rngs=nnx.Rngs(0), **settings))
+        settings = {
+            n: getattr(self, n) for n in _LINEAR_ATTRS if n not in ("in_features", "out_features")
+        }
+        linear = nnx.eval_shape(
+            lambda: nnx.Linear(self.in_features, self.out_features, rngs=nnx.Rngs(0), **settings)
+        )
         linear.kernel = self.kernel
         if self.bias is not None:
             linear.bias = self.bias
@@ -140,15 +156,23 @@ def _set_child(parent, key, child) -> None:
 def _replace(model: nnx.Module, select, make) -> list[str]:
     """Replaces each node ``select(path_str, node)`` accepts by ``make(node)``; returns paths."""
     nodes = {tuple(path): node for path, node in nnx.iter_graph(model)}
-    chosen = [(path, node) for path, node in nodes.items()
-              if path and select(_path_str(path), node)]
+    chosen = [
+        (path, node) for path, node in nodes.items() if path and select(_path_str(path), node)
+    ]
     for path, node in chosen:
         _set_child(nodes[path[:-1]], path[-1], make(node))
     return [_path_str(path) for path, _ in chosen]
 
 
-def apply_lora(model: nnx.Module, *, rank: int, alpha: float, dropout: float = 0.0,
-               targets: str, rngs: nnx.Rngs) -> list[str]:
+def apply_lora(
+    model: nnx.Module,
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    targets: str,
+    rngs: nnx.Rngs,
+) -> list[str]:
     """Replaces (in place) every nnx.Linear whose '/'-joined module path (e.g.
     ``layers/0/self_attn/q_proj``) fully matches the regex ``targets`` by a LoRALinear.
 
@@ -161,18 +185,27 @@ def apply_lora(model: nnx.Module, *, rank: int, alpha: float, dropout: float = 0
     pattern = re.compile(targets)
 
     def select(path: str, node) -> bool:
-        return (isinstance(node, nnx.Linear) and not isinstance(node, LoRALinear)
-                and pattern.fullmatch(path) is not None)
+        return (
+            isinstance(node, nnx.Linear)
+            and not isinstance(node, LoRALinear)
+            and pattern.fullmatch(path) is not None
+        )
 
     nodes = [(_path_str(p), n) for p, n in nnx.iter_graph(model) if p]
     if not any(select(p, n) for p, n in nodes):
-        linears = [p for p, n in nodes
-                   if isinstance(n, nnx.Linear) and not isinstance(n, LoRALinear)]
+        linears = [
+            p for p, n in nodes if isinstance(n, nnx.Linear) and not isinstance(n, LoRALinear)
+        ]
         shown = ", ".join(linears[:8]) + (", ..." if len(linears) > 8 else "")
-        raise ValueError(f"apply_lora: no nnx.Linear module path fully matches targets "
-                         f"{targets!r}; Linear paths are: {shown or '(none)'}")
-    return _replace(model, select, lambda base: LoRALinear(
-        base, rank=rank, alpha=alpha, dropout=dropout, rngs=rngs))
+        raise ValueError(
+            f"apply_lora: no nnx.Linear module path fully matches targets "
+            f"{targets!r}; Linear paths are: {shown or '(none)'}"
+        )
+    return _replace(
+        model,
+        select,
+        lambda base: LoRALinear(base, rank=rank, alpha=alpha, dropout=dropout, rngs=rngs),
+    )
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
@@ -196,6 +229,8 @@ def lora_only_groups(extra_trainable: Sequence[str | tuple[str, float]] = ()) ->
 
 def lora_param_count(model: nnx.Module) -> int:
     """Number of LoRA parameters (lora_a and lora_b) in ``model``."""
-    return sum(int(value[...].size)
-               for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param))
-               if re.fullmatch(LORA_PARAMS, _path_str(path)))
+    return sum(
+        int(value[...].size)
+        for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param))
+        if re.fullmatch(LORA_PARAMS, _path_str(path))
+    )

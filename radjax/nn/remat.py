@@ -1,4 +1,5 @@
 """Rematerialisation of one NNX module call (activations recomputed in the backward pass)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,8 +9,7 @@ import jax
 from flax import nnx
 
 
-def checkpointed(module: nnx.Module, *args: Any,
-                 method: Callable[..., Any] | None = None) -> Any:
+def checkpointed(module: nnx.Module, *args: Any, method: Callable[..., Any] | None = None) -> Any:
     """``method(module, *args)`` (default ``module(*args)``) under ``jax.checkpoint``.
 
     The call runs on a copy of the module's state inside the checkpoint, so it works under

@@ -6,12 +6,9 @@ One layer class covers both residual orders:
 * post-norm (``norm_first=False``): ``LN(x + Attn(x))``, ``LN(x + MLP(x))``
   (``torch.nn.TransformerEncoderLayer``'s default).
 
-Two configurations of it are named here:
+Every layer's attention probabilities and raw scores are returned. One configuration is
+named here:
 
-* ``annotated_encoder``: RP3D-Diag's ``transformer_encoder`` package (the Annotated
-  Transformer): pre-norm, ``StdLayerNorm`` (unbiased std, eps on std), ReLU MLP,
-  xavier_uniform kernels, a final ``StdLayerNorm``; every layer's attention
-  probabilities and raw scores are returned.
 * ``torch_encoder``: ``nn.TransformerEncoder(nn.TransformerEncoderLayer(d, nhead,
   dim_feedforward, dropout, relu, batch_first=True, norm_first=False), n)`` without a
   final norm (RP3D arXiv-v1 scan fusion).
@@ -19,6 +16,7 @@ Two configurations of it are named here:
 Dropout (one rate) acts where torch puts it: on attention probabilities, inside the
 MLP after the activation, and on each residual branch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,7 +26,7 @@ import jax
 from flax import nnx
 
 from radjax.nn.attention import MultiHeadAttention
-from radjax.nn.norms import StdLayerNorm, layer_norm
+from radjax.nn.norms import layer_norm
 from radjax.nn.remat import checkpointed
 from radjax.sharding import shard_act
 
@@ -46,17 +44,38 @@ class Mlp(nnx.Module):
     Logical axes: fc1 (embed, mlp), fc2 (mlp, ``out_axis``).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int | None = None, *,
-                 activation: Activation = jax.nn.relu, dropout: float = 0.0,
-                 kernel_init: nnx.Initializer | None = None, out_axis: str | None = "embed",
-                 dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int | None = None,
+        *,
+        activation: Activation = jax.nn.relu,
+        dropout: float = 0.0,
+        kernel_init: nnx.Initializer | None = None,
+        out_axis: str | None = "embed",
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
         init = {} if kernel_init is None else {"kernel_init": kernel_init}
-        self.fc1 = nnx.Linear(in_dim, hidden_dim, dtype=dtype, rngs=rngs,
-                              kernel_metadata={"out_sharding": ("embed", "mlp")},
-                              bias_metadata={"out_sharding": ("mlp",)}, **init)
-        self.fc2 = nnx.Linear(hidden_dim, out_dim or in_dim, dtype=dtype, rngs=rngs,
-                              kernel_metadata={"out_sharding": ("mlp", out_axis)},
-                              bias_metadata={"out_sharding": (out_axis,)}, **init)
+        self.fc1 = nnx.Linear(
+            in_dim,
+            hidden_dim,
+            dtype=dtype,
+            rngs=rngs,
+            kernel_metadata={"out_sharding": ("embed", "mlp")},
+            bias_metadata={"out_sharding": ("mlp",)},
+            **init,
+        )
+        self.fc2 = nnx.Linear(
+            hidden_dim,
+            out_dim or in_dim,
+            dtype=dtype,
+            rngs=rngs,
+            kernel_metadata={"out_sharding": ("mlp", out_axis)},
+            bias_metadata={"out_sharding": (out_axis,)},
+            **init,
+        )
         self.activation = activation
         self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
 
@@ -67,23 +86,49 @@ class Mlp(nnx.Module):
 class EncoderLayer(nnx.Module):
     """Self-attention + MLP block, pre- or post-norm: (B, L, dim) -> (B, L, dim)."""
 
-    def __init__(self, dim: int, *, heads: int, mlp_dim: int, head_dim: int | None = None,
-                 norm_first: bool = True, norm: NormFactory = StdLayerNorm,
-                 activation: Activation = jax.nn.relu, dropout: float = 0.0,
-                 qkv_bias: bool = True, kernel_init: nnx.Initializer | None = None,
-                 dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        mlp_dim: int,
+        head_dim: int | None = None,
+        norm_first: bool = True,
+        norm: NormFactory = layer_norm,
+        activation: Activation = jax.nn.relu,
+        dropout: float = 0.0,
+        qkv_bias: bool = True,
+        kernel_init: nnx.Initializer | None = None,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
         self.norm_first = norm_first
-        self.attn = MultiHeadAttention(dim, heads=heads, head_dim=head_dim, qkv_bias=qkv_bias,
-                                       dropout=dropout, kernel_init=kernel_init, dtype=dtype,
-                                       rngs=rngs)
-        self.mlp = Mlp(dim, mlp_dim, activation=activation, dropout=dropout,
-                       kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(
+            dim,
+            heads=heads,
+            head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            dropout=dropout,
+            kernel_init=kernel_init,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.mlp = Mlp(
+            dim,
+            mlp_dim,
+            activation=activation,
+            dropout=dropout,
+            kernel_init=kernel_init,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.norm1 = norm(dim, rngs=rngs)
         self.norm2 = norm(dim, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None
-                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x (B, L, dim); mask boolean broadcastable to (B, H, L, L), True = attend.
 
         Returns (x, attention probs (B, H, L, L) f32, raw scores (B, H, L, L) f32).
@@ -110,15 +155,25 @@ class Encoder(nnx.Module):
       **layer_kwargs: ``EncoderLayer`` arguments (heads, mlp_dim, norm_first, ...).
     """
 
-    def __init__(self, dim: int, *, layers: int, final_norm: NormFactory | None = None,
-                 remat: bool = False, rngs: nnx.Rngs, **layer_kwargs):
-        self.layers = nnx.List([EncoderLayer(dim, rngs=rngs, **layer_kwargs)
-                                for _ in range(layers)])
+    def __init__(
+        self,
+        dim: int,
+        *,
+        layers: int,
+        final_norm: NormFactory | None = None,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+        **layer_kwargs,
+    ):
+        self.layers = nnx.List(
+            [EncoderLayer(dim, rngs=rngs, **layer_kwargs) for _ in range(layers)]
+        )
         self.norm = final_norm(dim, rngs=rngs) if final_norm is not None else None
         self.remat = remat
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None
-                 ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
         """Returns (x, per-layer probs, per-layer raw scores), each (B, H, L, L) f32."""
         all_probs, all_scores = [], []
         for layer in self.layers:
@@ -131,25 +186,35 @@ class Encoder(nnx.Module):
         return x, tuple(all_probs), tuple(all_scores)
 
 
-def annotated_encoder(dim: int, *, heads: int, mlp_dim: int, layers: int, dropout: float = 0.0,
-                      dtype=None, remat: bool = False, rngs: nnx.Rngs) -> Encoder:
-    """RP3D-Diag's pre-norm encoder (``TransformerEncoder(d_model, d_ff, n_heads, n_layers)``)."""
-    return Encoder(dim, layers=layers, final_norm=StdLayerNorm, remat=remat, rngs=rngs,
-                   heads=heads, mlp_dim=mlp_dim, norm_first=True, norm=StdLayerNorm,
-                   activation=jax.nn.relu, dropout=dropout,
-                   kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype)
-
-
-def torch_encoder(dim: int, *, heads: int, layers: int, mlp_dim: int = 2048,
-                  dropout: float = 0.1, dtype=None, remat: bool = False,
-                  rngs: nnx.Rngs) -> Encoder:
+def torch_encoder(
+    dim: int,
+    *,
+    heads: int,
+    layers: int,
+    mlp_dim: int = 2048,
+    dropout: float = 0.1,
+    dtype=None,
+    remat: bool = False,
+    rngs: nnx.Rngs,
+) -> Encoder:
     """``nn.TransformerEncoder`` of post-norm ``nn.TransformerEncoderLayer``s (ReLU, eps 1e-5).
 
     Kernels use torch's default Linear init (torch initialises the fused q/k/v
     projection xavier-uniform; biases are zero here).
     """
     norm = functools.partial(layer_norm, eps=1e-5, dtype=dtype)
-    return Encoder(dim, layers=layers, final_norm=None, remat=remat, rngs=rngs,
-                   heads=heads, mlp_dim=mlp_dim, norm_first=False, norm=norm,
-                   activation=jax.nn.relu, dropout=dropout, kernel_init=torch_linear_init,
-                   dtype=dtype)
+    return Encoder(
+        dim,
+        layers=layers,
+        final_norm=None,
+        remat=remat,
+        rngs=rngs,
+        heads=heads,
+        mlp_dim=mlp_dim,
+        norm_first=False,
+        norm=norm,
+        activation=jax.nn.relu,
+        dropout=dropout,
+        kernel_init=torch_linear_init,
+        dtype=dtype,
+    )

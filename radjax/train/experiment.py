@@ -1,14 +1,14 @@
 """Builds everything a run needs from a config: paper and format modules, mesh, compiled steps.
 
-A paper plugs in through two modules named by the config (see WORKSPACE.md, CONTRACT):
-``radjax.models.<config.model.name>`` and ``radjax.data.formats.<config.data.format>``.
-A paper module may also define ``pretrained_params(config) -> {'/'-joined param path:
+A paper plugs in through two modules of its package ``radjax.papers.<config.paper>`` (see
+WORKSPACE.md, CONTRACT): ``model`` and ``data``. Papers are found by name, never imported by
+shared code. The model module may also define ``pretrained_params(config) -> {'/'-joined param path:
 array}``: a fresh run (no checkpoint in the workdir) starts from those weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Callable
@@ -19,16 +19,19 @@ import numpy as np
 import optax
 from flax import nnx
 
-from radjax import sharding
-from radjax.train import optim, step as step_lib
+from radjax import registry, sharding
+from radjax.train import optim
+from radjax.train import step as step_lib
 
 
 def paper_module(config: ml_collections.ConfigDict) -> ModuleType:
-    return importlib.import_module(f"radjax.models.{config.model.name}")
+    """``radjax.papers.<config.paper>.model``: build_model, loss_fn, predict_fn, evaluate."""
+    return registry.module(config.paper, "model")
 
 
 def format_module(config: ml_collections.ConfigDict) -> ModuleType:
-    return importlib.import_module(f"radjax.data.formats.{config.data.format}")
+    """``radjax.papers.<config.paper>.data``: ensure_data, make_source, load_example, ..."""
+    return registry.module(config.paper, "data")
 
 
 def prepare_config(config: ml_collections.ConfigDict) -> ModuleType:
@@ -45,6 +48,7 @@ def prepare_config(config: ml_collections.ConfigDict) -> ModuleType:
 @dataclasses.dataclass
 class Experiment:
     """The compiled pieces of one run on one mesh."""
+
     config: ml_collections.ConfigDict
     paper: ModuleType
     mesh: jax.sharding.Mesh
@@ -86,9 +90,11 @@ def with_pretrained(state: dict, values: Mapping[str, np.ndarray]) -> dict:
     for part in ("trainable", "frozen"):
         out[part] = jax.tree_util.tree_map_with_path(place, state[part])
     if remaining or wrong:
-        raise ValueError("pretrained weights do not fit the model:"
-                         + "".join(f"\n  not a parameter: {k}" for k in sorted(remaining))
-                         + "".join(f"\n  {w}" for w in wrong))
+        raise ValueError(
+            "pretrained weights do not fit the model:"
+            + "".join(f"\n  not a parameter: {k}" for k in sorted(remaining))
+            + "".join(f"\n  {w}" for w in wrong)
+        )
     return out
 
 
@@ -126,10 +132,19 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         return with_pretrained(state, values) if values else state
 
     return Experiment(
-        config=config, paper=paper, mesh=mesh, graphdef=graphdef,
-        abstract_state=abstract_state, state_shardings=state_sh, schedule=schedule,
+        config=config,
+        paper=paper,
+        mesh=mesh,
+        graphdef=graphdef,
+        abstract_state=abstract_state,
+        state_shardings=state_sh,
+        schedule=schedule,
         init=init_state,
-        train_step=jax.jit(train_step, in_shardings=(state_sh, None),
-                           out_shardings=(state_sh, None), donate_argnums=0),
+        train_step=jax.jit(
+            train_step,
+            in_shardings=(state_sh, None),
+            out_shardings=(state_sh, None),
+            donate_argnums=0,
+        ),
         predict_step=jax.jit(predict_step, in_shardings=(state_sh, None)),
     )

@@ -27,6 +27,7 @@ stopping heuristic. The best finished hypothesis of each row is returned.
 Not implemented: beam sampling, ``num_return_sequences > 1``, diverse/constrained beams,
 repetition penalties and other logits processors, stopping strings.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,9 @@ from radjax.nn.kv_cache import map_rows
 NEG_INF = -jnp.inf
 
 
-def warp_logits(logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0,
-                top_p: float = 1.0) -> jax.Array:
+def warp_logits(
+    logits: jax.Array, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> jax.Array:
     """transformers' Temperature -> TopK -> TopP warpers: (B, V) f32 -> (B, V) f32 with
     removed tokens at -inf. ``top_k`` 0 and ``top_p`` 1.0 switch a warper off."""
     if temperature != 1.0:
@@ -68,18 +70,32 @@ def first_argmax(logits: jax.Array) -> jax.Array:
     (value, index) reduction. (B, V) -> (B,) int32."""
     vocab = logits.shape[-1]
     nan = jnp.isnan(logits)
-    top = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan,
-                    logits == jnp.max(logits, axis=-1, keepdims=True))
+    top = jnp.where(
+        jnp.any(nan, axis=-1, keepdims=True), nan, logits == jnp.max(logits, axis=-1, keepdims=True)
+    )
     return jnp.min(jnp.where(top, jnp.arange(vocab, dtype=jnp.int32), vocab), axis=-1)
 
 
-def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array | None = None,
-             inputs_embeds: jax.Array | None = None, attention_mask: jax.Array,
-             max_new_tokens: int, eos_token_id: int | Sequence[int], pad_token_id: int,
-             do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, rng: jax.Array | None = None, num_beams: int = 1,
-             length_penalty: float = 1.0, early_stopping: bool | str = False,
-             cache_inputs: Mapping[str, Any] | None = None) -> jax.Array:
+def generate(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    *,
+    input_ids: jax.Array | None = None,
+    inputs_embeds: jax.Array | None = None,
+    attention_mask: jax.Array,
+    max_new_tokens: int,
+    eos_token_id: int | Sequence[int],
+    pad_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    rng: jax.Array | None = None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    cache_inputs: Mapping[str, Any] | None = None,
+) -> jax.Array:
     """Generates continuations of a left-padded prompt batch, all inside one jit.
 
     Args:
@@ -116,14 +132,18 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
     prompt_len = prompt.shape[1]
     limit = nnx.merge(graphdef, state).context_length
     if limit is not None and prompt_len + max_new_tokens > limit:
-        raise ValueError(f"generate: prompt length {prompt_len} + max_new_tokens "
-                         f"{max_new_tokens} exceeds the model's context length {limit}")
+        raise ValueError(
+            f"generate: prompt length {prompt_len} + max_new_tokens "
+            f"{max_new_tokens} exceeds the model's context length {limit}"
+        )
     if do_sample:
         if rng is None:
             raise ValueError("generate: do_sample=True needs rng")
         if not temperature > 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise ValueError(f"generate: need temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
-                             f"{temperature}, {top_p}, {top_k}")
+            raise ValueError(
+                f"generate: need temperature > 0, 0 < top_p <= 1, top_k >= 0; got "
+                f"{temperature}, {top_p}, {top_k}"
+            )
     else:
         rng = jax.random.key(0)  # unused
     eos = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(int(e) for e in eos_token_id)
@@ -131,33 +151,71 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, *, input_ids: jax.Array |
         raise ValueError(f"generate: num_beams must be >= 1, got {num_beams}")
     if num_beams > 1:
         if do_sample:
-            raise ValueError("generate: beam sampling (num_beams > 1 with do_sample) is not "
-                             "implemented")
+            raise ValueError(
+                "generate: beam sampling (num_beams > 1 with do_sample) is not implemented"
+            )
         if early_stopping not in (False, True, "never"):
-            raise ValueError(f"generate: early_stopping must be False, True or 'never', got "
-                             f"{early_stopping!r}")
-        return _beam_search(graphdef, state, input_ids, inputs_embeds,
-                            jnp.asarray(attention_mask), cache_inputs or {},
-                            max_new_tokens=max_new_tokens,
-                            eos=eos, pad=int(pad_token_id), num_beams=int(num_beams),
-                            length_penalty=float(length_penalty), early_stopping=early_stopping)
+            raise ValueError(
+                f"generate: early_stopping must be False, True or 'never', got {early_stopping!r}"
+            )
+        return _beam_search(
+            graphdef,
+            state,
+            input_ids,
+            inputs_embeds,
+            jnp.asarray(attention_mask),
+            cache_inputs or {},
+            max_new_tokens=max_new_tokens,
+            eos=eos,
+            pad=int(pad_token_id),
+            num_beams=int(num_beams),
+            length_penalty=float(length_penalty),
+            early_stopping=early_stopping,
+        )
     sampling = (float(temperature), int(top_k), float(top_p)) if do_sample else None
-    return _generate(graphdef, state, input_ids, inputs_embeds, jnp.asarray(attention_mask),
-                     cache_inputs or {}, rng, max_new_tokens=max_new_tokens, eos=eos,
-                     pad=int(pad_token_id), sampling=sampling)
+    return _generate(
+        graphdef,
+        state,
+        input_ids,
+        inputs_embeds,
+        jnp.asarray(attention_mask),
+        cache_inputs or {},
+        rng,
+        max_new_tokens=max_new_tokens,
+        eos=eos,
+        pad=int(pad_token_id),
+        sampling=sampling,
+    )
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "eos", "pad",
-                                                               "sampling"))
-def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, cache_inputs, rng, *,
-              max_new_tokens: int, eos: tuple[int, ...], pad: int,
-              sampling: tuple[float, int, float] | None) -> jax.Array:
+@functools.partial(
+    jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "eos", "pad", "sampling")
+)
+def _generate(
+    graphdef,
+    state,
+    input_ids,
+    inputs_embeds,
+    attention_mask,
+    cache_inputs,
+    rng,
+    *,
+    max_new_tokens: int,
+    eos: tuple[int, ...],
+    pad: int,
+    sampling: tuple[float, int, float] | None,
+) -> jax.Array:
     model = nnx.merge(graphdef, state, copy=True)
     prompt = input_ids if input_ids is not None else inputs_embeds
     batch, prompt_len = prompt.shape[:2]
     cache = model.init_cache(batch, prompt_len + max_new_tokens, **cache_inputs)
-    logits, cache = model(input_ids, inputs_embeds=inputs_embeds,
-                          attention_mask=attention_mask, cache=cache, last_only=True)
+    logits, cache = model(
+        input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        cache=cache,
+        last_only=True,
+    )
 
     def choose(logits: jax.Array, step: jax.Array, finished: jax.Array):
         """(B, V) logits of the last position -> tokens (B,) int32, finished after them."""
@@ -166,8 +224,9 @@ def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, cache_i
         else:
             temperature, top_k, top_p = sampling
             warped = warp_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-            token = jax.random.categorical(jax.random.fold_in(rng, step), warped,
-                                           axis=-1).astype(jnp.int32)
+            token = jax.random.categorical(jax.random.fold_in(rng, step), warped, axis=-1).astype(
+                jnp.int32
+            )
         token = jnp.where(finished, pad, token)
         return token, finished | jnp.isin(token, jnp.asarray(eos, jnp.int32))
 
@@ -189,20 +248,46 @@ def _generate(graphdef, state, input_ids, inputs_embeds, attention_mask, cache_i
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 
-@functools.partial(jax.jit, static_argnums=0,
-                   static_argnames=("max_new_tokens", "eos", "pad", "num_beams",
-                                    "length_penalty", "early_stopping"))
-def _beam_search(graphdef, state, input_ids, inputs_embeds, attention_mask, cache_inputs, *,
-                 max_new_tokens: int, eos: tuple[int, ...], pad: int, num_beams: int,
-                 length_penalty: float, early_stopping: bool | str) -> jax.Array:
+@functools.partial(
+    jax.jit,
+    static_argnums=0,
+    static_argnames=(
+        "max_new_tokens",
+        "eos",
+        "pad",
+        "num_beams",
+        "length_penalty",
+        "early_stopping",
+    ),
+)
+def _beam_search(
+    graphdef,
+    state,
+    input_ids,
+    inputs_embeds,
+    attention_mask,
+    cache_inputs,
+    *,
+    max_new_tokens: int,
+    eos: tuple[int, ...],
+    pad: int,
+    num_beams: int,
+    length_penalty: float,
+    early_stopping: bool | str,
+) -> jax.Array:
     model = nnx.merge(graphdef, state, copy=True)
     prompt = input_ids if input_ids is not None else inputs_embeds
     batch, prompt_len = prompt.shape[:2]
     beams, steps = num_beams, max_new_tokens
     keep = max(2, 1 + len(eos)) * beams  # candidates kept per row, as transformers
     cache = model.init_cache(batch, prompt_len + steps, **cache_inputs)
-    logits, cache = model(input_ids, inputs_embeds=inputs_embeds,
-                          attention_mask=attention_mask, cache=cache, last_only=True)
+    logits, cache = model(
+        input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        cache=cache,
+        last_only=True,
+    )
     # the B * beams rows of transformers' expanded prompt are identical: prefill once, repeat
     repeat = lambda x: jnp.repeat(x, beams, axis=0)  # noqa: E731
     cache = map_rows(cache, repeat)
@@ -258,15 +343,20 @@ def _beam_search(graphdef, state, input_ids, inputs_embeds, attention_mask, cach
         go_on = jnp.any(open_rows) & ~jnp.all(hits)
         if early_stopping is True:
             go_on = go_on & ~jnp.all(fin_done)
-        return (t, run_tokens, run_scores, fin_tokens, fin_scores, fin_done, open_rows, go_on,
-                rows)
+        return (t, run_tokens, run_scores, fin_tokens, fin_scores, fin_done, open_rows, go_on, rows)
 
     tokens0 = jnp.full((batch, beams, steps), pad, jnp.int32)
-    carry = (jnp.int32(0), tokens0,
-             jnp.zeros((batch, beams), jnp.float32).at[:, 1:].set(big),  # only beam 0 at first
-             tokens0, jnp.full((batch, beams), big), jnp.zeros((batch, beams), jnp.bool_),
-             jnp.ones((batch,), jnp.bool_), jnp.bool_(True),
-             jnp.zeros((batch * beams,), jnp.int32))
+    carry = (
+        jnp.int32(0),
+        tokens0,
+        jnp.zeros((batch, beams), jnp.float32).at[:, 1:].set(big),  # only beam 0 at first
+        tokens0,
+        jnp.full((batch, beams), big),
+        jnp.zeros((batch, beams), jnp.bool_),
+        jnp.ones((batch,), jnp.bool_),
+        jnp.bool_(True),
+        jnp.zeros((batch * beams,), jnp.int32),
+    )
     carry = select(logits, carry)
 
     def cond(c):

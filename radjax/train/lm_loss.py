@@ -15,6 +15,7 @@ logits are fused. ``num_chunks > 1`` computes them chunk by chunk over tokens (a
 bounds activation memory for a 32000-token vocabulary on accelerators. Weights are treated as
 constants (no gradient flows to them).
 """
+
 from __future__ import annotations
 
 import functools
@@ -66,12 +67,14 @@ def _chunk_loss_and_grads(hidden, kernel, targets, weights, scale, with_grads: b
         return loss, None, None
     probs = jnp.exp(logits - lse[:, None])
     is_target = jnp.arange(logits.shape[-1])[None, :] == targets[:, None]
-    dlogits = (jnp.where(is_target, probs - 1.0, probs) * (weights * scale)[:, None])
+    dlogits = jnp.where(is_target, probs - 1.0, probs) * (weights * scale)[:, None]
     dlogits = dlogits.astype(kernel.dtype)
-    dhidden = jax.lax.dot_general(dlogits, kernel, (((1,), (1,)), ((), ())),
-                                  preferred_element_type=jnp.float32).astype(hidden.dtype)
-    dkernel = jax.lax.dot_general(hidden, dlogits, (((0,), (0,)), ((), ())),
-                                  preferred_element_type=jnp.float32)
+    dhidden = jax.lax.dot_general(
+        dlogits, kernel, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    ).astype(hidden.dtype)
+    dkernel = jax.lax.dot_general(
+        hidden, dlogits, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
     return loss, dhidden, dkernel
 
 
@@ -86,8 +89,11 @@ def _chunked(hidden, kernel, targets, weights, num_chunks: int, with_grads: bool
     n, d = hidden.shape
     rows = -(-n // num_chunks)
     pad = rows * num_chunks - n
-    split = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(  # noqa: E731
-        (num_chunks, rows) + x.shape[1:])
+    split = (
+        lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(  # noqa: E731
+            (num_chunks, rows) + x.shape[1:]
+        )
+    )
     xs = (split(hidden), split(targets), split(weights))  # padded rows have weight 0
 
     def body(dkernel, chunk):
@@ -102,8 +108,14 @@ def _chunked(hidden, kernel, targets, weights, num_chunks: int, with_grads: bool
     return (jnp.sum(losses) * scale, dh.reshape(-1, d)[:n], dkernel.astype(kernel.dtype))
 
 
-def fused_head_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
-                             weights: jax.Array, *, num_chunks: int = 1) -> jax.Array:
+def fused_head_cross_entropy(
+    hidden: jax.Array,
+    kernel: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array,
+    *,
+    num_chunks: int = 1,
+) -> jax.Array:
     """``token_cross_entropy(hidden @ kernel, targets, weights)`` without keeping the logits.
 
     Args:
@@ -115,11 +127,15 @@ def fused_head_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.
       () f32. Differentiable in hidden and kernel.
     """
     if hidden.ndim != 2 or kernel.ndim != 2 or hidden.shape[1] != kernel.shape[0]:
-        raise ValueError(f"fused_head_cross_entropy: hidden {hidden.shape} and kernel "
-                         f"{kernel.shape} must be (N, D) and (D, V)")
+        raise ValueError(
+            f"fused_head_cross_entropy: hidden {hidden.shape} and kernel "
+            f"{kernel.shape} must be (N, D) and (D, V)"
+        )
     if targets.shape != hidden.shape[:1] or weights.shape != hidden.shape[:1]:
-        raise ValueError(f"fused_head_cross_entropy: targets {targets.shape} and weights "
-                         f"{weights.shape} must both be ({hidden.shape[0]},)")
+        raise ValueError(
+            f"fused_head_cross_entropy: targets {targets.shape} and weights "
+            f"{weights.shape} must both be ({hidden.shape[0]},)"
+        )
     if num_chunks < 1:
         raise ValueError(f"fused_head_cross_entropy: num_chunks must be >= 1, got {num_chunks}")
     return _fused(hidden, kernel, targets, weights, num_chunks)
@@ -131,16 +147,19 @@ def _fused(hidden, kernel, targets, weights, num_chunks):
 
 
 def _fused_fwd(hidden, kernel, targets, weights, num_chunks):
-    loss, dhidden, dkernel = _chunked(hidden, kernel, targets, weights, num_chunks,
-                                      with_grads=True)
+    loss, dhidden, dkernel = _chunked(hidden, kernel, targets, weights, num_chunks, with_grads=True)
     return loss, (dhidden, dkernel, targets, weights)
 
 
 def _fused_bwd(num_chunks, residuals, g):
     dhidden, dkernel, targets, weights = residuals
     no_grad = np.zeros(targets.shape, jax.dtypes.float0)
-    return (g.astype(dhidden.dtype) * dhidden, g.astype(dkernel.dtype) * dkernel, no_grad,
-            jnp.zeros_like(weights))
+    return (
+        g.astype(dhidden.dtype) * dhidden,
+        g.astype(dkernel.dtype) * dkernel,
+        no_grad,
+        jnp.zeros_like(weights),
+    )
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)

@@ -5,6 +5,7 @@ object a line: ``step`` plus ``<split>/<name>`` keys), ``eval/<step>.json``, ``c
 Re-running the same command resumes from the newest readable checkpoint (state, data iterator,
 RNG streams and the skipped-record count) and ends exactly where an uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,15 +64,19 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def run_eval(exp: experiment_lib.Experiment, fmt, state: dict, split: str) -> dict[str, float]:
     """Predicts a whole split and scores it with the paper's ``evaluate``."""
     config = exp.config
-    batches, counter = pipeline.eval_batches(fmt, config.data, split,
-                                             batch_size=int(config.eval.batch_size))
+    batches, counter = pipeline.eval_batches(
+        fmt, config.data, split, batch_size=int(config.eval.batch_size)
+    )
     chunks: dict[str, list[np.ndarray]] = {}
     with jax.set_mesh(exp.mesh):
         for batch in batches:
@@ -94,24 +99,30 @@ def _save_eval(workdir: str, step: int, split: str, metrics: dict, log_: Metrics
     if jax.process_index() == 0:
         os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
         with open(os.path.join(workdir, "eval", f"{step}.json"), "w") as f:
-            json.dump({"step": step, "split": split,
-                       **{k: _jsonable(v) for k, v in metrics.items()}}, f, indent=2)
+            json.dump(
+                {"step": step, "split": split, **{k: _jsonable(v) for k, v in metrics.items()}},
+                f,
+                indent=2,
+            )
     log_.write(step, {f"eval/{k}": v for k, v in metrics.items()})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       mesh: jax.sharding.Mesh | None = None) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None = None
+) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if checkpoints exist); returns the final state."""
     os.makedirs(workdir, exist_ok=True)
     fmt = experiment_lib.prepare_config(config)
     write_config(config, workdir)
     exp = experiment_lib.build(config, mesh)
     total = int(config.train.steps)
-    data, skips = pipeline.train_dataset(fmt, config.data, global_batch=int(config.train.batch_size),
-                                         seed=int(config.seed))
+    data, skips = pipeline.train_dataset(
+        fmt, config.data, global_batch=int(config.train.batch_size), seed=int(config.seed)
+    )
     data_iter = iter(data)
-    ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                        keep=int(config.checkpoint.keep))
+    ckpt = Checkpointer(
+        os.path.join(os.path.abspath(workdir), "checkpoints"), keep=int(config.checkpoint.keep)
+    )
     metrics_log = MetricsLog(workdir)
 
     with jax.set_mesh(exp.mesh):
@@ -139,8 +150,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 last_time, last_step = now, step
                 values["train/steps_per_sec"] = rate
                 metrics_log.write(step, values)
-                log.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", step, total,
-                         values["train/loss"], rate, _format_eta((total - step) / max(rate, 1e-9)))
+                log.info(
+                    "step %d/%d  loss %.4f  %.2f steps/s  ETA %s",
+                    step,
+                    total,
+                    values["train/loss"],
+                    rate,
+                    _format_eta((total - step) / max(rate, 1e-9)),
+                )
             if step % ckpt_every == 0 or step == total:
                 ckpt.save(step, state, data_iter, meta=dict(skipped_records=skips.count))
             if eval_every and (step % eval_every == 0 or step == total):
@@ -152,13 +169,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return state
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str,
-                        mesh: jax.sharding.Mesh | None = None) -> dict[str, float]:
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    split: str,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, float]:
     """Evaluates the newest readable checkpoint in ``workdir`` on ``split`` (step 0 if none)."""
     fmt = experiment_lib.prepare_config(config)
     exp = experiment_lib.build(config, mesh)
-    ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                        keep=int(config.checkpoint.keep))
+    ckpt = Checkpointer(
+        os.path.join(os.path.abspath(workdir), "checkpoints"), keep=int(config.checkpoint.keep)
+    )
     with jax.set_mesh(exp.mesh):
         restored = ckpt.restore_latest(exp.restore_target())
         step, state = (0, exp.init()) if restored is None else restored[:2]
@@ -174,5 +196,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: 
 
 def _summary(metrics: dict) -> str:
     keys = [k for k in metrics if "/" not in k][:8]
-    return "  ".join(f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else
-                     f"{k} {metrics[k]}" for k in keys)
+    return "  ".join(
+        f"{k} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+        for k in keys
+    )

@@ -8,6 +8,7 @@ laptop for a pod it will run on. Counted per device: trainable parameters, their
 BatchNorm statistics) and optimizer state. Activations are not counted: they depend on batch,
 sequence length and the remat policy.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,18 +21,20 @@ import numpy as np
 from flax import nnx
 
 from radjax import sharding
-from radjax.train import experiment, optim, step as step_lib
+from radjax.train import experiment, optim
+from radjax.train import step as step_lib
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryReport:
     """Counts and per-device bytes of one training state on one mesh shape."""
+
     mesh_shape: dict[str, int]
     num_params: int
     num_trainable: int
-    per_device_bytes: dict[str, int]     # part -> bytes on the most loaded device
+    per_device_bytes: dict[str, int]  # part -> bytes on the most loaded device
 
     @property
     def total_per_device(self) -> int:
@@ -39,12 +42,17 @@ class MemoryReport:
 
     def lines(self) -> list[str]:
         mesh = " x ".join(f"{k}={v}" for k, v in self.mesh_shape.items())
-        out = [f"parameters: {self.num_params:,} ({self.num_trainable:,} trainable)",
-               f"mesh: {mesh} ({int(np.prod(list(self.mesh_shape.values())))} devices)"]
-        out += [f"  {part:<16} {b / GIB:9.2f} GiB per device"
-                for part, b in self.per_device_bytes.items()]
-        out.append(f"  {'total':<16} {self.total_per_device / GIB:9.2f} GiB per device "
-                   "(plus activations)")
+        out = [
+            f"parameters: {self.num_params:,} ({self.num_trainable:,} trainable)",
+            f"mesh: {mesh} ({int(np.prod(list(self.mesh_shape.values())))} devices)",
+        ]
+        out += [
+            f"  {part:<16} {b / GIB:9.2f} GiB per device"
+            for part, b in self.per_device_bytes.items()
+        ]
+        out.append(
+            f"  {'total':<16} {self.total_per_device / GIB:9.2f} GiB per device (plus activations)"
+        )
         return out
 
 
@@ -56,8 +64,9 @@ def abstract_mesh(mesh_shape: Mapping[str, int]) -> jax.sharding.AbstractMesh:
     sizes = tuple(int(mesh_shape.get(a, 1)) for a in sharding.MESH_AXES)
     if min(sizes) < 1:
         raise ValueError(f"mesh sizes must be >= 1, got {dict(zip(sharding.MESH_AXES, sizes))}")
-    return jax.sharding.AbstractMesh(sizes, sharding.MESH_AXES,
-                                     axis_types=(jax.sharding.AxisType.Auto,) * len(sizes))
+    return jax.sharding.AbstractMesh(
+        sizes, sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(sizes)
+    )
 
 
 def _itemsize(dtype) -> int:
@@ -71,16 +80,19 @@ def _per_device(tree: Any, shardings: Any) -> int:
     """Bytes of the largest shard of every leaf of ``tree``, summed."""
     leaves = jax.tree.leaves(tree)
     shards = jax.tree.leaves(shardings)
-    return int(sum(np.prod(s.shard_shape(x.shape), dtype=np.int64) * _itemsize(x.dtype)
-                   for x, s in zip(leaves, shards)))
+    return int(
+        sum(
+            np.prod(s.shard_shape(x.shape), dtype=np.int64) * _itemsize(x.dtype)
+            for x, s in zip(leaves, shards)
+        )
+    )
 
 
 def _count(tree: Any) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 
-def state_memory(config: ml_collections.ConfigDict,
-                 mesh_shape: Mapping[str, int]) -> MemoryReport:
+def state_memory(config: ml_collections.ConfigDict, mesh_shape: Mapping[str, int]) -> MemoryReport:
     """Abstract training state of ``config`` sharded over a mesh of ``mesh_shape``."""
     paper = experiment.paper_module(config)
     groups = tuple(tuple(g) for g in config.optim.get("groups", ()))

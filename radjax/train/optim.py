@@ -10,6 +10,7 @@ first matching regex selects keep their values (learning rate 0, so no update an
 decay) before ``start_step``, e.g. RadFM's first stage that trains only the perceiver and
 the projection. Their gradients and Adam moments are still computed in that stage.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,11 +46,13 @@ def _group_of(path: str, groups: Sequence[tuple[str, float | None]]) -> int | No
 
 def trainable_filter(groups: Sequence[tuple[str, float | None]]):
     """NNX filter: a Param whose first matching group is not frozen."""
+
     def is_trainable(path, value) -> bool:
         if not isinstance(value, nnx.Param):
             return False
         i = _group_of(path_str(path), groups)
         return i == len(groups) or groups[i][1] is not None
+
     return is_trainable
 
 
@@ -58,19 +61,32 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
     warmup = int(round(optim.get("warmup_ratio", 0.0) * total_steps))
     kind = optim.get("schedule", "cosine")
     if kind == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, optim.lr, max(warmup, 0),
-                                                  max(total_steps, warmup + 1), 0.0)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, optim.lr, max(warmup, 0), max(total_steps, warmup + 1), 0.0
+        )
     if kind == "constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, max(warmup, 1)),
-                                     optax.constant_schedule(optim.lr)], [warmup])
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, optim.lr, max(warmup, 1)),
+                optax.constant_schedule(optim.lr),
+            ],
+            [warmup],
+        )
     raise ValueError(f"optim.schedule: unknown {kind!r}; use 'cosine' or 'constant'")
 
 
-def _base_optimizer(optim: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+def _base_optimizer(
+    optim: ml_collections.ConfigDict, lr: optax.Schedule
+) -> optax.GradientTransformation:
     name = optim.get("name", "adamw")
     if name == "adamw":
-        return optax.adamw(lr, b1=optim.get("b1", 0.9), b2=optim.get("b2", 0.999),
-                           eps=optim.get("eps", 1e-8), weight_decay=optim.get("weight_decay", 0.0))
+        return optax.adamw(
+            lr,
+            b1=optim.get("b1", 0.9),
+            b2=optim.get("b2", 0.999),
+            eps=optim.get("eps", 1e-8),
+            weight_decay=optim.get("weight_decay", 0.0),
+        )
     if name == "sgd":
         return optax.sgd(lr, momentum=optim.get("momentum", 0.9))
     raise ValueError(f"optim.name: unknown {name!r}; use 'adamw' or 'sgd'")
@@ -84,8 +100,9 @@ def _start_of(path: str, delay: Sequence[tuple[str, int]]) -> int:
     return 0
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
-                   trainable: nnx.State) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    optim: ml_collections.ConfigDict, total_steps: int, trainable: nnx.State
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Builds the optimizer for the ``trainable`` state and returns it with the base schedule."""
     groups = tuple(tuple(g) for g in optim.get("groups", ()))
     delay = tuple(tuple(d) for d in optim.get("delay", ()))
@@ -108,8 +125,10 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
 
     def labels(tree):
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: label(path_str(path)), tree,
-            is_leaf=lambda x: isinstance(x, nnx.Variable))
+            lambda path, _: label(path_str(path)),
+            tree,
+            is_leaf=lambda x: isinstance(x, nnx.Variable),
+        )
 
     tx = optax.partition(transforms, labels)
     clip = optim.get("grad_clip", 0.0)

@@ -8,6 +8,7 @@ The train state is a plain dict pytree (what orbax saves):
   ``opt``        optax state for ``trainable``
   ``skipped``    i32[]   updates skipped because the loss or a gradient was not finite
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -39,11 +40,16 @@ def merge_model(graphdef: nnx.GraphDef, state: dict) -> nnx.Module:
     return nnx.merge(graphdef, state["trainable"], state["frozen"], state["rest"], copy=True)
 
 
-def init_train_state(model: nnx.Module, groups, tx: optax.GradientTransformation
-                     ) -> tuple[nnx.GraphDef, dict]:
+def init_train_state(
+    model: nnx.Module, groups, tx: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, dict]:
     graphdef, parts = split_model(model, groups)
-    return graphdef, dict(step=jnp.zeros((), jnp.int32), opt=tx.init(parts["trainable"]),
-                          skipped=jnp.zeros((), jnp.int32), **parts)
+    return graphdef, dict(
+        step=jnp.zeros((), jnp.int32),
+        opt=tx.init(parts["trainable"]),
+        skipped=jnp.zeros((), jnp.int32),
+        **parts,
+    )
 
 
 def _remat(fn: Callable, policy: str) -> Callable:
@@ -55,9 +61,13 @@ def _remat(fn: Callable, policy: str) -> Callable:
     return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy))
 
 
-def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, config: ml_collections.ConfigDict,
-                    ) -> Callable[[dict, dict], tuple[dict, dict]]:
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    config: ml_collections.ConfigDict,
+) -> Callable[[dict, dict], tuple[dict, dict]]:
     """Returns ``train_step(state, batch) -> (state, metrics)`` (pure; jit it).
 
     ``config.train.grad_accum`` splits the batch's leading axis into that many microbatches
@@ -74,8 +84,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
         new_rest = nnx.split(model, *filters)[3]
         return loss, (metrics, new_rest)
 
-    grad_fn = jax.value_and_grad(_remat(forward, config.train.get("remat_policy", "")),
-                                 has_aux=True)
+    grad_fn = jax.value_and_grad(
+        _remat(forward, config.train.get("remat_policy", "")), has_aux=True
+    )
 
     def accumulate(trainable, frozen, rest, batch):
         micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
@@ -96,7 +107,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
         args = (state["trainable"], state["frozen"], state["rest"], batch)
-        (loss, (metrics, rest)), grads = (grad_fn(*args) if accum == 1 else accumulate(*args))
+        (loss, (metrics, rest)), grads = grad_fn(*args) if accum == 1 else accumulate(*args)
         grad_norm = optax.global_norm(grads)
         # A NaN/Inf anywhere in the gradients makes their norm non-finite: one pass decides.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -112,20 +123,34 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
         # the donated buffers in place.
         trainable, opt, rest = jax.lax.cond(finite, update, skip, None)
         skipped = state["skipped"] + (~finite).astype(jnp.int32)
-        new_state = dict(step=state["step"] + 1, frozen=state["frozen"], skipped=skipped,
-                         trainable=trainable, rest=rest, opt=opt)
-        out = dict(loss=loss, grad_norm=grad_norm, lr=schedule(state["step"]),
-                   skipped_updates=skipped, **metrics)
+        new_state = dict(
+            step=state["step"] + 1,
+            frozen=state["frozen"],
+            skipped=skipped,
+            trainable=trainable,
+            rest=rest,
+            opt=opt,
+        )
+        out = dict(
+            loss=loss,
+            grad_norm=grad_norm,
+            lr=schedule(state["step"]),
+            skipped_updates=skipped,
+            **metrics,
+        )
         return new_state, out
 
     return train_step
 
 
-def make_predict_step(graphdef: nnx.GraphDef, predict_fn: PredictFn,
-                      config: ml_collections.ConfigDict) -> Callable[[dict, dict], dict]:
+def make_predict_step(
+    graphdef: nnx.GraphDef, predict_fn: PredictFn, config: ml_collections.ConfigDict
+) -> Callable[[dict, dict], dict]:
     """Returns ``predict_step(state, batch) -> outputs`` in eval mode (pure; jit it)."""
+
     def predict_step(state: dict, batch: dict) -> dict:
         model = merge_model(graphdef, state)
         model.eval()
         return predict_fn(model, batch, config)
+
     return predict_step

@@ -4,16 +4,19 @@ No timing assertions: only that both tables have both rows, every time is finite
 positive, the greedy tokens of radjax and transformers are identical, and both sides train
 the same number of parameters.
 """
+
 import io
 import math
 
-from benchmarks import decoder, run as bench_run
+from benchmarks import decoder
+from benchmarks import run as bench_run
 
 
 def test_tiny_decoder_benchmark_runs_both_sides():
     out = io.StringIO()
     gen_table, train_table, report, ceiling = bench_run.run_decoder(
-        "tiny", warmup=0, iters=1, ceiling_shapes=[(128, 128, 128)], ceiling_iters=2, out=out)
+        "tiny", warmup=0, iters=1, ceiling_shapes=[(128, 128, 128)], ceiling_iters=2, out=out
+    )
     size = decoder.SIZES["tiny"]
     assert (size.layers, size.hidden, size.vocab, size.new_tokens) == (2, 64, 256, 8)
     for table in (gen_table, train_table):

@@ -3,19 +3,21 @@
 No timing assertions (times depend on the machine); only that the table has both rows,
 the times are finite and positive, and the two networks have the same parameter count.
 """
+
 import io
 import math
 
 import numpy as np
 
-from benchmarks import common, rp3d_diag, run as bench_run
+from benchmarks import common, rp3d_diag
+from benchmarks import run as bench_run
 
 
 def test_tiny_benchmark_runs_both_sides():
     out = io.StringIO()
-    table, report, ceiling = bench_run.run("tiny", warmup=0, iters=1,
-                                           ceiling_shapes=[(128, 128, 128)], ceiling_iters=2,
-                                           out=out)
+    table, report, ceiling = bench_run.run(
+        "tiny", warmup=0, iters=1, ceiling_shapes=[(128, 128, 128)], ceiling_iters=2, out=out
+    )
     lines = table.splitlines()
     assert sum(line.startswith("torch (eager)") for line in lines) == 1, table
     assert sum(line.startswith("radjax") for line in lines) == 1, table

@@ -1,5 +1,6 @@
 """radjax.convert.resnet: parity with PyTorch references (transformers ResNetModel, a
 torchvision-named state dict, RP3D-Diag v1's 3D ResNet and shared fuse encoder)."""
+
 import functools
 import re
 
@@ -73,9 +74,14 @@ def _hf_model(layer_type):
     width = 8
     expansion = 4 if layer_type == "bottleneck" else 1
     config = transformers.ResNetConfig(
-        num_channels=3, embedding_size=width, layer_type=layer_type, depths=(2, 1, 1, 1),
+        num_channels=3,
+        embedding_size=width,
+        layer_type=layer_type,
+        depths=(2, 1, 1, 1),
         hidden_sizes=tuple(width * expansion * 2**i for i in range(4)),
-        downsample_in_bottleneck=False, downsample_in_first_stage=False)
+        downsample_in_bottleneck=False,
+        downsample_in_first_stage=False,
+    )
     torch.manual_seed(0)
     return _randomise(transformers.ResNetModel(config)).eval()
 
@@ -108,8 +114,9 @@ def test_hf_resnet_parity_eval_and_train(layer_type):
         want = ref(torch.from_numpy(x)).pooler_output.flatten(1).numpy()
     got, stats = _run(model, _nhwc(torch.from_numpy(x)), train=True)
     assert _rel_err(got, want) < TOL
-    np.testing.assert_allclose(stats["bn1"]["mean"].get_value(), bn.running_mean.numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        stats["bn1"]["mean"].get_value(), bn.running_mean.numpy(), rtol=1e-5, atol=1e-6
+    )
     # flax uses the biased batch variance, PyTorch the unbiased one: n = B * 32 * 32 positions
     n = x.shape[0] * 32 * 32
     torch_batch_var = (bn.running_var - 0.9 * old_var).numpy() / 0.1
@@ -121,14 +128,22 @@ def test_hf_resnet_parity_eval_and_train(layer_type):
 _HF_TO_TV = [
     (r"^embedder\.embedder\.convolution\.", "conv1."),
     (r"^embedder\.embedder\.normalization\.", "bn1."),
-    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0."),
-    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1."),
-    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}."),
-    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.",
-     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}."),
+    (
+        r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.",
+        lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.",
+    ),
+    (
+        r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.",
+        lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.",
+    ),
+    (
+        r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.",
+        lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}.",
+    ),
+    (
+        r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.",
+        lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}.",
+    ),
 ]
 
 
@@ -158,8 +173,13 @@ def test_torchvision_checkpoint_file(tmp_path):
 
 
 def test_hf_prefix_and_classifier_model():
-    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=(8, 16, 32, 64),
-                                       depths=(1, 1, 1, 1), layer_type="basic", num_labels=5)
+    config = transformers.ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=(8, 16, 32, 64),
+        depths=(1, 1, 1, 1),
+        layer_type="basic",
+        num_labels=5,
+    )
     clf = transformers.ResNetForImageClassification(config)
     values = convert.from_hf_resnet(_numpy_sd(clf), prefix="resnet.")
     reference = convert.from_hf_resnet(_numpy_sd(clf.resnet))
@@ -174,8 +194,9 @@ def test_hf_prefix_and_classifier_model():
 
 def test_wrong_architecture_is_a_clear_error():
     values = convert.from_hf_resnet(_numpy_sd(_hf_model("basic")))
-    model = nnx.eval_shape(lambda: resnet.ResNet(block="basic", layers=(1, 1, 1, 1), width=8,
-                                                 rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: resnet.ResNet(block="basic", layers=(1, 1, 1, 1), width=8, rngs=nnx.Rngs(0))
+    )
     with pytest.raises(ConversionError, match=r"unexpected \(10\)[\s\S]*layer1/1/conv1/kernel"):
         assign(model, values)
 
@@ -193,8 +214,11 @@ class _TorchBlock(nn.Module):
         self.bn1 = bn(planes)
         self.conv2 = conv(planes, planes, 3, 1, dilation, dilation, bias=False)
         self.bn2 = bn(planes)
-        self.downsample = (nn.Sequential(conv(cin, planes, 1, stride, bias=False), bn(planes))
-                           if shortcut else None)
+        self.downsample = (
+            nn.Sequential(conv(cin, planes, 1, stride, bias=False), bn(planes))
+            if shortcut
+            else None
+        )
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -204,8 +228,10 @@ class _TorchBlock(nn.Module):
 class _TorchMedicalNet3D(nn.Module):
     """The v1 3D ResNet-18 on (B, 3, H, W, D); strides in the original's (H, W, D) order."""
 
-    LAYERS = {16: [((1, 1, 1), 1), ((2, 2, 2), 1), ((2, 2, 2), 2), ((2, 2, 1), 4)],
-              32: [((1, 1, 1), 1), ((2, 2, 2), 1), ((2, 2, 2), 2), ((2, 2, 2), 4)]}
+    LAYERS = {
+        16: [((1, 1, 1), 1), ((2, 2, 2), 1), ((2, 2, 2), 2), ((2, 2, 1), 4)],
+        32: [((1, 1, 1), 1), ((2, 2, 2), 1), ((2, 2, 2), 2), ((2, 2, 2), 4)],
+    }
 
     def __init__(self, depth, width):
         super().__init__()
@@ -215,9 +241,14 @@ class _TorchMedicalNet3D(nn.Module):
         cin = width
         for i, (stride, dilation) in enumerate(self.LAYERS[depth]):
             planes = width * 2**i
-            setattr(self, f"layer{i + 1}", nn.Sequential(
-                _TorchBlock(cin, planes, stride, dilation, True, 3),
-                _TorchBlock(planes, planes, 1, dilation, False, 3)))
+            setattr(
+                self,
+                f"layer{i + 1}",
+                nn.Sequential(
+                    _TorchBlock(cin, planes, stride, dilation, True, 3),
+                    _TorchBlock(planes, planes, 1, dilation, False, 3),
+                ),
+            )
             cin = planes
 
     def forward(self, x):
@@ -233,8 +264,10 @@ def test_medicalnet_3d_parity(depth):
     ref = _randomise(_TorchMedicalNet3D(depth, width=4)).eval()
     sd = {f"resnet3D.{k}": v for k, v in _numpy_sd(ref).items()}
     sd["resnet2D.conv1.weight"] = np.zeros((4, 3, 7, 7), np.float32)  # outside the prefix
-    model = _load(lambda: resnet.ResNet3D(depth=depth, width=4, rngs=nnx.Rngs(0)),
-                  convert.from_medicalnet(sd, prefix="resnet3D."))
+    model = _load(
+        lambda: resnet.ResNet3D(depth=depth, width=4, rngs=nnx.Rngs(0)),
+        convert.from_medicalnet(sd, prefix="resnet3D."),
+    )
     x = np.random.default_rng(depth).normal(size=(1, 3, 32, 32, depth)).astype(np.float32)
     with torch.no_grad():
         want = ref(torch.from_numpy(x))
@@ -266,9 +299,12 @@ def test_resnet_fuse_parity():
     torch.manual_seed(0)
     ref = _randomise(_TorchFuse(16, 16, 32, (2, 1, 1, 1))).eval()
     sd = {f"resnetFuse.{k}": v for k, v in _numpy_sd(ref).items()}
-    model = _load(lambda: resnet.ResNetFuse(layers=(2, 1, 1, 1), in_channels=16, width=16,
-                                            vis_dim=32, rngs=nnx.Rngs(0)),
-                  convert.from_resnet_fuse(sd, prefix="resnetFuse."))
+    model = _load(
+        lambda: resnet.ResNetFuse(
+            layers=(2, 1, 1, 1), in_channels=16, width=16, vis_dim=32, rngs=nnx.Rngs(0)
+        ),
+        convert.from_resnet_fuse(sd, prefix="resnetFuse."),
+    )
     x = np.random.default_rng(0).normal(size=(2, 16, 8, 8)).astype(np.float32)
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).numpy()

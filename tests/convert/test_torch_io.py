@@ -1,4 +1,5 @@
 """radjax.convert.torch_io: reading checkpoints, layouts, and assigning into NNX modules."""
+
 import json
 import sys
 
@@ -8,12 +9,18 @@ import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
 import radjax  # noqa: F401  (eager sharding off)
-from radjax.convert.torch_io import (ConversionError, assign, conv_kernel, linear_kernel,
-                                     load_state_dict)
+from radjax.convert.torch_io import (
+    ConversionError,
+    assign,
+    conv_kernel,
+    linear_kernel,
+    load_state_dict,
+)
 from radjax.sharding import make_mesh
 
 try:
@@ -25,9 +32,11 @@ needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch not installed")
 
 def _arrays():
     rng = np.random.default_rng(0)
-    return {"a.weight": rng.normal(size=(3, 4)).astype(np.float32),
-            "a.bias": rng.normal(size=(3,)).astype(np.float16),
-            "steps": np.arange(5, dtype=np.int64)}
+    return {
+        "a.weight": rng.normal(size=(3, 4)).astype(np.float32),
+        "a.bias": rng.normal(size=(3,)).astype(np.float16),
+        "steps": np.arange(5, dtype=np.int64),
+    }
 
 
 def _assert_same(got, want):
@@ -46,6 +55,7 @@ def test_safetensors_round_trip(tmp_path):
 @needs_torch
 def test_safetensors_bf16(tmp_path):
     from safetensors.torch import save_file as save_torch
+
     t = torch.randn(2, 3).to(torch.bfloat16)
     save_torch({"w": t, "f": torch.ones(2)}, str(tmp_path / "bf16.safetensors"))
     sd = load_state_dict(tmp_path / "bf16.safetensors")
@@ -78,12 +88,15 @@ def test_torch_never_unpickles_objects(tmp_path):
         load_state_dict(tmp_path / "evil.bin")
 
 
-@pytest.mark.parametrize("name, content, match", [
-    ("absent.bin", None, "not found"),
-    ("w.npz", b"x", "unknown checkpoint type"),
-    ("trunc.safetensors", b"\x10\x00\x00", "trunc.safetensors"),
-    pytest.param("trunc.pt", b"PK\x03", "trunc.pt", marks=needs_torch),
-])
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("absent.bin", None, "not found"),
+        ("w.npz", b"x", "unknown checkpoint type"),
+        ("trunc.safetensors", b"\x10\x00\x00", "trunc.safetensors"),
+        pytest.param("trunc.pt", b"PK\x03", "trunc.pt", marks=needs_torch),
+    ],
+)
 def test_bad_files_name_the_file(tmp_path, name, content, match):
     if content is not None:
         (tmp_path / name).write_bytes(content)
@@ -113,12 +126,17 @@ def _write_index(path, name, weight_map):
 def test_sharded_safetensors_dir(tmp_path):
     want = _arrays()
     keys = sorted(want)
-    shards = {"model-00001-of-00002.safetensors": keys[:1],
-              "model-00002-of-00002.safetensors": keys[1:]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[:1],
+        "model-00002-of-00002.safetensors": keys[1:],
+    }
     for shard, ks in shards.items():
         save_file({k: want[k] for k in ks}, str(tmp_path / shard))
-    _write_index(tmp_path, "model.safetensors.index.json",
-                 {k: shard for shard, ks in shards.items() for k in ks})
+    _write_index(
+        tmp_path,
+        "model.safetensors.index.json",
+        {k: shard for shard, ks in shards.items() for k in ks},
+    )
     _assert_same(load_state_dict(tmp_path), want)
 
 
@@ -126,8 +144,10 @@ def test_sharded_safetensors_dir(tmp_path):
 def test_sharded_bin_dir_and_inconsistent_index(tmp_path):
     want = _arrays()
     keys = sorted(want)
-    shards = {"pytorch_model-00001-of-00002.bin": keys[:2],
-              "pytorch_model-00002-of-00002.bin": keys[2:]}
+    shards = {
+        "pytorch_model-00001-of-00002.bin": keys[:2],
+        "pytorch_model-00002-of-00002.bin": keys[2:],
+    }
     for shard, ks in shards.items():
         torch.save({k: torch.from_numpy(want[k]) for k in ks}, tmp_path / shard)
     weight_map = {k: shard for shard, ks in shards.items() for k in ks}
@@ -160,10 +180,14 @@ def test_conv_kernel_matches_torch_conv(nd):
     conv = getattr(torch.nn.functional, f"conv{nd}d")
     want = conv(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
     x_cl = np.moveaxis(x, 1, -1)
-    spatial = "DHW"[3 - nd:]
+    spatial = "DHW"[3 - nd :]
     got = jax.lax.conv_general_dilated(
-        x_cl, conv_kernel(w), (1,) * nd, [(1, 1)] * nd,
-        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+        x_cl,
+        conv_kernel(w),
+        (1,) * nd,
+        [(1, 1)] * nd,
+        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+    )
     np.testing.assert_allclose(np.moveaxis(np.asarray(got), -1, 1), want, atol=1e-5)
 
 
@@ -176,8 +200,13 @@ def test_conv_kernel_depth_last():
     want = torch.nn.functional.conv3d(torch.from_numpy(x), torch.from_numpy(w)).numpy()
     kernel = conv_kernel(w, depth_last=True)
     assert kernel.shape == (1, 3, 5, 2, 4)
-    got = jax.lax.conv_general_dilated(np.transpose(x, (0, 4, 2, 3, 1)), kernel, (1, 1, 1), "VALID",
-                                       dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    got = jax.lax.conv_general_dilated(
+        np.transpose(x, (0, 4, 2, 3, 1)),
+        kernel,
+        (1, 1, 1),
+        "VALID",
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+    )
     np.testing.assert_allclose(np.transpose(np.asarray(got), (0, 4, 2, 3, 1)), want, atol=1e-5)
 
 
@@ -201,8 +230,14 @@ class _Net(nnx.Module):
 
 def _net_values():
     rng = np.random.default_rng(0)
-    shapes = {"blocks/0/kernel": (3, 4), "blocks/0/bias": (4,), "bn/scale": (4,),
-              "bn/bias": (4,), "bn/mean": (4,), "bn/var": (4,)}
+    shapes = {
+        "blocks/0/kernel": (3, 4),
+        "blocks/0/bias": (4,),
+        "bn/scale": (4,),
+        "bn/bias": (4,),
+        "bn/mean": (4,),
+        "bn/var": (4,),
+    }
     return {k: rng.normal(size=s) for k, s in shapes.items()}  # f64: assign casts to f32
 
 
@@ -211,8 +246,9 @@ def test_assign_writes_in_place():
     assign(model, values)
     assert model.blocks[0].kernel.get_value().dtype == jnp.float32
     np.testing.assert_allclose(model.bn.var.get_value(), values["bn/var"], rtol=1e-6)
-    np.testing.assert_allclose(model.blocks[0].kernel.get_value(), values["blocks/0/kernel"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        model.blocks[0].kernel.get_value(), values["blocks/0/kernel"], rtol=1e-6
+    )
 
 
 def test_assign_reports_missing_unexpected_and_shapes():

@@ -1,4 +1,5 @@
 """Checkpoint save/restore, retention and fallback past a corrupt latest step."""
+
 import glob
 import os
 

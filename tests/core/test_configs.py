@@ -1,11 +1,12 @@
 """Config argument parsing and every RP3D-Diag config variant resolving to a buildable model."""
+
 import jax
 import pytest
 from flax import nnx
 
 from configs import rp3d_diag
 from configs.common import parse_arg
-from radjax.models import rp3d_diag as paper
+from radjax.papers.rp3d_diag import model as paper
 
 
 def test_parse_arg_types_flags_and_errors():
@@ -17,8 +18,16 @@ def test_parse_arg_types_flags_and_errors():
         parse_arg("fusion", fusion="late")
 
 
-@pytest.mark.parametrize("arg", ["tiny", "tiny,fusion=early", "tiny,arch=v1",
-                                 "tiny,arch=v1,fusion=early", "tiny,label_level=icd10s"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "tiny",
+        "tiny,fusion=early",
+        "tiny,arch=v1",
+        "tiny,arch=v1,fusion=early",
+        "tiny,label_level=icd10s",
+    ],
+)
 def test_tiny_variants_build_abstractly(arg):
     config = rp3d_diag.get_config(arg)
     config.model.num_classes = 12

@@ -1,4 +1,5 @@
 """radjax.train.memory: abstract parameter counts and per-device bytes on an AbstractMesh."""
+
 import jax
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ from flax import nnx
 
 import radjax  # noqa: F401
 from configs import rp3d_diag
-from radjax.models import rp3d_diag as paper
+from radjax.papers.rp3d_diag import model as paper
 from radjax.train import memory
 
 
@@ -38,11 +39,12 @@ def test_radfm_paper_config_is_sized_without_allocating():
     """The released RadFM (LLaMA-13B + ViT + Perceiver) on a 128-device fsdp x tensor mesh."""
     from configs import radfm
     from experiments.launch import parse_mesh
+
     report = memory.state_memory(radfm.get_config(), parse_mesh("fsdp=16,tensor=8"))
     # LLaMA-13B: 40 x (4 x 5120^2 + 3 x 5120 x 13824 + 2 x 5120) + 2 x 32000 x 5120 + 5120
-    llama = 40 * (4 * 5120 ** 2 + 3 * 5120 * 13824 + 2 * 5120) + 2 * 32000 * 5120 + 5120
-    assert llama < report.num_params < llama + 150_000_000      # + vision path, figure tokens
+    llama = 40 * (4 * 5120**2 + 3 * 5120 * 13824 + 2 * 5120) + 2 * 32000 * 5120 + 5120
+    assert llama < report.num_params < llama + 150_000_000  # + vision path, figure tokens
     full = 4 * report.num_params
-    assert report.per_device_bytes["trainable"] < 1.1 * full / 128   # sharded ~128 ways
+    assert report.per_device_bytes["trainable"] < 1.1 * full / 128  # sharded ~128 ways
     with pytest.raises(ValueError, match="not axis=size"):
         parse_mesh("fsdp:16")

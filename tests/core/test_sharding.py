@@ -1,4 +1,5 @@
 """Mesh construction, the logical rules table and activation constraints."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +18,14 @@ def test_mesh_axes_sizes_and_auto_types():
     assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
 
 
-@pytest.mark.parametrize("shape, message", [({"data": 3}, "needs 3 devices"),
-                                            ({"model": 2}, "unknown axes"),
-                                            ({"data": -1, "fsdp": -1}, "at most one")])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ({"data": 3}, "needs 3 devices"),
+        ({"model": 2}, "unknown axes"),
+        ({"data": -1, "fsdp": -1}, "at most one"),
+    ],
+)
 def test_bad_mesh_is_a_clear_error(shape, message):
     with pytest.raises(ValueError, match=message):
         sharding.make_mesh(shape)
@@ -39,8 +45,11 @@ def test_logical_to_spec_uses_each_mesh_axis_once():
 
 def test_state_shardings_follow_metadata_and_fit_small_dims():
     mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
-    model = nnx.eval_shape(lambda: nnx.Linear(
-        6, 8, rngs=nnx.Rngs(0), kernel_metadata={"out_sharding": ("embed", "mlp")}))
+    model = nnx.eval_shape(
+        lambda: nnx.Linear(
+            6, 8, rngs=nnx.Rngs(0), kernel_metadata={"out_sharding": ("embed", "mlp")}
+        )
+    )
     state = nnx.state(model)
     shardings = sharding.state_shardings(state, mesh)
     kernel = shardings["kernel"].get_value()

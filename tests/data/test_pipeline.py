@@ -1,4 +1,5 @@
 """The shared grain pipeline: determinism, host slicing, skip-and-count, padded eval batches."""
+
 import types
 
 import grain
@@ -12,6 +13,7 @@ from radjax.data.errors import BadRecordError
 
 def _format(bad=()):
     """A minimal data-format module over integer records; ids in ``bad`` fail to load."""
+
     def make_source(cfg, split):
         return grain.MapDataset.source(list(range(10 if split == "train" else 7)))
 
@@ -33,8 +35,9 @@ def _take(it, n):
 
 
 def test_training_batches_are_seeded_and_resumable():
-    ds, _ = pipeline.train_dataset(_format(), _cfg(), global_batch=4, seed=3,
-                                   process_index=0, process_count=1)
+    ds, _ = pipeline.train_dataset(
+        _format(), _cfg(), global_batch=4, seed=3, process_index=0, process_count=1
+    )
     it = iter(ds)
     first = _take(it, 2)
     state = it.get_state()
@@ -44,16 +47,18 @@ def test_training_batches_are_seeded_and_resumable():
     again.set_state(state)
     np.testing.assert_array_equal(np.stack(later), np.stack(_take(again, 3)))
     # a different seed gives a different order
-    other, _ = pipeline.train_dataset(_format(), _cfg(), global_batch=4, seed=4,
-                                      process_index=0, process_count=1)
+    other, _ = pipeline.train_dataset(
+        _format(), _cfg(), global_batch=4, seed=4, process_index=0, process_count=1
+    )
     assert not np.array_equal(np.stack(first), np.stack(_take(iter(other), 2)))
 
 
 def test_hosts_see_disjoint_records():
     seen = []
     for host in range(2):
-        ds, _ = pipeline.train_dataset(_format(), _cfg(), global_batch=4, seed=0,
-                                       process_index=host, process_count=2)
+        ds, _ = pipeline.train_dataset(
+            _format(), _cfg(), global_batch=4, seed=0, process_index=host, process_count=2
+        )
         batch = next(iter(ds))["x"]
         assert batch.shape == (2, 2)  # per-host share of the global batch
         seen.append(set(batch[:, 0].astype(int)))
@@ -61,20 +66,33 @@ def test_hosts_see_disjoint_records():
 
 
 def test_bad_record_raises_naming_file_and_field_unless_skipping():
-    ds, _ = pipeline.train_dataset(_format(bad={0, 1, 2, 3, 4, 5, 6, 7, 8}), _cfg(),
-                                   global_batch=1, seed=0, process_index=0, process_count=1)
+    ds, _ = pipeline.train_dataset(
+        _format(bad={0, 1, 2, 3, 4, 5, 6, 7, 8}),
+        _cfg(),
+        global_batch=1,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
     with pytest.raises(Exception, match=r"case_\d\.npy.*image_data_path"):
         _take(iter(ds), 3)
-    ds, counter = pipeline.train_dataset(_format(bad={2, 5}), _cfg(skip=True), global_batch=2,
-                                         seed=0, process_index=0, process_count=1)
+    ds, counter = pipeline.train_dataset(
+        _format(bad={2, 5}),
+        _cfg(skip=True),
+        global_batch=2,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
     xs = np.concatenate(_take(iter(ds), 8))  # 16 examples drawn from two epochs
     assert not {2, 5} & set(xs[:, 0].astype(int))
     assert counter.count >= 2
 
 
 def test_eval_batches_cover_split_once_with_padding_mask():
-    batches, counter = pipeline.eval_batches(_format(bad={3}), _cfg(skip=True), "test",
-                                             batch_size=4, process_index=0, process_count=1)
+    batches, counter = pipeline.eval_batches(
+        _format(bad={3}), _cfg(skip=True), "test", batch_size=4, process_index=0, process_count=1
+    )
     batches = list(batches)
     assert [b["x"].shape for b in batches] == [(4, 2), (4, 2)]
     valid = np.concatenate([b["valid"] for b in batches])
@@ -87,25 +105,38 @@ def test_eval_batches_cover_split_once_with_padding_mask():
 def _self_batching_format():
     """A format that batches itself (as RadFM): batch i of process p holds record 2i + p;
     records >= 2 do not exist, so later batches have no valid row."""
+
     def batches(source, cfg, *, seed, train, process_index, process_count):
         def batch(i):
             record = process_count * i + process_index
-            return {"x": np.array([record], np.float32), "valid": np.array([record < 2]),
-                    "skipped": np.asarray(0, np.int32)}
+            return {
+                "x": np.array([record], np.float32),
+                "valid": np.array([record < 2]),
+                "skipped": np.asarray(0, np.int32),
+            }
+
         return grain.MapDataset.range(3).map(batch).to_iter_dataset()
 
-    return types.SimpleNamespace(make_source=lambda cfg, split: grain.MapDataset.source([0]),
-                                 batches=batches)
+    return types.SimpleNamespace(
+        make_source=lambda cfg, split: grain.MapDataset.source([0]), batches=batches
+    )
 
 
 def test_self_batching_formats_keep_empty_batches_only_on_several_processes():
     fmt = _self_batching_format()
-    alone, _ = pipeline.eval_batches(fmt, _cfg(), "test", batch_size=1, process_index=0,
-                                     process_count=1)
-    assert [b["x"].tolist() for b in alone] == [[0.0], [1.0]]          # [2.0] dropped
-    shares = [list(pipeline.eval_batches(fmt, _cfg(), "test", batch_size=2, process_index=p,
-                                         process_count=2)[0]) for p in (0, 1)]
-    assert [len(s) for s in shares] == [3, 3]            # every process steps together
+    alone, _ = pipeline.eval_batches(
+        fmt, _cfg(), "test", batch_size=1, process_index=0, process_count=1
+    )
+    assert [b["x"].tolist() for b in alone] == [[0.0], [1.0]]  # [2.0] dropped
+    shares = [
+        list(
+            pipeline.eval_batches(
+                fmt, _cfg(), "test", batch_size=2, process_index=p, process_count=2
+            )[0]
+        )
+        for p in (0, 1)
+    ]
+    assert [len(s) for s in shares] == [3, 3]  # every process steps together
     assert [b["valid"].tolist() for b in shares[1]] == [[True], [False], [False]]
     assert [b["x"].tolist() for b in shares[0]] == [[0.0], [2.0], [4.0]]
     assert "skipped" not in shares[0][0]

@@ -1,4 +1,5 @@
 """Readers on real files shipped in installed packages, and on broken copies of them."""
+
 import copy
 import gzip
 import os
@@ -14,8 +15,14 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from radjax.data.errors import BadRecordError
-from radjax.data.readers import (check_finite, read_dicom_series, read_image, read_nifti,
-                                 read_npy, resolve_path)
+from radjax.data.readers import (
+    check_finite,
+    read_dicom_series,
+    read_image,
+    read_nifti,
+    read_npy,
+    resolve_path,
+)
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 MPL_DATA = Path(pytest.importorskip("matplotlib").get_data_path()) / "sample_data"
@@ -32,6 +39,7 @@ def _raises(call, *parts):
 
 # ---- errors ----------------------------------------------------------------------------
 
+
 def test_bad_record_error_reads_file_field_message_and_pickles():
     err = BadRecordError("case.json", "Samples[0].image_data_path", "missing")
     assert str(err) == "case.json: Samples[0].image_data_path: missing"
@@ -41,6 +49,7 @@ def test_bad_record_error_reads_file_field_message_and_pickles():
 
 
 # ---- NIfTI -----------------------------------------------------------------------------
+
 
 def test_read_nifti_real_anatomical_t1():
     path = NIB_DATA / "anatomical.nii"
@@ -59,7 +68,7 @@ def test_read_nifti_canonical_reorients_4d_to_ras():
     ras = read_nifti(path, canonical=True)
     assert raw.orientation == ("L", "A", "S") and ras.orientation == ("R", "A", "S")
     assert ras.array.shape == (128, 96, 24, 2)
-    np.testing.assert_array_equal(ras.array, raw.array[::-1])       # L->R flips axis i
+    np.testing.assert_array_equal(ras.array, raw.array[::-1])  # L->R flips axis i
     np.testing.assert_allclose(ras.spacing, (2.0, 2.0, 2.2), atol=1e-5)
     _raises(lambda: read_nifti(path, ndim=3), "example4d.nii.gz", "rank 3", "(128, 96, 24, 2)")
 
@@ -84,11 +93,16 @@ def test_read_nifti_truncated_uncompressed_and_garbage(tmp_path):
 
 def test_read_nifti_real_file_with_nans_is_rejected():
     # nibabel ships a resampled anatomical image whose outside voxels are NaN.
-    _raises(lambda: read_nifti(NIB_DATA / "resampled_anat_moved.nii"),
-            "resampled_anat_moved.nii", "non-finite", "(17, 21, 3)")
+    _raises(
+        lambda: read_nifti(NIB_DATA / "resampled_anat_moved.nii"),
+        "resampled_anat_moved.nii",
+        "non-finite",
+        "(17, 21, 3)",
+    )
 
 
 # ---- DICOM -----------------------------------------------------------------------------
+
 
 def test_read_dicom_ct_slice_applies_rescale_and_geometry():
     path = get_testdata_file("CT_small.dcm")
@@ -96,7 +110,8 @@ def test_read_dicom_ct_slice_applies_rescale_and_geometry():
     vol = read_dicom_series(path)
     assert vol.array.shape == (128, 128, 1)
     expected = ds.pixel_array.T.astype(np.float32) * float(ds.RescaleSlope) + float(
-        ds.RescaleIntercept)
+        ds.RescaleIntercept
+    )
     np.testing.assert_array_equal(vol.array[..., 0], expected)
     assert vol.array.min() == ds.pixel_array.min() - 1024
     np.testing.assert_allclose(vol.spacing, (0.661468, 0.661468, 5.0))
@@ -114,16 +129,16 @@ def test_read_dicom_mr_slice_without_rescale():
 
 
 def test_read_dicom_enhanced_multiframe_without_positions():
-    path = get_testdata_file("emri_small.dcm")     # pydicom-data: 10 frames, no plane positions
+    path = get_testdata_file("emri_small.dcm")  # pydicom-data: 10 frames, no plane positions
     frames = pydicom.dcmread(path).pixel_array
     vol = read_dicom_series(path)
     assert vol.array.shape == (64, 64, 10)
     np.testing.assert_array_equal(vol.array, np.transpose(frames, (2, 1, 0)))
-    assert vol.spacing == (1.0, 1.0, 1.2)       # SpacingBetweenSlices; no PixelSpacing
+    assert vol.spacing == (1.0, 1.0, 1.2)  # SpacingBetweenSlices; no PixelSpacing
 
 
 def test_read_dicom_enhanced_ct_sorts_frames_by_position():
-    path = get_testdata_file("eCT_Supplemental.dcm")    # 2 frames stored in reverse z order
+    path = get_testdata_file("eCT_Supplemental.dcm")  # 2 frames stored in reverse z order
     frames = pydicom.dcmread(path).pixel_array.astype(np.float32)
     vol = read_dicom_series(path)
     # Frame 1 (z=-149) comes first along the normal (0, 0, -1); intercept -1024 per frame.
@@ -159,7 +174,7 @@ def test_read_dicom_falls_back_to_instance_number(tmp_path):
     vol = read_dicom_series(paths)
     offsets = [float((vol.array[..., k] - vol.array[..., 0]).mean()) for k in range(3)]
     assert offsets == [0.0, 10.0, 20.0]
-    assert vol.spacing[2] == 5.0                 # SpacingBetweenSlices
+    assert vol.spacing[2] == 5.0  # SpacingBetweenSlices
 
 
 def test_read_dicom_truncated_and_not_dicom(tmp_path):
@@ -178,6 +193,7 @@ def test_read_dicom_series_of_different_sizes_is_rejected():
 
 
 # ---- npy -------------------------------------------------------------------------------
+
 
 def test_read_npy_roundtrip_and_rank(tmp_path):
     path = tmp_path / "vol.npy"
@@ -214,6 +230,7 @@ def test_check_finite_passes_integers_and_names_field():
 
 # ---- PNG / JPEG ------------------------------------------------------------------------
 
+
 def test_read_image_real_jpeg_and_png():
     photo = read_image(MPL_DATA / "grace_hopper.jpg")
     assert photo.shape == (600, 512, 3) and photo.dtype == np.uint8
@@ -234,6 +251,7 @@ def test_read_image_grey_16bit_and_truncated(tmp_path):
 
 
 # ---- paths -----------------------------------------------------------------------------
+
 
 def test_resolve_path_stays_inside_root(tmp_path):
     root = tmp_path / "root"

@@ -1,8 +1,10 @@
 """Transforms against MONAI 1.6 (channel-first torch tensors) and RP3D's torch code."""
+
 import numpy as np
 import pytest
 
 from radjax.data import transforms as T
+from radjax.papers.rp3d_diag import transforms as rp3d_T
 
 torch = pytest.importorskip("torch")
 mt = pytest.importorskip("monai.transforms")
@@ -20,8 +22,9 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.mark.parametrize("b_min,b_max,clip", [(0.0, 1.0, True), (-1.0, 2.0, False),
-                                              (None, None, False)])
+@pytest.mark.parametrize(
+    "b_min,b_max,clip", [(0.0, 1.0, True), (-1.0, 2.0, False), (None, None, False)]
+)
 def test_scale_intensity_range_matches_monai(rng, b_min, b_max, clip):
     x = rng.uniform(-1200, 1500, size=(6, 7, 5, 1)).astype(np.float32)
     ours = T.scale_intensity_range(x, -1000, 1000, b_min, b_max, clip)
@@ -40,18 +43,23 @@ def test_scale_intensity_range_degenerate_window_matches_monai(rng):
 
 def test_scale_intensity_matches_monai_and_handles_constant_like_rp3d(rng):
     x = rng.normal(5.0, 3.0, size=(5, 9, 2)).astype(np.float32)
-    np.testing.assert_allclose(T.scale_intensity(x, -1.0, 3.0),
-                               _monai(mt.ScaleIntensity(-1.0, 3.0), x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        T.scale_intensity(x, -1.0, 3.0),
+        _monai(mt.ScaleIntensity(-1.0, 3.0), x),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     constant = np.full((8, 8, 3), 7.0, np.float32)
-    noise = T.scale_intensity(constant)                 # RP3D: randn_like, then min-max
+    noise = T.scale_intensity(constant)  # RP3D: randn_like, then min-max
     assert noise.min() == 0.0 and noise.max() == 1.0 and noise.std() > 0.1
-    np.testing.assert_array_equal(noise, T.scale_intensity(constant))     # rng=None: seeded
+    np.testing.assert_array_equal(noise, T.scale_intensity(constant))  # rng=None: seeded
     other = T.scale_intensity(constant, rng=np.random.default_rng(5))
     assert not np.array_equal(noise, other)
 
 
-@pytest.mark.parametrize("shape,size", [((13, 17, 2), (8, 25)), ((5, 6, 1), (5, 11)),
-                                        ((32, 32, 3), (7, 7))])
+@pytest.mark.parametrize(
+    "shape,size", [((13, 17, 2), (8, 25)), ((5, 6, 1), (5, 11)), ((32, 32, 3), (7, 7))]
+)
 def test_resize_bilinear_matches_monai(rng, shape, size):
     x = rng.normal(size=shape).astype(np.float32)
     ref = _monai(mt.Resize(size, mode="bilinear"), x)
@@ -67,8 +75,9 @@ def test_resize_trilinear_matches_monai(rng, shape, size):
     np.testing.assert_allclose(T.resize(x, size, mode="trilinear"), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape,size", [((13, 17, 1), (8, 25)), ((7, 10, 9, 2), (3, 17, 9)),
-                                        ((6, 6, 1), (9, 4))])
+@pytest.mark.parametrize(
+    "shape,size", [((13, 17, 1), (8, 25)), ((7, 10, 9, 2), (3, 17, 9)), ((6, 6, 1), (9, 4))]
+)
 def test_resize_nearest_matches_monai(rng, shape, size):
     x = rng.integers(0, 50, size=shape).astype(np.float32)
     ref = _monai(mt.Resize(size, mode="nearest"), x)
@@ -83,7 +92,7 @@ def test_resize_rejects_unknown_mode():
 @pytest.mark.parametrize("method", ["symmetric", "end"])
 def test_spatial_pad_matches_monai(rng, method):
     x = rng.normal(size=(5, 8, 3, 2)).astype(np.float32)
-    size = (8, 7, 6)                          # pad, keep (already larger), pad
+    size = (8, 7, 6)  # pad, keep (already larger), pad
     ours = T.spatial_pad(x, size, method=method)
     ref = _monai(mt.SpatialPad(size, method=method), x)
     assert ours.shape == (8, 8, 6, 2)
@@ -93,8 +102,9 @@ def test_spatial_pad_matches_monai(rng, method):
 def test_center_spatial_crop_matches_monai(rng):
     x = rng.normal(size=(9, 8, 5, 1)).astype(np.float32)
     for roi in [(4, 5, 7), (9, 3, 2), (1, 8, -1)]:
-        np.testing.assert_array_equal(T.center_spatial_crop(x, roi),
-                                      _monai(mt.CenterSpatialCrop(roi), x))
+        np.testing.assert_array_equal(
+            T.center_spatial_crop(x, roi), _monai(mt.CenterSpatialCrop(roi), x)
+        )
 
 
 @pytest.mark.parametrize("size", [(6, 11), (10, 4), (7, 7)])
@@ -117,27 +127,32 @@ def test_repeat_slices_makes_identical_leading_slices():
 def test_rp3d_slice_indices_match_torch_arange(depth):
     for num_slices in range(depth + 1, 130):
         ref = torch.arange(0, num_slices, num_slices / depth).long()[:depth].numpy()
-        np.testing.assert_array_equal(T.rp3d_slice_indices(num_slices, depth), ref,
-                                      err_msg=f"D={num_slices}, depth={depth}")
-    np.testing.assert_array_equal(T.rp3d_slice_indices(3, depth), [0, 1, 2])
+        np.testing.assert_array_equal(
+            rp3d_T.rp3d_slice_indices(num_slices, depth),
+            ref,
+            err_msg=f"D={num_slices}, depth={depth}",
+        )
+    np.testing.assert_array_equal(rp3d_T.rp3d_slice_indices(3, depth), [0, 1, 2])
 
 
 def _rp3d_reference(volume_hwd: np.ndarray, size: int, depth: int) -> np.ndarray:
     """RP3D's resample_image on a 'd c h w' tensor, written out with torch ops."""
     image = torch.from_numpy(np.moveaxis(volume_hwd, -1, 0)[:, None].copy())
     if not (image.shape[-1] == size and image.shape[0] <= depth):
-        image = torch.nn.functional.interpolate(image, size=(size, size), mode="bilinear",
-                                                align_corners=False)
+        image = torch.nn.functional.interpolate(
+            image, size=(size, size), mode="bilinear", align_corners=False
+        )
         if image.shape[0] > depth:
             image = image[torch.arange(0, image.shape[0], image.shape[0] / depth).long()[:depth]]
     return image[:, 0].numpy()
 
 
-@pytest.mark.parametrize("shape,size,depth", [((40, 40, 45), 16, 8), ((20, 20, 3), 32, 8),
-                                              ((24, 24, 10), 24, 10)])
+@pytest.mark.parametrize(
+    "shape,size,depth", [((40, 40, 45), 16, 8), ((20, 20, 3), 32, 8), ((24, 24, 10), 24, 10)]
+)
 def test_rp3d_resample_matches_reference_and_pads(rng, shape, size, depth):
     vol = rng.normal(size=shape).astype(np.float32)
-    out, marks = T.rp3d_resample(vol, size, depth)
+    out, marks = rp3d_T.rp3d_resample(vol, size, depth)
     ref = _rp3d_reference(vol, size, depth)
     kept = ref.shape[0]
     assert out.shape == (depth, size, size) and marks.shape == (depth,)

@@ -1,23 +1,24 @@
-"""Shared fixtures for end-to-end runs: each tiny config's phantoms, written once a worker."""
+"""Shared fixtures for end-to-end runs: any paper's tiny phantoms, written once a worker."""
+
+import importlib
+
 import pytest
 
 
-def _tiny_phantoms(tmp_path_factory, get_config, name: str) -> str:
-    """A data root holding the phantoms ``get_config("tiny")`` trains on."""
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """``tiny_data(paper)``: a data root holding the phantoms ``configs/<paper>.py:tiny``
+    trains on (written on first use, then shared by the worker's tests)."""
     from radjax.train import experiment
-    config = get_config("tiny")
-    config.data.root = str(tmp_path_factory.mktemp(name))
-    experiment.prepare_config(config)
-    return config.data.root
 
+    roots = {}
 
-@pytest.fixture(scope="session")
-def rp3d_data(tmp_path_factory):
-    from configs import rp3d_diag
-    return _tiny_phantoms(tmp_path_factory, rp3d_diag.get_config, "rp3d_data")
+    def root(paper: str) -> str:
+        if paper not in roots:
+            config = importlib.import_module(f"configs.{paper}").get_config("tiny")
+            config.data.root = str(tmp_path_factory.mktemp(f"{paper}_data"))
+            experiment.prepare_config(config)
+            roots[paper] = config.data.root
+        return roots[paper]
 
-
-@pytest.fixture(scope="session")
-def radfm_data(tmp_path_factory):
-    from configs import radfm
-    return _tiny_phantoms(tmp_path_factory, radfm.get_config, "radfm_data")
+    return root

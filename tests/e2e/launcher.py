@@ -1,4 +1,5 @@
 """Runs the absl launchers on a tiny config (default RP3D-Diag's) in fresh processes."""
+
 import os
 import subprocess
 import sys
@@ -6,17 +7,27 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_launcher(module: str, workdir, *overrides, devices: int = 1, check=True,
-                 config: str = "configs/rp3d_diag.py:tiny", **kwargs):
+def run_launcher(
+    module: str,
+    workdir,
+    *overrides,
+    devices: int = 1,
+    check=True,
+    config: str = "configs/rp3d_diag.py:tiny",
+    **kwargs,
+):
     """Runs ``python -m <module>`` on ``config`` in a fresh process."""
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    cmd = [sys.executable, "-m", module, "--config", config,
-           "--workdir", str(workdir), *overrides]
+    env = dict(
+        os.environ,
+        JAX_NUM_CPU_DEVICES=str(devices),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+    cmd = [sys.executable, "-m", module, "--config", config, "--workdir", str(workdir), *overrides]
     if not check:  # a background run; its output goes to kwargs["log"] or <workdir>.log
         log = open(kwargs.pop("log", f"{workdir}.log"), "w")
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                **kwargs)
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, **kwargs
+        )
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
@@ -42,8 +53,9 @@ def train_and_evaluate_untrained(tmp_path, data_root, config: str) -> tuple[str,
 
     workdir, untrained_dir = tmp_path / "run", tmp_path / "untrained"
     run_launcher("experiments.train", workdir, f"--config.data.root={data_root}", config=config)
-    run_launcher("experiments.evaluate", untrained_dir, f"--config.data.root={data_root}",
-                 config=config)
+    run_launcher(
+        "experiments.evaluate", untrained_dir, f"--config.data.root={data_root}", config=config
+    )
     with open(workdir / "config.json") as f:
         steps = json.load(f)["train"]["steps"]
     with open(workdir / "eval" / f"{steps}.json") as f:
@@ -80,5 +92,7 @@ def one_and_many_device_losses(get_config, data_root, tmp_path, mesh_shape: dict
         config.data.root = data_root
         return in_process_losses(config, tmp_path / name, mesh, steps)
 
-    return (losses("one", sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])),
-            losses("many", sharding.make_mesh(mesh_shape)))
+    return (
+        losses("one", sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])),
+        losses("many", sharding.make_mesh(mesh_shape)),
+    )

@@ -1,5 +1,6 @@
 """Bad input: clear errors naming file and field; with skip_bad_records the run goes on and
 reports how many records it skipped."""
+
 import json
 import shutil
 
@@ -11,7 +12,7 @@ from configs import rp3d_diag
 from radjax import sharding
 from radjax.data import pipeline
 from radjax.data.errors import BadRecordError
-from radjax.data.formats import rp3d
+from radjax.papers.rp3d_diag import data as rp3d
 from radjax.train import loop
 
 
@@ -27,8 +28,9 @@ def _config(root, skip):
 
 
 @pytest.fixture
-def broken_root(tmp_path, rp3d_data):
+def broken_root(tmp_path, tiny_data):
     """A copy of the phantoms with four kinds of damage in the training split."""
+    rp3d_data = tiny_data("rp3d_diag")
     root = tmp_path / "data"
     shutil.copytree(rp3d_data, root)
     cases = json.loads((root / "train.json").read_text())
@@ -91,8 +93,9 @@ def test_skip_bad_records_run_continues_and_reports_count(tmp_path, broken_root)
 def test_skipped_load_failures_are_counted_when_drawn(broken_root):
     root, corrupt, nan_path, _ = broken_root
     cfg = _config(root, skip=True).data
-    ds, counter = pipeline.train_dataset(rp3d, cfg, global_batch=16, seed=0,
-                                         process_index=0, process_count=1)
+    ds, counter = pipeline.train_dataset(
+        rp3d, cfg, global_batch=16, seed=0, process_index=0, process_count=1
+    )
     it = iter(ds)
     n_cases = len(rp3d.make_source(cfg, "train"))
     for _ in range(n_cases // 16 + 2):  # more than one epoch: both broken files are drawn

@@ -1,5 +1,6 @@
 """A run killed with SIGKILL and restarted with the same command ends exactly where an
 uninterrupted run ends: same final loss and bit-identical parameters."""
+
 import json
 import os
 import signal
@@ -15,20 +16,27 @@ STEPS = 24
 
 
 def _overrides(data_root):
-    return (f"--config.data.root={data_root}", f"--config.train.steps={STEPS}",
-            "--config.checkpoint.every=6", "--config.train.log_every=1",
-            "--config.train.eval_every=0")
+    return (
+        f"--config.data.root={data_root}",
+        f"--config.train.steps={STEPS}",
+        "--config.checkpoint.every=6",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+    )
 
 
 def _final(workdir):
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     losses = {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-    state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(STEPS), "state"))
+    state = ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, "checkpoints", str(STEPS), "state")
+    )
     return losses, state
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, rp3d_data):
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_data):
+    rp3d_data = tiny_data("rp3d_diag")
     straight = tmp_path / "straight"
     run_launcher("experiments.train", straight, *_overrides(rp3d_data))
 
@@ -56,5 +64,6 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, rp3d_data):
 
 def _flatten(tree):
     import jax
+
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return [jax.tree_util.keystr(p) for p, _ in leaves], [np.asarray(v) for _, v in leaves]

@@ -1,10 +1,17 @@
 """radjax.metrics.classification against a direct scikit-learn computation (RP3D-Diag protocol)."""
+
 import numpy as np
 import pytest
-from sklearn.metrics import (average_precision_score, matthews_corrcoef, precision_recall_curve,
-                             roc_auc_score, roc_curve)
+from sklearn.metrics import (
+    average_precision_score,
+    matthews_corrcoef,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from radjax.metrics import classification as cls
+from radjax.papers.rp3d_diag.metrics import rp3d_metrics
 
 FPRS = (0.01, 0.05, 0.1, 0.2, 0.5)
 
@@ -14,9 +21,9 @@ def _data(n=80, c=14, seed=0):
     rng = np.random.default_rng(seed)
     prevalence = np.linspace(0.5, 0.03, c)
     labels = (rng.random((n, c)) < prevalence).astype(np.int64)
-    labels[:, 3] = 0          # head class never present: skipped
-    labels[:, 9] = 1          # always present: skipped
-    labels[:, 12:] = 0        # the whole tail slice [12, 14) is unscorable
+    labels[:, 3] = 0  # head class never present: skipped
+    labels[:, 9] = 1  # always present: skipped
+    labels[:, 12:] = 0  # the whole tail slice [12, 14) is unscorable
     logits = 1.5 * labels + rng.normal(size=(n, c))
     scores = np.round(1 / (1 + np.exp(-logits)), 1)  # coarse scores -> tied thresholds
     return labels, scores
@@ -35,9 +42,15 @@ def _reference(labels, scores):
         f1[np.isnan(f1)] = 0
         k = np.argmax(f1)
         fpr, tpr, _ = roc_curve(y, s)
-        rows.append([roc_auc_score(y, s), average_precision_score(y, s), f1[k],
-                     matthews_corrcoef(y, (s >= t[k]).astype(int)),
-                     *[tpr[np.abs(fpr - q).argmin()] for q in FPRS]])
+        rows.append(
+            [
+                roc_auc_score(y, s),
+                average_precision_score(y, s),
+                f1[k],
+                matthews_corrcoef(y, (s >= t[k]).astype(int)),
+                *[tpr[np.abs(fpr - q).argmin()] for q in FPRS],
+            ]
+        )
     return np.mean(rows, axis=0) if rows else np.full(9, np.nan), len(rows)
 
 
@@ -50,7 +63,7 @@ def _check_split(got, prefix, labels, scores):
 
 def test_matches_scikit_learn_per_split():
     labels, scores = _data()
-    got = cls.rp3d_metrics(labels, scores, head_cut=5, medium_cut=12)
+    got = rp3d_metrics(labels, scores, head_cut=5, medium_cut=12)
     _check_split(got, "", labels, scores)
     _check_split(got, "head/", labels[:, :5], scores[:, :5])
     _check_split(got, "medium/", labels[:, 5:12], scores[:, 5:12])
@@ -60,7 +73,7 @@ def test_matches_scikit_learn_per_split():
 
 def test_unscorable_and_empty_splits_are_nan_not_zero():
     labels, scores = _data()
-    got = cls.rp3d_metrics(labels, scores, head_cut=0, medium_cut=12)
+    got = rp3d_metrics(labels, scores, head_cut=0, medium_cut=12)
     assert got["tail/num_classes_scored"] == 0 and np.isnan(got["tail/auc"])
     assert got["head/num_classes_scored"] == 0 and np.isnan(got["head/recall@fpr0.01"])
     assert all(np.isfinite(v) for k, v in got.items() if k.startswith("medium/"))
@@ -76,10 +89,10 @@ def test_scores_from_logits_clips_like_the_original():
 def test_bad_inputs():
     labels, scores = _data()
     with pytest.raises(ValueError, match="both be"):
-        cls.rp3d_metrics(labels, scores[:, :3], 1, 2)
+        rp3d_metrics(labels, scores[:, :3], 1, 2)
     with pytest.raises(ValueError, match="head_cut"):
-        cls.rp3d_metrics(labels, scores, 3, 2)
+        rp3d_metrics(labels, scores, 3, 2)
     with pytest.raises(ValueError, match="0/1"):
-        cls.rp3d_metrics(labels * 2, scores, 1, 2)
+        rp3d_metrics(labels * 2, scores, 1, 2)
     with pytest.raises(ValueError, match="non-finite"):
-        cls.rp3d_metrics(labels, np.where(scores > 0.5, np.nan, scores), 1, 2)
+        rp3d_metrics(labels, np.where(scores > 0.5, np.nan, scores), 1, 2)

@@ -29,10 +29,13 @@ def _has_wordnet():
 
 # ---------------------------------------------------------------- normalisation, token F1, VQA
 
+
 def test_normalize_answer_hand():
-    assert T.normalize_answer("Yes, the lesion is in the Left-Lung. Two nodules!") == \
-        "yes lesion is in left lung 2 nodules"
-    assert T.normalize_answer("3.5 cm") == "3.5 cm"          # period before a digit kept
+    assert (
+        T.normalize_answer("Yes, the lesion is in the Left-Lung. Two nodules!")
+        == "yes lesion is in left lung 2 nodules"
+    )
+    assert T.normalize_answer("3.5 cm") == "3.5 cm"  # period before a digit kept
     assert T.normalize_answer("1,000 (approx)") == "1000 approx"  # digit,digit: punctuation dropped
     assert T.normalize_answer("it isnt an MRI") == "it isn't mri"
 
@@ -42,14 +45,17 @@ def test_token_f1_and_exact_match_hand():
     assert (p, r) == (0.5, 1.0) and f1 == pytest.approx(2 / 3)
     assert T.token_f1("", "yes") == (0.0, 0.0, 0.0)
     assert T.token_f1("no", "yes") == (0.0, 0.0, 0.0)
-    f1, p, r = T.token_f1("lung lung", "lung")           # multiplicity counts in tp
+    f1, p, r = T.token_f1("lung lung", "lung")  # multiplicity counts in tp
     assert (f1, p, r) == (1.0, 1.0, 1.0)
     assert T.llava_med_exact_match("left lung upper lobe", "left lung") == 0.5
 
 
 def test_llava_med_vqa_hand():
-    out = T.llava_med_vqa(["Yes, it is.", "The left lung", "no"], ["yes", "left lung", "yes"],
-                          ["CLOSED", "OPEN", "closed"])
+    out = T.llava_med_vqa(
+        ["Yes, it is.", "The left lung", "no"],
+        ["yes", "left lung", "yes"],
+        ["CLOSED", "OPEN", "closed"],
+    )
     assert out["closed_acc"] == 0.5 and out["recall_closed"] == 0.5
     assert out["open_acc"] == 1.0 and out["open_recall"] == 1.0 and out["f1"] == 1.0
     assert out["exact_match"] == 1.0 and out["bleu_1"] == 1.0 and out["bleu_2"] == 1.0
@@ -62,27 +68,32 @@ def test_llava_med_vqa_hand():
 def test_uni_med_vqa_against_nltk():
     from nltk.translate.bleu_score import sentence_bleu
 
-    preds, gts, types = ["Yes, it is.", "The left lower lung lobe"], ["yes", "left lung lobe"], \
-        ["CLOSED", "OPEN"]
+    preds, gts, types = (
+        ["Yes, it is.", "The left lower lung lobe"],
+        ["yes", "left lung lobe"],
+        ["CLOSED", "OPEN"],
+    )
     out = T.uni_med_vqa(preds, gts, types)
     assert out["closed"]["acc"] == 1.0
     hyp, ref = "left lower lung lobe".split(), "left lung lobe".split()
     with pytest.warns(UserWarning):  # nltk warns about the missing higher-order overlaps
         for n, w in [(1, (1, 0, 0, 0)), (2, (0.5, 0.5)), (3, (1 / 3,) * 3), (4, (0.25,) * 4)]:
             assert out["open"][f"bleu{n}"] == pytest.approx(sentence_bleu([ref], hyp, weights=w))
-    assert out["open"]["bleu1"] == 0.75                    # 3 of 4 unigrams, no brevity penalty
+    assert out["open"]["bleu1"] == 0.75  # 3 of 4 unigrams, no brevity penalty
     assert out["open"]["f1"] == pytest.approx(2 * 0.75 * 1.0 / 1.75)
     assert out["all"]["f1"] == pytest.approx((out["open"]["f1"] + out["closed"]["f1"]) / 2)
 
 
 # ---------------------------------------------------------------- BLEU
 
+
 def test_bleu_variants_against_nltk_and_hand():
     from nltk.translate.bleu_score import sentence_bleu
 
     for p, r in zip(PREDS, REFS):
         assert T.autorg_bleu1(p, r) == pytest.approx(
-            sentence_bleu([r.lower().split()], p.lower().split(), weights=(1, 0, 0, 0)))
+            sentence_bleu([r.lower().split()], p.lower().split(), weights=(1, 0, 0, 0))
+        )
         lm = T.llava_med_bleu(p, r)
         hp, hr = T.normalize_answer(p.lower()).split(), T.normalize_answer(r.lower()).split()
         assert lm["bleu"] == pytest.approx(sentence_bleu([hr], hp))
@@ -90,21 +101,30 @@ def test_bleu_variants_against_nltk_and_hand():
     # M3D (HF evaluate bleu, max_order=1): 13a tokens, case kept; 4 of 4 hyp unigrams match,
     # hyp length 4 < ref length 5 -> BP = exp(1 - 5/4)
     assert T.tokens_13a("No acute findings.") == ["No", "acute", "findings", "."]
-    assert T.m3d_bleu1("No acute findings.", "No acute findings seen.") == pytest.approx(math.exp(-0.25))
-    assert T.m3d_bleu1("no acute findings.", "No acute findings.") == pytest.approx(0.75)  # case kept
+    assert T.m3d_bleu1("No acute findings.", "No acute findings seen.") == pytest.approx(
+        math.exp(-0.25)
+    )
+    assert T.m3d_bleu1("no acute findings.", "No acute findings.") == pytest.approx(
+        0.75
+    )  # case kept
     # AutoRG BLEU-1 by hand: 5 of 6 unigrams clipped-match, lengths 6 vs 5 -> BP 1
-    assert T.autorg_bleu1("the the heart is normal size", "The heart is normal size") == pytest.approx(5 / 6)
+    assert T.autorg_bleu1(
+        "the the heart is normal size", "The heart is normal size"
+    ) == pytest.approx(5 / 6)
 
 
 def test_corpus_bleu_against_sacrebleu():
     import sacrebleu
 
-    assert T.corpus_bleu(PREDS, REFS) == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score / 100)
+    assert T.corpus_bleu(PREDS, REFS) == pytest.approx(
+        sacrebleu.corpus_bleu(PREDS, [REFS]).score / 100
+    )
     with pytest.raises(ValueError, match="2 predictions but 1"):
         T.corpus_bleu(PREDS[:2], REFS[:1])
 
 
 # ---------------------------------------------------------------- ROUGE
+
 
 def test_rouge_against_rouge_score_and_autorg_hand():
     from rouge_score import rouge_scorer
@@ -123,6 +143,7 @@ def test_rouge_against_rouge_score_and_autorg_hand():
 
 # ---------------------------------------------------------------- METEOR
 
+
 def test_lexnames_file(tmp_path):
     lines = T.write_lexnames(tmp_path).read_text().splitlines()
     assert len(lines) == 45 and lines[0] == "00\tadj.all\t3" and lines[3] == "03\tnoun.Tops\t1"
@@ -140,23 +161,38 @@ def test_missing_wordnet_error_is_clear(tmp_path, monkeypatch):
     assert "NLTK_DATA" in str(e.value)
 
 
-@pytest.mark.skipif(not _has_wordnet(), reason="WordNet not installed (run `make wordnet`; "
-                    "needs apt-get); the missing-WordNet error is tested separately")
+@pytest.mark.skipif(
+    not _has_wordnet(),
+    reason="WordNet not installed (run `make wordnet`; "
+    "needs apt-get); the missing-WordNet error is tested separately",
+)
 def test_meteor_against_nltk():
     from nltk.corpus import wordnet
     from nltk.tokenize import NLTKWordTokenizer
     from nltk.translate.meteor_score import meteor_score
 
     tok = NLTKWordTokenizer().tokenize
-    for p, r in [("The pleural effusion is small", "There is a minor pleural effusion"),
-                 ("heart enlarged", "cardiomegaly")]:
+    for p, r in [
+        ("The pleural effusion is small", "There is a minor pleural effusion"),
+        ("heart enlarged", "cardiomegaly"),
+    ]:
         assert T.meteor(p, r) == pytest.approx(meteor_score([tok(r)], tok(p), wordnet=wordnet))
     # synonym stage really used: "minor" ~ "small" only through WordNet
-    assert T.meteor("small effusion", "minor effusion") > T.meteor("tiny effusion", "minor effusion")
-    assert T.meteor_tokens("No effusion. Heart normal.") == ["No", "effusion", ".", "Heart", "normal", "."]
+    assert T.meteor("small effusion", "minor effusion") > T.meteor(
+        "tiny effusion", "minor effusion"
+    )
+    assert T.meteor_tokens("No effusion. Heart normal.") == [
+        "No",
+        "effusion",
+        ".",
+        "Heart",
+        "normal",
+        ".",
+    ]
 
 
 # ---------------------------------------------------------------- BERTScore
+
 
 def test_bertscore_against_bert_score():
     import bert_score
@@ -177,16 +213,20 @@ def test_bertscore_against_bert_score():
 def test_report_bundles():
     m = T.autorg_report_metrics(PREDS, REFS)
     assert m["bleu1"] == pytest.approx(np.mean([T.autorg_bleu1(p, r) for p, r in zip(PREDS, REFS)]))
-    assert m["rouge1"] == pytest.approx(np.mean([T.autorg_rouge1(p, r) for p, r in zip(PREDS, REFS)]))
+    assert m["rouge1"] == pytest.approx(
+        np.mean([T.autorg_rouge1(p, r) for p, r in zip(PREDS, REFS)])
+    )
     assert 0.5 < m["bertscore_f1"] <= 1.0
     u = T.uni_med_report_metrics(PREDS, REFS, with_meteor=False)
     assert u["bleu4"] == pytest.approx(T.corpus_bleu(PREDS, REFS))
     m3 = T.m3d_report_metrics(PREDS, REFS, with_meteor=_has_wordnet())
-    assert m3["rouge1"] == pytest.approx(np.mean([T.rouge(p, r, ("rouge1",))["rouge1"]["fmeasure"]
-                                                  for p, r in zip(PREDS, REFS)]))
+    assert m3["rouge1"] == pytest.approx(
+        np.mean([T.rouge(p, r, ("rouge1",))["rouge1"]["fmeasure"] for p, r in zip(PREDS, REFS)])
+    )
 
 
 # ---------------------------------------------------------------- medical entities
+
 
 def test_entity_matcher_hand():
     m = T.EntityMatcher(["pleural effusion", "effusion", "pulmonary nodule", "pneumothorax"])
@@ -195,10 +235,16 @@ def test_entity_matcher_hand():
     assert [e for _, _, e in spans] == ["pleural effusion", "pulmonary nodule", "pneumothorax"]
     s, e, _ = spans[0]
     assert text[s:e] == "pleural effusions"  # longest match wins, plural normalised
-    sc = T.radfm_entity_scores("Pleural effusion and pneumothorax.", "Effusion, pleural effusion.", m)
+    sc = T.radfm_entity_scores(
+        "Pleural effusion and pneumothorax.", "Effusion, pleural effusion.", m
+    )
     # pred {pleural effusion, pneumothorax}; ref {effusion, pleural effusion}
     assert sc == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
-    assert T.radfm_entity_scores("normal", "normal", m) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert T.radfm_entity_scores("normal", "normal", m) == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+    }
     with pytest.raises(ValueError):
         T.EntityMatcher(["", "  "])
 
@@ -214,11 +260,14 @@ def test_default_lexicon_and_token_weights():
     assert {"pleural effusion", "atelectasis", "hypersomnia"} <= ents
     tok = AutoTokenizer.from_pretrained(T.default_bertscore_model())
     text = "mild cardiomegaly and no pneumothorax"
-    ids, w = T.entity_token_weights(text, tok, matcher=T.EntityMatcher(["cardiomegaly", "pneumothorax"]))
+    ids, w = T.entity_token_weights(
+        text, tok, matcher=T.EntityMatcher(["cardiomegaly", "pneumothorax"])
+    )
     toks = tok.convert_ids_to_tokens(ids.tolist())
     assert len(w) == len(ids)
     assert len(toks) > 5  # the entity words split into word pieces, each weighted
     for t, wi in zip(toks, w):
         assert wi == (1.0 if t in ("mild", "and", "no") else 3.0), (t, wi)
     np.testing.assert_array_equal(
-        T.token_weights_from_offsets(np.array([[0, 0], [0, 4], [5, 9]]), [(5, 9, "x")]), [1, 1, 3])
+        T.token_weights_from_offsets(np.array([[0, 0], [0, 4], [5, 9]]), [(5, 9, "x")]), [1, 1, 3]
+    )

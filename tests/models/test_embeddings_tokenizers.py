@@ -1,4 +1,5 @@
 """Tokenizer loading, special tokens and vocabulary growth with mean-initialised rows."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,24 +10,36 @@ from radjax.data import tokenizers
 from radjax.models.embeddings import resize_vocab
 from radjax.models.gpt2 import GPT2, GPT2Config
 from radjax.models.llama import Decoder, DecoderConfig
+from radjax.papers.rp3d_diag.tokenizer_corpus import phantom_corpus
 
 
 def _llama(tied):
-    cfg = DecoderConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=1,
-                        num_heads=2, num_kv_heads=1, max_position_embeddings=32,
-                        tie_word_embeddings=tied)
+    cfg = DecoderConfig(
+        vocab_size=40,
+        hidden_size=16,
+        intermediate_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        max_position_embeddings=32,
+        tie_word_embeddings=tied,
+    )
     return Decoder(cfg, rngs=nnx.Rngs(0))
 
 
 def _gpt2():
-    model = GPT2(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2),
-                 rngs=nnx.Rngs(0))
+    model = GPT2(
+        GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2), rngs=nnx.Rngs(0)
+    )
     model.eval()
     return model
 
 
-@pytest.mark.parametrize("make", [lambda: _llama(True), lambda: _llama(False), _gpt2],
-                         ids=["llama-tied", "llama-untied", "gpt2"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: _llama(True), lambda: _llama(False), _gpt2],
+    ids=["llama-tied", "llama-untied", "gpt2"],
+)
 def test_resize_keeps_old_logits_and_mean_initialises_new_rows(make):
     model = make()
     ids = jnp.array([[1, 5, 7, 3]])
@@ -37,8 +50,9 @@ def test_resize_keeps_old_logits_and_mean_initialises_new_rows(make):
     assert after.shape == (1, 4, 43) and model.cfg.vocab_size == 43
     np.testing.assert_allclose(after[..., :40], before, rtol=1e-5, atol=1e-6)
     new_rows = np.asarray(model.embed(jnp.array([[40, 41, 42]]))[0], np.float32)
-    np.testing.assert_allclose(new_rows, np.repeat(table.mean(0, keepdims=True), 3, 0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        new_rows, np.repeat(table.mean(0, keepdims=True), 3, 0), rtol=1e-5, atol=1e-6
+    )
     # the new tokens can be fed in
     assert np.isfinite(np.asarray(model(jnp.array([[41, 42]])))).all()
     with pytest.raises(ValueError, match="shrink"):
@@ -52,13 +66,15 @@ def test_shipped_phantom_tokenizer_round_trips_and_keeps_image_tokens_atomic():
     assert ids[0] == tok.bos_token_id
     tokens = tok.convert_ids_to_tokens(ids)
     assert "<image>" in tokens and "</image>" in tokens
-    assert tok.decode(ids, skip_special_tokens=True).strip() == text.replace(
-        " <image></image>", "").strip()
+    assert (
+        tok.decode(ids, skip_special_tokens=True).strip()
+        == text.replace(" <image></image>", "").strip()
+    )
     assert len(ids) < len(text) / 2  # BPE merges learned from the phantom corpus
 
 
 def test_shipped_tokenizer_is_what_the_builder_produces(tmp_path):
-    tokenizers.train_tokenizer(tokenizers.phantom_corpus(), tmp_path)
+    tokenizers.train_tokenizer(phantom_corpus(), tmp_path)
     rebuilt = tokenizers.load_tokenizer(tmp_path)
     shipped = tokenizers.phantom_tokenizer()
     assert rebuilt.get_vocab() == shipped.get_vocab()

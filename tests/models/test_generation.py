@@ -1,6 +1,7 @@
 """radjax.train.generation and the Decoder KV cache: token-identical to transformers'
 ``generate`` on left-padded batches, cached logits equal full recomputation, EOS handling,
 inputs_embeds prompts, logits warpers, length errors, beam search."""
+
 import dataclasses
 
 import jax
@@ -32,11 +33,15 @@ def _prompts():
 
 def _hf_generate(reference, ids, mask, max_new_tokens, eos, pad=0, **kwargs):
     with torch.no_grad():
-        out = reference.generate(input_ids=torch.from_numpy(ids).long(),
-                                 attention_mask=torch.from_numpy(mask).long(),
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=eos, pad_token_id=pad,
-                                 **kwargs).numpy()[:, ids.shape[1]:]
+        out = reference.generate(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            **kwargs,
+        ).numpy()[:, ids.shape[1] :]
     # transformers stops early when every row is done; radjax always returns max_new_tokens
     return np.pad(out, ((0, 0), (0, max_new_tokens - out.shape[1])), constant_values=pad)
 
@@ -53,8 +58,16 @@ def test_greedy_matches_transformers(case):
     reference = _reference(case)
     model, _ = _convert(reference)
     ids, mask = _prompts()
-    got = np.asarray(generate(*nnx.split(model), input_ids=ids, attention_mask=mask,
-                              max_new_tokens=NEW, eos_token_id=2, pad_token_id=0))
+    got = np.asarray(
+        generate(
+            *nnx.split(model),
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    )
     want = _hf_generate(reference, ids, mask, NEW, eos=2)
     assert got.dtype == np.int32 and got.shape == (2, 12)
     np.testing.assert_array_equal(got, want)
@@ -63,16 +76,32 @@ def test_greedy_matches_transformers(case):
 def test_eos_stops_and_pads(llama):
     reference, model = llama
     ids, mask = _prompts()
-    free = np.asarray(generate(*nnx.split(model), input_ids=ids, attention_mask=mask,
-                               max_new_tokens=NEW, eos_token_id=2, pad_token_id=0))
+    free = np.asarray(
+        generate(
+            *nnx.split(model),
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    )
     eos = (int(free[0, 2]), int(free[1, 4]))  # row 0 ends at step 2, row 1 by step 4
-    got = np.asarray(generate(*nnx.split(model), input_ids=ids, attention_mask=mask,
-                              max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0))
+    got = np.asarray(
+        generate(
+            *nnx.split(model),
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW,
+            eos_token_id=eos,
+            pad_token_id=0,
+        )
+    )
     np.testing.assert_array_equal(got, _hf_generate(reference, ids, mask, NEW, eos=list(eos)))
     for row, free_row in zip(got, free):
         stop = int(np.flatnonzero(np.isin(row, eos))[0])
-        assert stop <= 4 and (row[stop + 1:] == 0).all()
-        np.testing.assert_array_equal(row[:stop + 1], free_row[:stop + 1])
+        assert stop <= 4 and (row[stop + 1 :] == 0).all()
+        np.testing.assert_array_equal(row[: stop + 1], free_row[: stop + 1])
 
 
 def test_inputs_embeds_start_equals_ids(llama):
@@ -114,7 +143,7 @@ def test_cached_logits_equal_full_recompute(case):
     logits, cache = prefill(state)
     got = [logits]
     for i in range(steps):
-        logits, cache = step(state, new[:, i:i + 1], cache)
+        logits, cache = step(state, new[:, i : i + 1], cache)
         got.append(logits)
     assert int(cache.length) == PROMPT + steps and bool(cache.valid[0].all())
     want, got = np.asarray(full(state)), np.concatenate(got, axis=1)
@@ -127,20 +156,37 @@ def test_cached_logits_equal_full_recompute(case):
 def test_top_k_one_sampling_equals_greedy(llama):
     _, model = llama
     ids, mask = _prompts()
-    kwargs = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": NEW, "eos_token_id": 2,
-                  "pad_token_id": 0}
+    kwargs = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "max_new_tokens": NEW,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
     greedy = generate(*nnx.split(model), **kwargs)
-    sampled = [np.asarray(generate(*nnx.split(model), do_sample=True, top_k=1, top_p=0.9,
-                                   temperature=0.7, rng=jax.random.key(seed), **kwargs))
-               for seed in (3, 4)]
+    sampled = [
+        np.asarray(
+            generate(
+                *nnx.split(model),
+                do_sample=True,
+                top_k=1,
+                top_p=0.9,
+                temperature=0.7,
+                rng=jax.random.key(seed),
+                **kwargs,
+            )
+        )
+        for seed in (3, 4)
+    ]
     np.testing.assert_array_equal(sampled[0], np.asarray(greedy))
     np.testing.assert_array_equal(sampled[1], np.asarray(greedy))
     with pytest.raises(ValueError, match="rng"):
         generate(*nnx.split(model), do_sample=True, **kwargs)
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0),
-                                                     (1.0, 0, 0.8), (1.3, 20, 0.6)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.8), (1.3, 20, 0.6)]
+)
 def test_warp_logits_match_transformers(temperature, top_k, top_p):
     from transformers.generation.logits_process import (
         LogitsProcessorList,
@@ -148,13 +194,17 @@ def test_warp_logits_match_transformers(temperature, top_k, top_p):
         TopKLogitsWarper,
         TopPLogitsWarper,
     )
+
     logits = np.random.default_rng(0).normal(size=(3, 128)).astype(np.float32) * 3
-    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)]
-                                  + ([TopKLogitsWarper(top_k)] if top_k else [])
-                                  + ([TopPLogitsWarper(top_p)] if top_p < 1 else []))
+    warpers = LogitsProcessorList(
+        [TemperatureLogitsWarper(temperature)]
+        + ([TopKLogitsWarper(top_k)] if top_k else [])
+        + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+    )
     want = warpers(None, torch.from_numpy(logits)).numpy()
-    got = np.asarray(warp_logits(jnp.asarray(logits), temperature=temperature, top_k=top_k,
-                                 top_p=top_p))
+    got = np.asarray(
+        warp_logits(jnp.asarray(logits), temperature=temperature, top_k=top_k, top_p=top_p)
+    )
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     keep = ~np.isinf(want)
     np.testing.assert_allclose(got[keep], want[keep], rtol=1e-6)
@@ -183,9 +233,18 @@ BEAM_PAD = 1
 
 
 def _beam(model, ids, mask, eos, num_beams, **kwargs):
-    return np.asarray(generate(*nnx.split(model), input_ids=ids, attention_mask=mask,
-                               max_new_tokens=NEW, eos_token_id=eos, pad_token_id=BEAM_PAD,
-                               num_beams=num_beams, **kwargs))
+    return np.asarray(
+        generate(
+            *nnx.split(model),
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=NEW,
+            eos_token_id=eos,
+            pad_token_id=BEAM_PAD,
+            num_beams=num_beams,
+            **kwargs,
+        )
+    )
 
 
 @pytest.mark.parametrize("num_beams", [2, 3])
@@ -214,8 +273,10 @@ def test_beam_search_eos_matches_transformers(llama, settings):
     if settings == "one_eos":
         eos, kwargs = int(free[1, 1]), {}
     else:
-        eos, kwargs = [int(free[0, 2]), int(free[1, 2])], {"early_stopping": "never",
-                                                         "length_penalty": 2.0}
+        eos, kwargs = (
+            [int(free[0, 2]), int(free[1, 2])],
+            {"early_stopping": "never", "length_penalty": 2.0},
+        )
     got = _beam(model, ids, mask, eos, 3, **kwargs)
     want = _hf_generate(reference, ids, mask, NEW, eos=eos, pad=BEAM_PAD, num_beams=3, **kwargs)
     np.testing.assert_array_equal(got, want)
@@ -223,7 +284,7 @@ def test_beam_search_eos_matches_transformers(llama, settings):
     ends = [np.flatnonzero(np.isin(row, eos)) for row in got]
     for row, end in zip(got, ends):
         if len(end):  # a finished hypothesis is padded after its EOS
-            assert (row[end[0] + 1:] == BEAM_PAD).all()
+            assert (row[end[0] + 1 :] == BEAM_PAD).all()
     if settings == "one_eos":  # row 1's best hypothesis stops at its second token
         assert ends[1][0] == 1 and not len(ends[0])
 
@@ -241,26 +302,39 @@ def test_beam_search_errors(llama):
 
 def test_first_argmax_is_argmax_with_ties_infinities_and_nan():
     from radjax.train.generation import first_argmax
+
     x = np.random.default_rng(0).normal(size=(5, 40)).astype(np.float32)
-    x[1, 3] = x[1, 7] = 9.0          # tie: first index
-    x[2, 5] = x[2, 9] = np.nan       # NaN wins, first one
-    x[3] = -np.inf                   # all -inf: index 0
+    x[1, 3] = x[1, 7] = 9.0  # tie: first index
+    x[2, 5] = x[2, 9] = np.nan  # NaN wins, first one
+    x[3] = -np.inf  # all -inf: index 0
     x[4, 2] = np.inf
-    np.testing.assert_array_equal(np.asarray(first_argmax(jnp.asarray(x))),
-                                  np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))
+    np.testing.assert_array_equal(
+        np.asarray(first_argmax(jnp.asarray(x))), np.asarray(jnp.argmax(jnp.asarray(x), axis=-1))
+    )
 
 
 def test_generation_on_a_2x4_mesh_equals_unsharded(llama):
     """Greedy and beam generation with fsdp x tensor sharded weights and cache give the
     unsharded tokens."""
     from radjax import sharding
+
     _, model = llama
     ids, mask = _prompts()
     graphdef, state = nnx.split(model)
     kwargs = dict(max_new_tokens=NEW, eos_token_id=2, pad_token_id=0)
-    want = {beams: np.asarray(generate(graphdef, state, input_ids=jnp.asarray(ids),
-                                       attention_mask=jnp.asarray(mask), num_beams=beams,
-                                       **kwargs)) for beams in (1, 2)}
+    want = {
+        beams: np.asarray(
+            generate(
+                graphdef,
+                state,
+                input_ids=jnp.asarray(ids),
+                attention_mask=jnp.asarray(mask),
+                num_beams=beams,
+                **kwargs,
+            )
+        )
+        for beams in (1, 2)
+    }
     mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
     s_state = jax.device_put(state, sharding.state_shardings(state, mesh))
     q = s_state["layers"][0]["self_attn"]["q_proj"]["kernel"].get_value()
@@ -268,6 +342,7 @@ def test_generation_on_a_2x4_mesh_equals_unsharded(llama):
     s_ids, s_mask = (jax.device_put(x, sharding.batch_sharding(mesh, 2)) for x in (ids, mask))
     with jax.set_mesh(mesh):
         for beams in (1, 2):
-            got = generate(graphdef, s_state, input_ids=s_ids, attention_mask=s_mask,
-                           num_beams=beams, **kwargs)
+            got = generate(
+                graphdef, s_state, input_ids=s_ids, attention_mask=s_mask, num_beams=beams, **kwargs
+            )
             np.testing.assert_array_equal(np.asarray(got), want[beams])

@@ -1,5 +1,6 @@
 """radjax.models.gpt2 and radjax.convert.gpt2: transformers parity, extra keys/values,
 sharding, conversion errors."""
+
 import functools
 import json
 
@@ -50,8 +51,9 @@ def _reference():
 
 
 def _model(reference, **overrides):
-    model = GPT2(GPT2Config.from_hf_config(reference.config.to_dict(), **overrides),
-                 rngs=nnx.Rngs(1))
+    model = GPT2(
+        GPT2Config.from_hf_config(reference.config.to_dict(), **overrides), rngs=nnx.Rngs(1)
+    )
     assign(model, convert.from_hf_gpt2(_numpy_sd(reference)))
     model.eval()
     return model
@@ -76,15 +78,20 @@ def _batch(seed=0):
 
 def _torch_logits(reference, ids, mask, **kwargs):
     with torch.no_grad():
-        return reference(input_ids=torch.from_numpy(ids).long(),
-                         attention_mask=torch.from_numpy(mask).long(), **kwargs).logits.numpy()
+        return reference(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            **kwargs,
+        ).logits.numpy()
 
 
 def _extra_kv(seed=1):
     """Per-layer (keys, values), each (B, PX, H, DH)."""
     rng = np.random.default_rng(seed)
-    return [tuple(rng.normal(size=(B, PX, H, DH)).astype(np.float32) for _ in range(2))
-            for _ in range(TINY_HF["n_layer"])]
+    return [
+        tuple(rng.normal(size=(B, PX, H, DH)).astype(np.float32) for _ in range(2))
+        for _ in range(TINY_HF["n_layer"])
+    ]
 
 
 def test_logits_match_transformers_on_padded_batch(tiny):
@@ -131,9 +138,15 @@ def test_extra_kv_attention_equals_direct_computation(tiny):
     bool_mask = causal_padding_mask(jnp.asarray(mask))
     got = model.h[0].attn(jnp.asarray(x), bool_mask, (jnp.asarray(ek), jnp.asarray(ev)))
     want = _attention_numpy(
-        x.astype(np.float64), *(sd[f"transformer.h.0.attn.{n}"] for n in
-                                ("c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")),
-        np.asarray(bool_mask), ek.astype(np.float64), ev.astype(np.float64))
+        x.astype(np.float64),
+        *(
+            sd[f"transformer.h.0.attn.{n}"]
+            for n in ("c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")
+        ),
+        np.asarray(bool_mask),
+        ek.astype(np.float64),
+        ev.astype(np.float64),
+    )
     assert _rel(got, want) < 1e-5
     plain = np.asarray(model.h[0].attn(jnp.asarray(x), bool_mask))
     assert _rel(got, plain) > 1e-2  # the extra keys change the output
@@ -149,12 +162,14 @@ def test_extra_kv_model_equals_transformers_with_prefix_cache(tiny):
     for layer, (ek, ev) in enumerate(extra):
         cache.update(*(torch.from_numpy(t).transpose(1, 2) for t in (ek, ev)), layer)
     full_mask = np.concatenate([np.ones((B, PX), np.int32), mask], 1)
-    want = _torch_logits(reference, ids, full_mask, cache=cache,
-                         position_ids=torch.arange(L)[None].expand(B, L))
+    want = _torch_logits(
+        reference, ids, full_mask, cache=cache, position_ids=torch.arange(L)[None].expand(B, L)
+    )
     got = _run(model, ids, attention_mask=mask, extra_kv=extra)
     assert _rel(got, want) < 1e-5
-    hooked = np.asarray(model(jnp.asarray(ids), attention_mask=mask,
-                              extra_kv=lambda layer: extra[layer]))
+    hooked = np.asarray(
+        model(jnp.asarray(ids), attention_mask=mask, extra_kv=lambda layer: extra[layer])
+    )
     np.testing.assert_allclose(hooked, got, rtol=0, atol=1e-5)
 
 
@@ -178,7 +193,8 @@ def test_word_table_positions_reproduce_autorg_quirk():
     model = _model(reference, position_table="wte")
     with torch.no_grad():
         reference.transformer.wpe.weight.copy_(
-            reference.transformer.wte.weight[:TINY_HF["n_positions"]])
+            reference.transformer.wte.weight[: TINY_HF["n_positions"]]
+        )
     ids, mask = _batch()
     assert _rel(_run(model, ids, attention_mask=mask), _torch_logits(reference, ids, mask)) < 1e-5
 
@@ -217,9 +233,12 @@ def test_from_hf_config(tmp_path):
     cfg = GPT2Config.from_hf_config(tmp_path)
     assert cfg == GPT2Config.from_hf_config(TINY_HF)
     assert (cfg.head_dim, cfg.inner_dim, cfg.activation_function) == (8, 128, "gelu_new")
-    for field, value in (("model_type", "bert"), ("add_cross_attention", True),
-                         ("scale_attn_by_inverse_layer_idx", True),
-                         ("tie_word_embeddings", False)):
+    for field, value in (
+        ("model_type", "bert"),
+        ("add_cross_attention", True),
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("tie_word_embeddings", False),
+    ):
         with pytest.raises(ValueError, match=field):
             GPT2Config.from_hf_config(dict(TINY_HF, **{field: value}))
 
@@ -232,15 +251,18 @@ def test_converter_accepts_bare_keys_and_old_buffers(tiny):
     bare["h.0.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), bool))
     got = convert.from_hf_gpt2(bare)
     assert got.keys() == values.keys() and all(np.array_equal(got[k], values[k]) for k in got)
-    np.testing.assert_array_equal(values["h/1/attn/c_attn/kernel"],  # Conv1D: no transpose
-                                  sd["transformer.h.1.attn.c_attn.weight"])
+    np.testing.assert_array_equal(
+        values["h/1/attn/c_attn/kernel"],  # Conv1D: no transpose
+        sd["transformer.h.1.attn.c_attn.weight"],
+    )
 
 
 def test_conversion_errors_name_the_keys(tiny):
     _, reference = tiny
     sd = _numpy_sd(reference)
-    fresh = lambda: nnx.eval_shape(lambda: GPT2(GPT2Config.from_hf_config(TINY_HF),
-                                                rngs=nnx.Rngs(0)))
+    fresh = lambda: nnx.eval_shape(
+        lambda: GPT2(GPT2Config.from_hf_config(TINY_HF), rngs=nnx.Rngs(0))
+    )
     with pytest.raises(ConversionError, match="rotary"):
         convert.from_hf_gpt2(dict(sd, **{"transformer.h.0.attn.rotary.weight": np.zeros(2)}))
     untied = dict(sd, **{"lm_head.weight": sd["lm_head.weight"] + 1})
@@ -249,8 +271,9 @@ def test_conversion_errors_name_the_keys(tiny):
     missing = {k: v for k, v in sd.items() if k != "transformer.ln_f.weight"}
     with pytest.raises(ConversionError, match="missing.*\n.*ln_f/scale"):
         assign(fresh(), convert.from_hf_gpt2(missing))
-    extra_layer = dict(sd, **{k.replace(".h.1.", ".h.2."): v
-                              for k, v in sd.items() if ".h.1." in k})
+    extra_layer = dict(
+        sd, **{k.replace(".h.1.", ".h.2."): v for k, v in sd.items() if ".h.1." in k}
+    )
     with pytest.raises(ConversionError, match="unexpected.*\n.*h/2/"):
         assign(fresh(), convert.from_hf_gpt2(extra_layer))
 

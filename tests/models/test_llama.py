@@ -1,5 +1,6 @@
 """radjax.models.llama and radjax.convert.llama: parity with transformers' LLaMA, Mistral
 and Phi-3, inputs_embeds, conversion errors, sharding."""
+
 import dataclasses
 import functools
 
@@ -18,20 +19,41 @@ from radjax.models.llama import Decoder, DecoderConfig, default_positions
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-TINY = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "initializer_range": 0.1,
-        "rms_norm_eps": 1e-6, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+TINY = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "initializer_range": 0.1,
+    "rms_norm_eps": 1e-6,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 # original context 64 puts the tiny head's wavelengths (6 .. 2e4) in all three llama3 bands
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 64}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 CASES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": False}),
-    "llama3_tied": ("LlamaConfig", "LlamaForCausalLM",
-                    {"tie_word_embeddings": True, "rope_parameters": LLAMA3_ROPE}),
+    "llama3_tied": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {"tie_word_embeddings": True, "rope_parameters": LLAMA3_ROPE},
+    ),
     "mistral_window": ("MistralConfig", "MistralForCausalLM", {"sliding_window": 4}),
-    "phi3_partial": ("Phi3Config", "Phi3ForCausalLM",
-                     {"partial_rotary_factor": 0.5, "sliding_window": 5}),
+    "phi3_partial": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        {"partial_rotary_factor": 0.5, "sliding_window": 5},
+    ),
 }
 
 
@@ -77,10 +99,11 @@ def test_logits_match_transformers(pair):
     ids, mask = _batch()
     got = np.asarray(_forward(*nnx.split(model), ids, mask))
     with torch.no_grad():
-        want = reference(input_ids=torch.from_numpy(ids).long(),
-                         attention_mask=torch.from_numpy(mask).long(),
-                         position_ids=torch.from_numpy(np.array(default_positions(mask))).long()
-                         ).logits.numpy()
+        want = reference(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            position_ids=torch.from_numpy(np.array(default_positions(mask))).long(),
+        ).logits.numpy()
     valid = mask.astype(bool)
     rel = np.abs(got[valid] - want[valid]).max() / np.abs(want[valid]).max()
     print(f"{case}: rel err {rel:.2e}")
@@ -101,25 +124,37 @@ def test_config_fields(pair):
 def test_window_and_llama3_scaling_change_logits():
     """The sliding window and llama3 scaling are active in the parity cases."""
     ids, mask = _batch()
-    for case, field, plain in (("mistral_window", "sliding_window", None),
-                               ("llama3_tied", "rope_type", "default")):
+    for case, field, plain in (
+        ("mistral_window", "sliding_window", None),
+        ("llama3_tied", "rope_type", "default"),
+    ):
         model, _ = _convert(_reference(case))
         graphdef, state = nnx.split(model)
-        plain_graphdef = nnx.graphdef(Decoder(dataclasses.replace(model.cfg, **{field: plain}),
-                                              rngs=nnx.Rngs(0)))
-        diff = np.abs(np.asarray(_forward(graphdef, state, ids, mask))
-                      - np.asarray(_forward(plain_graphdef, state, ids, mask))).max()
+        plain_graphdef = nnx.graphdef(
+            Decoder(dataclasses.replace(model.cfg, **{field: plain}), rngs=nnx.Rngs(0))
+        )
+        diff = np.abs(
+            np.asarray(_forward(graphdef, state, ids, mask))
+            - np.asarray(_forward(plain_graphdef, state, ids, mask))
+        ).max()
         assert diff > 1e-3, case
 
 
 def test_old_style_rope_scaling_config():
     scaling = {k: v for k, v in LLAMA3_ROPE.items() if k not in ("rope_type", "rope_theta")}
-    cfg = DecoderConfig.from_hf_config(dict(model_type="llama", **TINY, rope_theta=500000.0,
-                                            rope_scaling=dict(scaling, type="llama3")))
+    cfg = DecoderConfig.from_hf_config(
+        dict(
+            model_type="llama",
+            **TINY,
+            rope_theta=500000.0,
+            rope_scaling=dict(scaling, type="llama3"),
+        )
+    )
     assert cfg.rope_type == "llama3" and cfg.rope_theta == 500000.0 and cfg.rope_factor == 8.0
     with pytest.raises(ValueError, match="longrope"):
-        DecoderConfig.from_hf_config(dict(model_type="phi3", **TINY,
-                                          rope_scaling={"type": "longrope"}))
+        DecoderConfig.from_hf_config(
+            dict(model_type="phi3", **TINY, rope_scaling={"type": "longrope"})
+        )
     with pytest.raises(ValueError, match="hidden_act"):
         DecoderConfig.from_hf_config(dict(model_type="llama", **TINY, hidden_act="gelu"))
 
@@ -162,8 +197,9 @@ def test_bad_checkpoint_raises(edit):
 def test_fused_and_tied_errors():
     cfg = _convert(_reference("phi3_partial"))[0].cfg
     with pytest.raises(ConversionError, match="fused weight"):
-        convert.from_hf_llama({"model.layers.0.self_attn.qkv_proj.weight":
-                               np.zeros((65, 64), np.float32)}, cfg)
+        convert.from_hf_llama(
+            {"model.layers.0.self_attn.qkv_proj.weight": np.zeros((65, 64), np.float32)}, cfg
+        )
     _, sd = _convert(_reference("llama3_tied"))
     sd = dict(sd, **{"lm_head.weight": np.zeros((128, 64), np.float32)})
     tied_cfg = DecoderConfig.from_hf_config(_reference("llama3_tied").config.to_dict())
@@ -177,8 +213,10 @@ def test_load_decoder_from_directory(tmp_path):
     model = convert.load_decoder(tmp_path)
     want, _ = _convert(reference)
     ids, mask = _batch()
-    np.testing.assert_array_equal(np.asarray(_forward(*nnx.split(model), ids, mask)),
-                                  np.asarray(_forward(*nnx.split(want), ids, mask)))
+    np.testing.assert_array_equal(
+        np.asarray(_forward(*nnx.split(model), ids, mask)),
+        np.asarray(_forward(*nnx.split(want), ids, mask)),
+    )
 
 
 def test_sharded_forward_equals_unsharded():

@@ -1,6 +1,7 @@
 """``DecoderConfig.scan_layers``: the stacked, lax.scan-ned layer gives the unscanned model's
 logits, gradients and generated tokens from the same converted checkpoint, with a leading
 ``layers`` sharding axis."""
+
 import dataclasses
 import functools
 
@@ -51,9 +52,13 @@ def _loss_and_grads(graphdef, params, ids, mask):
         m = nnx.merge(graphdef, params, copy=True)
         hidden = m.hidden_states(ids, attention_mask=mask)
         targets, weights = lm_loss.next_token_targets(ids, mask)
-        return lm_loss.fused_head_cross_entropy(hidden.reshape(-1, hidden.shape[-1]),
-                                                m.head_kernel(), targets.reshape(-1),
-                                                weights.reshape(-1))
+        return lm_loss.fused_head_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]),
+            m.head_kernel(),
+            targets.reshape(-1),
+            weights.reshape(-1),
+        )
+
     return jax.value_and_grad(loss)(params)
 
 
@@ -72,12 +77,15 @@ def test_scanned_logits_loss_and_grads_equal_unscanned(models):
     ids, mask = _ids()
     want = np.asarray(plain(ids, attention_mask=mask))
     for model in (scanned, scanned_remat):
-        np.testing.assert_allclose(np.asarray(model(ids, attention_mask=mask)), want,
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(model(ids, attention_mask=mask)), want, rtol=1e-5, atol=1e-5
+        )
     graphdef, params = nnx.split(plain, nnx.Param)[:2]
     want_loss, want_grads = _loss_and_grads(graphdef, params, ids, mask)
-    flat_want = {"/".join(map(str, k)): np.asarray(v.get_value() if hasattr(v, "get_value") else v)
-                 for k, v in nnx.to_flat_state(want_grads)}
+    flat_want = {
+        "/".join(map(str, k)): np.asarray(v.get_value() if hasattr(v, "get_value") else v)
+        for k, v in nnx.to_flat_state(want_grads)
+    }
     restacked = stack_layers(flat_want, "layers", plain.cfg.num_layers, caller="test")
     for model in (scanned, scanned_remat):
         graphdef, params = nnx.split(model, nnx.Param)[:2]
@@ -86,26 +94,45 @@ def test_scanned_logits_loss_and_grads_equal_unscanned(models):
         for k, v in nnx.to_flat_state(grads):
             path = "/".join(map(str, k))
             got = np.asarray(v.get_value() if hasattr(v, "get_value") else v)
-            np.testing.assert_allclose(got, restacked[path], rtol=1e-4,
-                                       atol=1e-5 * np.abs(restacked[path]).max(), err_msg=path)
+            np.testing.assert_allclose(
+                got,
+                restacked[path],
+                rtol=1e-4,
+                atol=1e-5 * np.abs(restacked[path]).max(),
+                err_msg=path,
+            )
 
 
 def test_scanned_generation_equals_unscanned(models):
     plain, scanned, _ = models
     ids, mask = _ids()
-    kwargs = dict(input_ids=ids, attention_mask=mask, max_new_tokens=6, eos_token_id=2,
-                  pad_token_id=0)
-    np.testing.assert_array_equal(np.asarray(generate(*nnx.split(scanned), **kwargs)),
-                                  np.asarray(generate(*nnx.split(plain), **kwargs)))
+    kwargs = dict(
+        input_ids=ids, attention_mask=mask, max_new_tokens=6, eos_token_id=2, pad_token_id=0
+    )
+    np.testing.assert_array_equal(
+        np.asarray(generate(*nnx.split(scanned), **kwargs)),
+        np.asarray(generate(*nnx.split(plain), **kwargs)),
+    )
 
 
 def test_scan_config_and_stacking_errors():
     with pytest.raises(ValueError, match="scan_layers with attention dropout"):
-        DecoderConfig(vocab_size=8, hidden_size=8, num_layers=2, num_heads=2,
-                      intermediate_size=8, scan_layers=True, dropout=0.1)
+        DecoderConfig(
+            vocab_size=8,
+            hidden_size=8,
+            num_layers=2,
+            num_heads=2,
+            intermediate_size=8,
+            scan_layers=True,
+            dropout=0.1,
+        )
     flat = {"layers/0/w": np.zeros(2), "layers/2/w": np.zeros(2), "norm/scale": np.ones(2)}
     with pytest.raises(ConversionError, match=r"layers/<i>/w: layers \[1\] missing, \[2\]"):
         stack_layers(flat, "layers", 2, caller="test")
-    ok = stack_layers({"layers/0/w": np.zeros(2), "layers/1/w": np.ones(2), "n": np.ones(1)},
-                      "layers", 2, caller="test")
+    ok = stack_layers(
+        {"layers/0/w": np.zeros(2), "layers/1/w": np.ones(2), "n": np.ones(1)},
+        "layers",
+        2,
+        caller="test",
+    )
     assert ok["layers/w"].shape == (2, 2) and ok["layers/w"][1, 0] == 1 and "n" in ok

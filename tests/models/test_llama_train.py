@@ -1,6 +1,7 @@
 """LLaMA decoder training: sharded forward + backward on a 2x4 CPU mesh equal to unsharded,
 remat (``DecoderConfig.remat``) keeps loss and gradients, a jitted train step lowers the
 loss, attention dropout (``DecoderConfig.dropout``) acts in train mode only."""
+
 import dataclasses
 import functools
 
@@ -17,8 +18,15 @@ from radjax.models.llama import Decoder, DecoderConfig
 from radjax.train import optim
 from radjax.train import step as step_lib
 
-CFG = DecoderConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                    intermediate_size=96, init_std=0.1)
+CFG = DecoderConfig(
+    vocab_size=128,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    intermediate_size=96,
+    init_std=0.1,
+)
 
 
 def _build(cfg: DecoderConfig) -> Decoder:
@@ -53,6 +61,7 @@ def _loss_and_grads(graphdef, params, rest, batch, train=False):
         model.train() if train else model.eval()
         loss, _ = lm_loss(model, batch)
         return loss, nnx.state(model, nnx.RngState)
+
     (loss, rng), grads = jax.value_and_grad(f, has_aux=True)(params)
     return loss, grads, rng
 
@@ -64,8 +73,9 @@ def _assert_grads_close(got, want, rtol=1e-5):
         w = np.asarray(w.get_value())
         g = np.asarray(got[path].get_value())
         assert np.abs(w).max() > 0, path
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * float(np.abs(w).max()),
-                                   err_msg=str(path))
+        np.testing.assert_allclose(
+            g, w, rtol=rtol, atol=rtol * float(np.abs(w).max()), err_msg=str(path)
+        )
 
 
 def test_sharded_forward_backward_equals_unsharded():
@@ -93,29 +103,37 @@ def test_remat_same_loss_and_grads():
     batch = _batch()
     cfg = dataclasses.replace(CFG, dropout=0.2)
     graphdef, params, rest = nnx.split(_build(cfg), nnx.Param, ...)
-    r_graphdef, r_params, r_rest = nnx.split(_build(dataclasses.replace(cfg, remat=True)),
-                                             nnx.Param, ...)
+    r_graphdef, r_params, r_rest = nnx.split(
+        _build(dataclasses.replace(cfg, remat=True)), nnx.Param, ...
+    )
     want_loss, want_grads, want_rng = _loss_and_grads(graphdef, params, rest, batch, True)
     loss, grads, rng = _loss_and_grads(r_graphdef, r_params, r_rest, batch, True)
     np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
     _assert_grads_close(grads, want_grads)
     for a, b in zip(jax.tree.leaves(rng), jax.tree.leaves(want_rng)):
-        np.testing.assert_array_equal(jax.random.key_data(a) if jnp.issubdtype(
-            a.dtype, jax.dtypes.prng_key) else a, jax.random.key_data(b) if jnp.issubdtype(
-            b.dtype, jax.dtypes.prng_key) else b)
+        np.testing.assert_array_equal(
+            jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a,
+            jax.random.key_data(b) if jnp.issubdtype(b.dtype, jax.dtypes.prng_key) else b,
+        )
     assert len(jax.tree.leaves(rng)) > 0
     # the remat model's gradient really goes through a checkpoint
-    jaxpr = str(jax.make_jaxpr(lambda p: _loss_and_grads.__wrapped__(
-        r_graphdef, p, r_rest, batch, True))(r_params))
+    jaxpr = str(
+        jax.make_jaxpr(lambda p: _loss_and_grads.__wrapped__(r_graphdef, p, r_rest, batch, True))(
+            r_params
+        )
+    )
     assert "checkpoint" in jaxpr or "remat" in jaxpr
 
 
 def test_train_step_lowers_loss():
     cfg = dataclasses.replace(CFG, dropout=0.1, remat=True)
     model = _build(cfg)
-    config = ml_collections.ConfigDict(dict(
-        optim=dict(name="adamw", lr=1e-2, warmup_ratio=0.0, schedule="constant", groups=()),
-        train=dict(grad_accum=1, remat_policy="")))
+    config = ml_collections.ConfigDict(
+        dict(
+            optim=dict(name="adamw", lr=1e-2, warmup_ratio=0.0, schedule="constant", groups=()),
+            train=dict(grad_accum=1, remat_policy=""),
+        )
+    )
     _, parts = step_lib.split_model(model, ())
     tx, schedule = optim.make_optimizer(config.optim, 100, parts["trainable"])
     graphdef, state = step_lib.init_train_state(model, (), tx)
@@ -152,8 +170,15 @@ def test_attention_dropout_train_only():
 
 
 def test_dropout_from_hf_config():
-    hf = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "attention_dropout": 0.1}
+    hf = {
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "attention_dropout": 0.1,
+    }
     assert DecoderConfig.from_hf_config(hf).dropout == 0.1
     assert DecoderConfig.from_hf_config({**hf, "attention_dropout": 0.0}).dropout == 0.0
     with pytest.raises(ValueError, match="dropout"):

@@ -1,4 +1,5 @@
 """radjax.models.mpnet and radjax.convert.mpnet: transformers parity, loading, dispatch."""
+
 import functools
 import json
 import string
@@ -13,24 +14,51 @@ import radjax  # noqa: F401  (eager sharding off)
 from radjax import sharding
 from radjax.convert import bert as convert_bert
 from radjax.convert import mpnet as convert
+from radjax.convert.text_encoder import load_text_encoder
 from radjax.convert.torch_io import ConversionError, assign
-from radjax.models import knowledge
 from radjax.models.mpnet import MPNetConfig, MPNetModel, relative_position_buckets
+from radjax.papers.rp3d_diag import knowledge
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 # An MPNet WordPiece vocabulary (MPNet's special tokens at MPNet's ids: <s> 0, <pad> 1,
 # </s> 2) that spells any lower-case text from single letters.
-VOCAB = (["<s>", "<pad>", "</s>", "[UNK]"] + list(string.ascii_lowercase)
-         + ["##" + c for c in string.ascii_lowercase] + list(",.-()")
-         + ["pleural", "effusion", "fracture", "of", "the", "distal", "radius", "glio",
-            "##blastoma", "normal", "<mask>"])
-TINY_HF = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2,
-               num_attention_heads=4, intermediate_size=64, max_position_embeddings=40,
-               relative_attention_num_buckets=32, layer_norm_eps=1e-5)
-TEXTS = ["Pleural effusion", "Glioblastoma of the distal radius, Colles type", "Normal",
-         "Fracture of the distal radius with dorsal angulation of the distal fragment"]
+VOCAB = (
+    ["<s>", "<pad>", "</s>", "[UNK]"]
+    + list(string.ascii_lowercase)
+    + ["##" + c for c in string.ascii_lowercase]
+    + list(",.-()")
+    + [
+        "pleural",
+        "effusion",
+        "fracture",
+        "of",
+        "the",
+        "distal",
+        "radius",
+        "glio",
+        "##blastoma",
+        "normal",
+        "<mask>",
+    ]
+)
+TINY_HF = dict(
+    vocab_size=len(VOCAB),
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=40,
+    relative_attention_num_buckets=32,
+    layer_norm_eps=1e-5,
+)
+TEXTS = [
+    "Pleural effusion",
+    "Glioblastoma of the distal radius, Colles type",
+    "Normal",
+    "Fracture of the distal radius with dorsal angulation of the distal fragment",
+]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -78,8 +106,9 @@ def test_tiny_random_parity_with_transformers(tiny):
     model, reference = tiny
     ids, mask = _tiny_batch()
     with torch.no_grad():
-        want = reference(input_ids=torch.from_numpy(ids).long(),
-                         attention_mask=torch.from_numpy(mask).long())
+        want = reference(
+            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+        )
     hidden, pooled = _forward(*nnx.split(model), ids, mask)
     assert _rel(hidden, want.last_hidden_state.numpy()) < 1e-5
     assert _rel(pooled, want.pooler_output.numpy()) < 1e-5
@@ -87,7 +116,8 @@ def test_tiny_random_parity_with_transformers(tiny):
 
 def test_buckets_equal_transformers():
     want = transformers.models.mpnet.modeling_mpnet.MPNetEncoder.relative_position_bucket(
-        torch.arange(300)[None, :] - torch.arange(300)[:, None]).numpy()
+        torch.arange(300)[None, :] - torch.arange(300)[:, None]
+    ).numpy()
     np.testing.assert_array_equal(relative_position_buckets(300), want)
 
 
@@ -134,11 +164,13 @@ def test_prefixed_checkpoint_and_conversion_errors(tiny):
     got = convert.from_hf_mpnet(prefixed)
     assert got.keys() == values.keys()
     assert all(np.array_equal(got[k], values[k]) for k in values)
-    np.testing.assert_array_equal(values["layers/1/attention/query/kernel"],
-                                  sd["encoder.layer.1.attention.attn.q.weight"].T)
+    np.testing.assert_array_equal(
+        values["layers/1/attention/query/kernel"], sd["encoder.layer.1.attention.attn.q.weight"].T
+    )
     with pytest.raises(ConversionError, match="token_type_embeddings"):
-        convert.from_hf_mpnet(dict(sd, **{"embeddings.token_type_embeddings.weight":
-                                          np.zeros((2, 32), np.float32)}))
+        convert.from_hf_mpnet(
+            dict(sd, **{"embeddings.token_type_embeddings.weight": np.zeros((2, 32), np.float32)})
+        )
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +184,7 @@ def saved(tiny, tmp_path_factory):
 
 
 def test_directory_loads_and_mean_pools_like_sentence_transformers(tiny, saved):
-    model, tokenizer = convert_bert.load_text_encoder(saved)
+    model, tokenizer = load_text_encoder(saved)
     assert isinstance(model, MPNetModel) and tokenizer.pad_token_id == 1
     enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
     assert enc["attention_mask"].min() == 0  # the batch is padded
@@ -169,11 +201,14 @@ def test_directory_loads_and_mean_pools_like_sentence_transformers(tiny, saved):
 
 def test_load_text_encoder_errors_name_the_file(saved, tmp_path):
     with pytest.raises(FileNotFoundError, match="absent"):
-        convert_bert.load_text_encoder(tmp_path / "absent")
+        load_text_encoder(tmp_path / "absent")
     with pytest.raises(FileNotFoundError, match="config.json"):
-        convert_bert.load_text_encoder(tmp_path)
+        load_text_encoder(tmp_path)
     config = json.loads((saved / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(dict(config, model_type="roberta")))
-    with pytest.raises(ValueError, match=r"config\.json: model_type 'roberta' is not a "
-                                         r"supported text encoder"):
-        convert_bert.load_text_encoder(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"config\.json: model_type 'roberta' is not a "
+        r"supported text encoder",
+    ):
+        load_text_encoder(tmp_path)

@@ -1,4 +1,5 @@
 """radjax.models.resnet: shapes, presets, remat, sharded forward, jitted train step."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,8 +52,9 @@ def test_tiny_shapes(block, features):
     assert _shape(build, resnet.ResNet.features, 2, 64, 48, 3) == (2, 2, 2, features)
 
 
-@pytest.mark.parametrize("name, params", [("resnet18", 11_176_512), ("resnet34", 21_284_672),
-                                          ("resnet50", 23_508_032)])
+@pytest.mark.parametrize(
+    "name, params", [("resnet18", 11_176_512), ("resnet34", 21_284_672), ("resnet50", 23_508_032)]
+)
 def test_presets_match_torchvision_param_counts(name, params):
     """torchvision's counts (11,689,512 / 21,797,672 / 25,557,032) minus the 1000-way fc."""
     model = nnx.eval_shape(lambda: getattr(resnet, name)(rngs=nnx.Rngs(0)))
@@ -62,8 +64,9 @@ def test_presets_match_torchvision_param_counts(name, params):
 
 
 def test_logical_axes():
-    model = nnx.eval_shape(lambda: resnet.ResNet(block="bottleneck", layers=(1, 1, 1, 1), width=8,
-                                                 rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: resnet.ResNet(block="bottleneck", layers=(1, 1, 1, 1), width=8, rngs=nnx.Rngs(0))
+    )
     kernel_axes = model.layer2[0].conv2.kernel.get_metadata()["out_sharding"]
     assert kernel_axes == (None, None, "conv_in", "conv_out")
     assert model.layer2[0].downsample.bn.scale.get_metadata()["out_sharding"] == ("norm",)
@@ -71,8 +74,9 @@ def test_logical_axes():
 
 
 def test_bf16_compute_keeps_f32_params_and_norms():
-    build = lambda: resnet.ResNet(block="basic", layers=(1, 1, 1, 1), width=8,
-                                  dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    build = lambda: resnet.ResNet(
+        block="basic", layers=(1, 1, 1, 1), width=8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)
+    )
     params = jax.tree.leaves(nnx.state(nnx.eval_shape(build), nnx.Param))
     assert {p.dtype for p in params} == {jnp.dtype(jnp.float32)}
     jaxpr = jax.make_jaxpr(lambda x: build()(x))(jnp.zeros((1, 32, 32, 3)))
@@ -103,8 +107,9 @@ def test_resnet3d_wrong_depth_is_a_clear_error():
 
 
 def test_resnet_fuse_shapes():
-    build = lambda: resnet.ResNetFuse(layers=(1, 1, 1, 1), in_channels=16, width=8, vis_dim=32,
-                                      rngs=nnx.Rngs(0))
+    build = lambda: resnet.ResNetFuse(
+        layers=(1, 1, 1, 1), in_channels=16, width=8, vis_dim=32, rngs=nnx.Rngs(0)
+    )
     assert _shape(build, resnet.ResNetFuse.features, 2, 4, 4, 16) == (2, 2, 2, 32)
     assert _shape(build, resnet.ResNetFuse.__call__, 2, 4, 4, 16) == (2, 32)
     model = nnx.eval_shape(build)
@@ -135,8 +140,9 @@ def test_remat_matches_plain_in_train_mode():
 
 
 def test_sharded_forward_equals_unsharded():
-    model = _concrete(lambda: resnet.ResNet(block="basic", layers=(1, 1, 1, 1), width=8,
-                                            rngs=nnx.Rngs(0)))
+    model = _concrete(
+        lambda: resnet.ResNet(block="basic", layers=(1, 1, 1, 1), width=8, rngs=nnx.Rngs(0))
+    )
     model.eval()
     graphdef, state = nnx.split(model)
     x = _images(b=8, seed=1)

@@ -1,4 +1,5 @@
 """LoRA module surgery (radjax.nn.lora) on a tiny LLaMA decoder."""
+
 import re
 
 import jax
@@ -28,8 +29,9 @@ from radjax.train.step import (
     split_model,
 )
 
-CFG = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                    intermediate_size=48)
+CFG = DecoderConfig(
+    vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48
+)
 IDS = (jnp.arange(2 * 8).reshape(2, 8) * 7) % CFG.vocab_size
 
 
@@ -54,8 +56,9 @@ def forward(model, ids=IDS):
 
 
 def flat_params(model):
-    return {path_str(p): np.asarray(v[...])
-            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {
+        path_str(p): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 def randomize_b(model, seed=3):
@@ -71,8 +74,7 @@ def test_targets_select_exactly_q_and_v_and_outputs_unchanged():
     model = decoder()
     before = model(IDS)
     params_before = flat_params(model)
-    paths = apply_lora(model, rank=4, alpha=8, targets=LLAMA_QV,
-                       rngs=nnx.Rngs(params=1, dropout=2))
+    paths = apply_lora(model, rank=4, alpha=8, targets=LLAMA_QV, rngs=nnx.Rngs(params=1, dropout=2))
     assert paths == [f"layers/{i}/self_attn/{p}" for i in range(2) for p in ("q_proj", "v_proj")]
     for layer in model.layers:
         assert isinstance(layer.self_attn.q_proj, LoRALinear)
@@ -89,7 +91,8 @@ def test_targets_select_exactly_q_and_v_and_outputs_unchanged():
     for path, value in params_before.items():
         np.testing.assert_array_equal(after[path], value)
     assert sorted(set(after) - set(params_before)) == sorted(
-        f"{p}/{n}" for p in paths for n in ("lora_a", "lora_b"))
+        f"{p}/{n}" for p in paths for n in ("lora_a", "lora_b")
+    )
     # Init as peft: A ~ U(-1/sqrt(in), 1/sqrt(in)), B = 0; logical axes from the base kernel.
     q = model.layers[0].self_attn.q_proj
     a = np.asarray(q.lora_a[...])
@@ -116,8 +119,10 @@ def test_no_match_raises_clear_error():
 def test_lora_only_groups():
     groups = lora_only_groups((r"lm_head/.*", (r"norm/.*", 0.1)))
     assert groups[-1] == (r".*", None)
+
     def first(p):
         return next(m for rx, m in groups if re.fullmatch(rx, p))
+
     assert first("layers/0/self_attn/q_proj/lora_a") == 1.0
     assert first("layers/1/self_attn/v_proj/lora_b") == 1.0
     assert first("layers/0/self_attn/q_proj/kernel") is None
@@ -157,21 +162,34 @@ def _loss_fn(model, batch, config):
 def test_train_steps_update_only_lora_then_merge():
     model = decoder()
     base_before = flat_params(model)
-    apply_lora(model, rank=4, alpha=8, dropout=0.05, targets=LLAMA_QV,
-               rngs=nnx.Rngs(params=1, dropout=2))
+    apply_lora(
+        model, rank=4, alpha=8, dropout=0.05, targets=LLAMA_QV, rngs=nnx.Rngs(params=1, dropout=2)
+    )
     lora_before = {k: v for k, v in flat_params(model).items() if k not in base_before}
-    config = ml_collections.ConfigDict({
-        "train": {"grad_accum": 1, "remat_policy": ""},
-        "optim": {"name": "adamw", "lr": 1e-2, "schedule": "constant", "warmup_ratio": 0.0,
-                   "weight_decay": 0.0, "groups": lora_only_groups()}})
+    config = ml_collections.ConfigDict(
+        {
+            "train": {"grad_accum": 1, "remat_policy": ""},
+            "optim": {
+                "name": "adamw",
+                "lr": 1e-2,
+                "schedule": "constant",
+                "warmup_ratio": 0.0,
+                "weight_decay": 0.0,
+                "groups": lora_only_groups(),
+            },
+        }
+    )
     groups = config.optim.groups
     tx, schedule = make_optimizer(config.optim, 4, split_model(model, groups)[1]["trainable"])
     graphdef, state = init_train_state(model, groups, tx)
     trainable = {path_str(p) for p, _ in nnx.to_flat_state(state["trainable"])}
     assert trainable == set(lora_before)
     # Optimizer state exists only for the LoRA parameters.
-    opt_arrays = [(path_str(p), x) for p, x in jax.tree_util.tree_flatten_with_path(state["opt"])[0]
-                  if getattr(x, "ndim", 0) > 0]
+    opt_arrays = [
+        (path_str(p), x)
+        for p, x in jax.tree_util.tree_flatten_with_path(state["opt"])[0]
+        if getattr(x, "ndim", 0) > 0
+    ]
     assert len(opt_arrays) == 2 * len(trainable)  # adam mu and nu
     assert all(re.search(r"/lora_[ab](/value)?$", p) for p, _ in opt_arrays)
 
@@ -191,8 +209,9 @@ def test_train_steps_update_only_lora_then_merge():
 
     trained.eval()
     unmerged = np.asarray(trained(IDS))
-    np.testing.assert_raises(AssertionError, np.testing.assert_allclose,
-                             unmerged, np.asarray(decoder()(IDS)), rtol=1e-4)
+    np.testing.assert_raises(
+        AssertionError, np.testing.assert_allclose, unmerged, np.asarray(decoder()(IDS)), rtol=1e-4
+    )
     merged = merge_lora(trained)
     assert not any(isinstance(n, LoRALinear) for _, n in nnx.iter_graph(merged))
     assert type(merged.layers[0].self_attn.q_proj) is nnx.Linear
@@ -201,10 +220,14 @@ def test_train_steps_update_only_lora_then_merge():
     assert np.abs(out - unmerged).max() / np.abs(unmerged).max() < 1e-5
     # Merged kernels moved; untouched ones did not.
     merged_params = flat_params(merged)
-    assert not np.array_equal(merged_params["layers/0/self_attn/q_proj/kernel"],
-                              base_before["layers/0/self_attn/q_proj/kernel"])
-    np.testing.assert_array_equal(merged_params["layers/0/self_attn/k_proj/kernel"],
-                                  base_before["layers/0/self_attn/k_proj/kernel"])
+    assert not np.array_equal(
+        merged_params["layers/0/self_attn/q_proj/kernel"],
+        base_before["layers/0/self_attn/q_proj/kernel"],
+    )
+    np.testing.assert_array_equal(
+        merged_params["layers/0/self_attn/k_proj/kernel"],
+        base_before["layers/0/self_attn/k_proj/kernel"],
+    )
 
 
 def test_merge_matches_unmerged_all_linear():

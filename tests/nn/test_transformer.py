@@ -4,6 +4,7 @@
 (Annotated-Transformer style; attribute names as in the original, so its state dict has
 the original's keys) for parity here and for the checkpoint-import test.
 """
+
 import math
 
 import jax
@@ -13,9 +14,10 @@ import pytest
 from flax import nnx
 
 import radjax  # noqa: F401  (disables eager sharding)
-from radjax.convert.rp3d_diag import from_annotated_encoder
 from radjax.convert.torch_io import assign
-from radjax.nn import attention, norms, transformer
+from radjax.nn import attention, transformer
+from radjax.papers.rp3d_diag import encoder
+from radjax.papers.rp3d_diag.convert import from_annotated_encoder
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -39,8 +41,7 @@ class TorchMHA(nn.Module):
 
     def forward(self, x, mask):
         b = x.shape[0]
-        q, k, v = [lin(x).view(b, -1, self.h, self.d_k).transpose(1, 2)
-                   for lin in self.linears[:3]]
+        q, k, v = [lin(x).view(b, -1, self.h, self.d_k).transpose(1, 2) for lin in self.linears[:3]]
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)
         scores = scores.masked_fill(mask[:, None, None, :] == 0, -1e9)
         p = scores.softmax(-1)
@@ -117,7 +118,7 @@ def jit_call(module, *args):
 
 def test_std_layer_norm_matches_unbiased_torch_norm():
     x = np.random.default_rng(0).normal(size=(2, 3, 16)).astype(np.float32) * 3 + 1
-    ln = norms.StdLayerNorm(16)
+    ln = encoder.StdLayerNorm(16)
     want = TorchStdLayerNorm(16)(torch.tensor(x)).detach().numpy()
     np.testing.assert_allclose(ln(jnp.asarray(x)), want, rtol=1e-5, atol=1e-6)
     # not nnx.LayerNorm: biased variance with eps inside the root differs measurably
@@ -138,7 +139,7 @@ def test_annotated_encoder_matches_original(heads):
     d, d_ff, n, b, length = 16, 24, 2, 2, 5
     torch.manual_seed(0)
     ref = TorchAnnotatedEncoder(d, d_ff, heads, n).eval()
-    enc = transformer.annotated_encoder(d, heads=heads, mlp_dim=d_ff, layers=n, rngs=nnx.Rngs(0))
+    enc = encoder.annotated_encoder(d, heads=heads, mlp_dim=d_ff, layers=n, rngs=nnx.Rngs(0))
     assign(enc, from_annotated_encoder(torch_state(ref).__getitem__, "", n))
     r = np.random.default_rng(0)
     x = r.normal(size=(b, length, d)).astype(np.float32)
@@ -164,16 +165,23 @@ def test_torch_encoder_matches_nn_transformer_encoder():
         src, dst = f"layers.{i}.", f"layers/{i}/"
         wq, wk, wv = np.split(sd[src + "self_attn.in_proj_weight"], 3)
         bq, bk, bv = np.split(sd[src + "self_attn.in_proj_bias"], 3)
-        for name, w, bias in (("query", wq, bq), ("key", wk, bk), ("value", wv, bv),
-                              ("out", sd[src + "self_attn.out_proj.weight"],
-                               sd[src + "self_attn.out_proj.bias"])):
+        for name, w, bias in (
+            ("query", wq, bq),
+            ("key", wk, bk),
+            ("value", wv, bv),
+            ("out", sd[src + "self_attn.out_proj.weight"], sd[src + "self_attn.out_proj.bias"]),
+        ):
             values |= {f"{dst}attn/{name}/kernel": w.T, f"{dst}attn/{name}/bias": bias}
         for dst_name, src_name in (("mlp/fc1", "linear1"), ("mlp/fc2", "linear2")):
-            values |= {f"{dst}{dst_name}/kernel": sd[f"{src}{src_name}.weight"].T,
-                       f"{dst}{dst_name}/bias": sd[f"{src}{src_name}.bias"]}
+            values |= {
+                f"{dst}{dst_name}/kernel": sd[f"{src}{src_name}.weight"].T,
+                f"{dst}{dst_name}/bias": sd[f"{src}{src_name}.bias"],
+            }
         for k in (1, 2):
-            values |= {f"{dst}norm{k}/scale": sd[f"{src}norm{k}.weight"],
-                       f"{dst}norm{k}/bias": sd[f"{src}norm{k}.bias"]}
+            values |= {
+                f"{dst}norm{k}/scale": sd[f"{src}norm{k}.weight"],
+                f"{dst}norm{k}/bias": sd[f"{src}norm{k}.bias"],
+            }
     enc = transformer.torch_encoder(d, heads=heads, mlp_dim=d_ff, layers=n, rngs=nnx.Rngs(0))
     assign(enc, values)
     enc.eval()
@@ -189,8 +197,9 @@ def test_remat_encoder_has_same_gradients():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 8)), jnp.float32)
 
     def grads(remat):
-        enc = transformer.annotated_encoder(8, heads=2, mlp_dim=16, layers=2, remat=remat,
-                                            rngs=nnx.Rngs(0))
+        enc = encoder.annotated_encoder(
+            8, heads=2, mlp_dim=16, layers=2, remat=remat, rngs=nnx.Rngs(0)
+        )
         graphdef, state = nnx.split(enc)
         return jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(x)[0] ** 2))(state)
 

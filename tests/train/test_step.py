@@ -1,4 +1,5 @@
 """Train-step mechanics: freezing, per-group learning rates, accumulation, non-finite skips."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,7 +8,8 @@ import pytest
 from flax import nnx
 
 import radjax  # noqa: F401  (disables eager sharding)
-from radjax.train import optim, step as step_lib
+from radjax.train import optim
+from radjax.train import step as step_lib
 
 
 class _Net(nnx.Module):
@@ -22,14 +24,24 @@ class _Net(nnx.Module):
 
 def _loss(model, batch, config):
     err = model(batch["x"]) - batch["y"]
-    return jnp.mean(err ** 2), {"mae": jnp.mean(jnp.abs(err))}
+    return jnp.mean(err**2), {"mae": jnp.mean(jnp.abs(err))}
 
 
 def _config(groups=(), accum=1, lr=0.1, delay=()):
-    return ml_collections.ConfigDict(dict(
-        optim=dict(name="sgd", momentum=0.0, lr=lr, warmup_ratio=0.0, schedule="constant",
-                   groups=groups, delay=delay),
-        train=dict(grad_accum=accum, remat_policy="")))
+    return ml_collections.ConfigDict(
+        dict(
+            optim=dict(
+                name="sgd",
+                momentum=0.0,
+                lr=lr,
+                warmup_ratio=0.0,
+                schedule="constant",
+                groups=groups,
+                delay=delay,
+            ),
+            train=dict(grad_accum=accum, remat_policy=""),
+        )
+    )
 
 
 def _setup(config):
@@ -43,8 +55,10 @@ def _setup(config):
 
 def _batch(n=8, seed=0):
     r = np.random.default_rng(seed)
-    return dict(x=jnp.asarray(r.normal(size=(n, 4)), jnp.float32),
-                y=jnp.asarray(r.normal(size=(n,)), jnp.float32))
+    return dict(
+        x=jnp.asarray(r.normal(size=(n, 4)), jnp.float32),
+        y=jnp.asarray(r.normal(size=(n,)), jnp.float32),
+    )
 
 
 def test_frozen_group_has_no_grads_or_updates():
@@ -64,8 +78,10 @@ def test_group_multiplier_scales_learning_rate():
     b = _batch()
     new_base, _ = base_step(base, b)
     new_half, _ = half_step(half, b)
-    delta = lambda s, s0: np.asarray(s["trainable"]["head"]["kernel"][...]) - np.asarray(
-        s0["trainable"]["head"]["kernel"][...])
+    delta = lambda s, s0: (
+        np.asarray(s["trainable"]["head"]["kernel"][...])
+        - np.asarray(s0["trainable"]["head"]["kernel"][...])
+    )
     k0 = jax.tree.map(np.asarray, (base, half))
     np.testing.assert_allclose(delta(new_half, k0[1]), 0.5 * delta(new_base, k0[0]), rtol=1e-5)
 

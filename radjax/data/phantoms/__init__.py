@@ -5,6 +5,7 @@ RadFM task files with 2D PNGs and 3D ``.npy`` volumes) so that the real readers 
 ``radjax.data.formats`` are what tests, demos and tiny configs exercise. The phantoms are
 learnable: labels follow from what is drawn, and the text says what and where.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,11 @@ import ml_collections
 log = logging.getLogger(__name__)
 
 
-def ensure_phantoms(data_cfg: ml_collections.ConfigDict,
-                    write: Callable[[Path, ml_collections.ConfigDict], None], what: str) -> None:
+def ensure_phantoms(
+    data_cfg: ml_collections.ConfigDict,
+    write: Callable[[Path, ml_collections.ConfigDict], None],
+    what: str,
+) -> None:
     """Writes phantoms with ``write(directory, data.phantoms)`` when ``data.root`` is missing
     or empty.
 
@@ -36,14 +40,15 @@ def ensure_phantoms(data_cfg: ml_collections.ConfigDict,
         return
     phantoms = data_cfg.get("phantoms")
     if not phantoms or not phantoms.get("enabled", False):
-        raise FileNotFoundError(f"data.root {root} is empty and data.phantoms.enabled is off; "
-                                f"point data.root at {what}")
+        raise FileNotFoundError(
+            f"data.root {root} is empty and data.phantoms.enabled is off; point data.root at {what}"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     write(staging, phantoms)
     try:
         if root.is_dir():
-            root.rmdir()            # empty, else another process won: OSError below
+            root.rmdir()  # empty, else another process won: OSError below
         staging.rename(root)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,136 @@
+"""RadFM's evaluation (paper §4; the repository ships no metric code): per task, on decoded
+greedy answers.
+
+* Classification-like tasks (``modality``, ``diagnosis_open``, ``diagnosis_closed``):
+  accuracy of normalised exact match (``metrics.text.normalize_answer``) and macro F1 over
+  the reference answers' classes (scikit-learn).
+* Generation tasks (``vqa``, ``caption`` = report generation, ``rationale``): mean sentence
+  BLEU-1 and BLEU-4 (nltk, cumulative weights, no smoothing), corpus BLEU-4 (sacrebleu),
+  ROUGE-1/2/L F-measure (rouge-score), medical-entity precision / recall
+  (``radfm_entity_scores``: lexicon matching in place of scispaCy + UMLS) and, when asked,
+  BERTScore F1 (bert-score with the local MiniLM).
+
+``radfm_report`` also scores a baseline that answers every question of a task with that
+task's most frequent training answer, so a trained model can be compared with it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from radjax.metrics import text
+
+CLASSIFICATION = ("modality", "diagnosis_open", "diagnosis_closed")
+GENERATION = ("vqa", "caption", "rationale")
+SAMPLES_PER_TASK = 3
+
+
+def decode(tokens: np.ndarray, tokenizer, eos_token_id: int) -> list[str]:
+    """(N, T) generated ids -> N strings, each cut at its first EOS, specials skipped."""
+    out = []
+    for row in np.asarray(tokens):
+        ends = np.flatnonzero(row == eos_token_id)
+        row = row[: ends[0]] if len(ends) else row
+        out.append(tokenizer.decode(row.tolist(), skip_special_tokens=True).strip())
+    return out
+
+
+def decode_labels(labels: np.ndarray, tokenizer, eos_token_id: int) -> list[str]:
+    """(N, L) training labels (-100 = not answer) -> the N reference answers."""
+    out = []
+    for row in np.asarray(labels):
+        answer = row[(row >= 0) & (row != eos_token_id)]
+        out.append(tokenizer.decode(answer.tolist(), skip_special_tokens=True).strip())
+    return out
+
+
+def _classification(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    pred = [text.normalize_answer(p) for p in predictions]
+    ref = [text.normalize_answer(r) for r in references]
+    classes = sorted(set(ref))
+    return {
+        "accuracy": float(np.mean([p == r for p, r in zip(pred, ref)])),
+        "macro_f1": float(f1_score(ref, pred, labels=classes, average="macro", zero_division=0)),
+    }
+
+
+def _generation(
+    predictions: Sequence[str], references: Sequence[str], bertscore: bool
+) -> dict[str, float]:
+    bleu = [text.uni_med_bleu(p, r) for p, r in zip(predictions, references)]
+    rouge = [text.rouge(p, r) for p, r in zip(predictions, references)]
+    entities = [text.radfm_entity_scores(p, r) for p, r in zip(predictions, references)]
+    out = {
+        "bleu1": float(np.mean([b["bleu1"] for b in bleu])),
+        "bleu4": float(np.mean([b["bleu4"] for b in bleu])),
+        "corpus_bleu4": text.corpus_bleu(predictions, references),
+        **{
+            f"{k}_f": float(np.mean([r[k]["fmeasure"] for r in rouge]))
+            for k in ("rouge1", "rouge2", "rougeL")
+        },
+        "entity_precision": float(np.mean([e["precision"] for e in entities])),
+        "entity_recall": float(np.mean([e["recall"] for e in entities])),
+    }
+    if bertscore:
+        out["bertscore_f1"] = float(np.mean(text.bertscore(predictions, references)["f1"]))
+    return out
+
+
+def task_metrics(
+    task: str, predictions: Sequence[str], references: Sequence[str], *, bertscore: bool = False
+) -> dict[str, float]:
+    """The metrics of one task (see the module docstring)."""
+    if task in CLASSIFICATION:
+        return _classification(predictions, references)
+    if task in GENERATION:
+        return _generation(predictions, references, bertscore)
+    raise ValueError(f"RadFM task {task!r} is not one of {CLASSIFICATION + GENERATION}")
+
+
+def radfm_report(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    tasks: Sequence[str],
+    *,
+    baseline: Mapping[str, str] | None = None,
+    bertscore: bool = False,
+) -> dict[str, Any]:
+    """Metrics per task as ``"<task>/<metric>"`` (and ``"baseline/<task>/<metric>"`` for the
+    most-frequent-answer baseline), ``"<task>/count"``, and ``"samples/<task>"``: the first
+    few (prediction, reference) pairs."""
+    if not len(predictions) == len(references) == len(tasks):
+        raise ValueError(
+            f"{len(predictions)} predictions, {len(references)} references and {len(tasks)} tasks"
+        )
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, task in enumerate(tasks):
+        rows[task].append(i)
+    out: dict[str, Any] = {}
+    for task, idx in sorted(rows.items()):
+        preds, refs = [predictions[i] for i in idx], [references[i] for i in idx]
+        out[f"{task}/count"] = len(idx)
+        out.update(
+            {
+                f"{task}/{k}": v
+                for k, v in task_metrics(task, preds, refs, bertscore=bertscore).items()
+            }
+        )
+        if baseline and task in baseline:
+            constant = [baseline[task]] * len(idx)
+            out.update(
+                {
+                    f"baseline/{task}/{k}": v
+                    for k, v in task_metrics(task, constant, refs, bertscore=bertscore).items()
+                }
+            )
+        out[f"samples/{task}"] = [
+            {"prediction": p, "reference": r}
+            for p, r in zip(preds[:SAMPLES_PER_TASK], refs[:SAMPLES_PER_TASK])
+        ]
+    return out

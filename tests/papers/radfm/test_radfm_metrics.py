@@ -1,0 +1,51 @@
+"""radjax.papers.radfm.metrics: per-task metrics, the most-frequent-answer baseline, decoding."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from radjax.data.tokenizers import phantom_tokenizer
+from radjax.metrics import text
+from radjax.papers.radfm import metrics as radfm
+
+
+def test_report_scores_each_task_and_the_baseline():
+    preds = ["CT", "MRI", "x-ray", "Finding: a cyst in the left kidney.", "yes"]
+    refs = ["CT", "CT", "X-ray", "Finding: a renal cyst in the left kidney.", "no"]
+    tasks = ["modality", "modality", "modality", "caption", "diagnosis_closed"]
+    out = radfm.radfm_report(preds, refs, tasks, baseline={"modality": "CT", "caption": "x"})
+    assert out["modality/count"] == 3
+    assert out["modality/accuracy"] == pytest.approx(2 / 3)  # "x-ray" == "X-ray" normalised
+    want_f1 = f1_score(
+        ["ct", "ct", "x-ray"],
+        ["ct", "mri", "x-ray"],
+        labels=["ct", "x-ray"],
+        average="macro",
+        zero_division=0,
+    )
+    assert out["modality/macro_f1"] == pytest.approx(want_f1)
+    assert out["baseline/modality/accuracy"] == pytest.approx(2 / 3)
+    bleu = text.uni_med_bleu(preds[3], refs[3])
+    assert out["caption/bleu4"] == pytest.approx(bleu["bleu4"])
+    assert out["caption/entity_recall"] == pytest.approx(
+        text.radfm_entity_scores(preds[3], refs[3])["recall"]
+    )
+    assert out["baseline/caption/bleu1"] == 0.0
+    assert (
+        out["diagnosis_closed/accuracy"] == 0.0 and "baseline/diagnosis_closed/accuracy" not in out
+    )
+    assert out["samples/caption"] == [{"prediction": preds[3], "reference": refs[3]}]
+    with pytest.raises(ValueError, match="not one of"):
+        radfm.task_metrics("segmentation", ["a"], ["a"])
+    with pytest.raises(ValueError, match="2 predictions, 1 references"):
+        radfm.radfm_report(["a", "b"], ["a"], ["vqa", "vqa"])
+
+
+def test_decode_cuts_at_eos_and_labels_keep_only_the_answer():
+    tok = phantom_tokenizer()
+    ids = tok("left kidney", add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    generated = np.array([ids + [eos] + ids])
+    assert radfm.decode(generated, tok, eos) == ["left kidney"]
+    labels = np.array([[-100, -100] + ids + [eos, -100]])
+    assert radfm.decode_labels(labels, tok, eos) == ["left kidney"]
