@@ -19,7 +19,7 @@ file's size, in [0, 1] (3D: one min-max over the file, as the original; 2D: /dty
 grey -> 3 channels), plus the text arrays of ``radjax.papers.radfm.text.encode_sample``.
 ``radfm_batches`` groups them as RadFM's sampler and collator do (all-2D or all-3D batches).
 
-Prompts: radjax's own pools (``radjax/data/radfm_prompts.json``: original file stem -> that
+Prompts: radjax's own pools (``prompts.json`` beside this module: original file stem -> that
 file's content, e.g. ``{"yes_no_prompt": {"caption_prompt": [...]}}``). ``data.radfm_prompt_file``
 may name another JSON of that schema, or a directory holding the original ``*_prompt.json``.
 """
@@ -55,7 +55,7 @@ from radjax.papers.radfm.text import ImageTokenLayout, encode_sample, register_i
 
 log = logging.getLogger(__name__)
 
-PROMPTS_FILE = Path(__file__).parent.parent / "radfm_prompts.json"
+PROMPTS_FILE = Path(__file__).parent / "prompts.json"
 _CSV_FIELDS = {
     "modality": ("image_path", "answer"),
     "vqa": ("image_path", "question", "answer"),
