@@ -355,3 +355,89 @@ def load_note(before: float | None, after: float | None, threads: int) -> str | 
             else ""
         )
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# What a benchmark module declares, and the printing every report shares
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """An integer command-line option one benchmark adds (``--name``), passed to its report."""
+
+    name: str
+    default: int
+    help: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Reported:
+    """What a report returns: its printed ``tables`` by name, its measurements (``result``)
+    and the ceiling (GFLOP/s) it used for MFU, which the runner hands to the next report."""
+
+    tables: dict[str, str]
+    result: Any
+    ceiling: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A benchmark module's declaration (its module-level ``BENCHMARK``), found by
+    ``benchmarks.run``: ``--only name``; reports print in ``order``.
+
+    ``report(size_name, *, warmup, iters, ceiling, out, **options) -> Reported`` prints the
+    benchmark's lines and tables to ``out`` after the runner's shared header; ``ceiling`` is
+    the best matmul GFLOP/s measured so far (the header's 2048^2, then earlier reports')."""
+
+    name: str
+    order: int
+    sizes: tuple[str, ...]
+    report: Callable[..., Reported]
+    options: tuple[Option, ...] = ()
+
+
+def set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def printer(out) -> Callable[..., None]:
+    """``print`` to ``out``, flushed."""
+    return lambda *a: print(*a, file=out, flush=True)
+
+
+def print_ceilings(p, shapes: Sequence[tuple[int, int, int]], ceiling: float, iters: int) -> float:
+    """Measures and prints the matmul ceiling at ``shapes``; returns the best of them and
+    ``ceiling`` (the one used for MFU, printed too)."""
+    for m, k, n in shapes:
+        c = matmul_ceiling(m, k, n, iters=iters)
+        p(
+            f"matmul ceiling f32 {c.label}: {c.gflops:.1f} GFLOP/s "
+            f"(median {c.timing.median_ms:.2f} ms of {len(c.timing.times)})"
+        )
+        ceiling = max(ceiling, c.gflops)
+    p(f"ceiling used for MFU: {ceiling:.1f} GFLOP/s")
+    return ceiling
+
+
+def step_comparison(
+    p, results: dict[str, StepResult], flops: float, ceiling: float, label: str
+) -> str:
+    """Prints a torch-vs-radjax step table and its speed-ratio line; returns the table."""
+    table = format_table(*step_table(results, flops, ceiling))
+    p("")
+    p(table)
+    p("")
+    ratio = results["torch"].timing.median_ms / results["radjax"].timing.median_ms
+    p(f"{label} torch/radjax = {ratio:.2f} ({'radjax' if ratio > 1 else 'torch'} faster)")
+    return table
+
+
+def footer(p, name: str, t_start: float, load_before: float | None, threads: int) -> None:
+    """The closing lines of a report: wall time and the machine-load note."""
+    p(f"total {name} benchmark wall time {time.perf_counter() - t_start:.0f} s")
+    note = load_note(load_before, load_average(), threads)
+    if note:
+        p(note)

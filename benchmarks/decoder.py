@@ -32,6 +32,11 @@ Train step (causal LM cross-entropy over shifted labels, AdamW, no weight decay)
 
 Step FLOPs are XLA's cost analysis of the compiled radjax step (analytic fallback: 3 x the
 forward matmul FLOPs); the same number divides both times for GFLOP/s and MFU.
+
+Printed (``--only decoder``): the **generation** table -- ``total ms`` of one ``generate``
+call, ``prefill ms``, ``decode ms`` = total - prefill, ``tok/s``, ``decode tok/s`` and
+``radjax/torch`` = the tok/s ratio (**> 1 means radjax is faster**) -- then the **train step**
+table with the columns of the RP3D-Diag table (``benchmarks/rp3d_diag.py``).
 """
 
 from __future__ import annotations
@@ -471,3 +476,72 @@ def input_shapes(size: Size) -> Sequence[str]:
         f"train: input_ids int32 ({size.train_batch}, {size.train_len}), labels = "
         f"input_ids shifted by one",
     ]
+
+
+def report(
+    size_name: str,
+    *,
+    warmup: int,
+    iters: int,
+    ceiling: float,
+    out,
+    gen_iters: int = 1,
+    ceiling_iters: int = 10,
+) -> common.Reported:
+    """Prints the generation and train-step tables (``tables['generation']``,
+    ``tables['train']``); ``result`` is the Report. ``ceiling`` is combined with the
+    measurement at the decoder's typical matmul shape."""
+    t_start = time.perf_counter()
+    size = SIZES[size_name]
+    threads = common.cpu_threads()
+    p = common.printer(out)
+    p(
+        f"decoder: {size.describe()}; same weights on both sides (torch.manual_seed -> "
+        f"LlamaForCausalLM -> from_hf_llama)"
+    )
+    ceiling = common.print_ceilings(p, [typical_matmul(size)], ceiling, ceiling_iters)
+    for line in input_shapes(size):
+        p(line)
+    load_before = common.load_average()
+    result = run(size, warmup=warmup, iters=iters, gen_iters=gen_iters, threads=threads)
+    p(
+        f"greedy tokens identical: {result.tokens_equal}; generation timing: 1 warm-up + "
+        f"{gen_iters} timed call(s) each, interleaved, median"
+    )
+    gen_table = common.format_table(*generation_rows(result))
+    p("")
+    p(gen_table)
+    p("")
+    rj, th = result.generation["radjax"], result.generation["torch"]
+    p(
+        f"generation tokens/s ratio radjax/torch = {rj.tok_s / th.tok_s:.2f} (decode only "
+        f"{rj.decode_tok_s / th.decode_tok_s:.2f}, prefill "
+        f"{th.prefill.median_ms / rj.prefill.median_ms:.2f}x)"
+    )
+    weights_gb = decode_weight_bytes(size) / 1e9
+    per_step = lambda r: (r.total.median_s - r.prefill.median_s) / size.new_tokens  # noqa: E731
+    p(
+        f"decode is memory-bound: each step reads {weights_gb * 1e3:.0f} MB of weights, i.e. "
+        f"radjax {weights_gb / per_step(rj):.1f} GB/s, torch {weights_gb / per_step(th):.1f} "
+        f"GB/s; streaming-read ceiling {common.read_bandwidth():.1f} GB/s (jitted sum over "
+        f"256 MB)"
+    )
+    p(
+        f"train step FLOPs: {result.flops / 1e9:.2f} GFLOP ({result.flops_source}); analytic "
+        f"matmul count {result.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
+        f"{iters} timed steps each, interleaved, median"
+    )
+    train_table = common.step_comparison(
+        p, result.train, result.flops, ceiling, "train speed ratio"
+    )
+    common.footer(p, "decoder", t_start, load_before, threads)
+    return common.Reported({"generation": gen_table, "train": train_table}, result, ceiling)
+
+
+BENCHMARK = common.Benchmark(
+    name="decoder",
+    order=1,
+    sizes=tuple(SIZES),
+    report=report,
+    options=(common.Option("gen_iters", 1, "timed generate calls per side"),),
+)

@@ -321,3 +321,36 @@ def model_rows(size: Size, result: ModelResult, ceiling: float) -> tuple[list[st
             result.loss,
         ]
     ]
+
+
+def report(size_name: str, *, warmup: int, iters: int, ceiling: float, out) -> common.Reported:
+    """Prints the vision step table (``tables['vision']``) and the whole model's throughput
+    (``tables['model']``); ``result`` is the ModelResult."""
+    t_start = time.perf_counter()
+    size = SIZES[size_name]
+    threads = common.cpu_threads()
+    common.set_torch_threads(threads)
+    p = common.printer(out)
+    p(f"RadFM: {size.describe()}; matmul ceiling {ceiling:.1f} GFLOP/s")
+    load_before = common.load_average()
+    vision, flops, source = run_vision(size, warmup=warmup, iters=iters)
+    p(
+        f"vision train step (ViT + Perceiver + fc, mean-square loss, AdamW; same weights via "
+        f"convert.radfm): {flops / 1e9:.2f} GFLOP ({source}), {warmup} warm-up + {iters} timed, "
+        f"interleaved, median"
+    )
+    vision_table = common.step_comparison(p, vision, flops, ceiling, "vision speed ratio")
+    result = run_model(size, warmup=warmup, iters=iters)
+    p(
+        f"RadFM train step (entity-weighted fused LM loss, AdamW), radjax only: "
+        f"{result.flops / 1e9:.2f} GFLOP ({result.flops_source})"
+    )
+    model_table = common.format_table(*model_rows(size, result, ceiling))
+    p("")
+    p(model_table)
+    p("")
+    common.footer(p, "RadFM", t_start, load_before, threads)
+    return common.Reported({"vision": vision_table, "model": model_table}, result, ceiling)
+
+
+BENCHMARK = common.Benchmark(name="radfm", order=2, sizes=tuple(SIZES), report=report)

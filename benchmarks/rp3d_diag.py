@@ -23,6 +23,18 @@ Step FLOPs are XLA's count of the compiled radjax step (see ``benchmarks.common`
 analytic count (3 x forward multiply-adds x 2 of every conv and matmul) is printed next to it
 and used when XLA reports nothing. The same FLOPs divide both times, so the two MFU figures
 compare like with like.
+
+The printed table has one row per implementation (``--only rp3d``):
+
+``ms/step``       median wall time of the timed steps (after warm-up); ``min``/``max`` show
+                  the spread. The two sides are timed interleaved, step by step.
+``torch/radjax``  speed ratio torch_ms / radjax_ms: **> 1 means radjax is faster**.
+``GFLOP/s``       step FLOPs / median time (source and the analytic count printed above).
+``MFU``           model FLOP utilisation: GFLOP/s / matmul ceiling (the best of the runner's
+                  2048^2 and this model's FLOP-weighted median matmul shape).
+``params``        trainable parameters; asserted equal within 1 % before timing.
+``compile s``     radjax's ahead-of-time compile (not in ms/step). Torch is eager.
+``loss``          the last step's loss (a sanity check that both sides really trained).
 """
 
 from __future__ import annotations
@@ -330,12 +342,6 @@ class TorchStep:
 # ---------------------------------------------------------------------------------------------
 
 
-def set_torch_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def run(
     size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0, threads: int | None = None
 ) -> Report:
@@ -346,7 +352,7 @@ def run(
     of its ``iters`` steps after ``warmup`` untimed ones.
     """
     threads = threads or common.cpu_threads()
-    set_torch_threads(threads)
+    common.set_torch_threads(threads)
     config = make_config(size)
     batch = make_batch(size, seed)
 
@@ -383,3 +389,31 @@ def run(
 def input_shapes(size: Size) -> Sequence[str]:
     b = make_batch(size)
     return [f"{k}: {v.dtype} {tuple(v.shape)}" for k, v in b.items()]
+
+
+def report(
+    size_name: str, *, warmup: int, iters: int, ceiling: float, out, ceiling_iters: int = 10
+) -> common.Reported:
+    """Prints the shapes, FLOPs, the step table and its footer; ``result`` is the Report."""
+    t_start = time.perf_counter()
+    size = SIZES[size_name]
+    threads = common.cpu_threads()
+    p = common.printer(out)
+    p(f"RP3D-Diag: {size.describe()}")
+    ceiling = common.print_ceilings(p, [typical_matmul(size)], ceiling, ceiling_iters)
+    p("batch: " + "; ".join(input_shapes(size)))
+    load_before = common.load_average()
+    result = run(size, warmup=warmup, iters=iters, threads=threads)
+    p(
+        f"step FLOPs: {result.flops / 1e9:.2f} GFLOP ({result.flops_source}); analytic "
+        f"conv+matmul count {result.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
+        f"{iters} timed steps each, interleaved, median"
+    )
+    table = common.step_comparison(p, result.results, result.flops, ceiling, "speed ratio")
+    rj = result.results["radjax"]
+    p(f"radjax compile {rj.compile_s:.1f} s wall / {rj.compile_cpu_s:.1f} s CPU")
+    common.footer(p, "RP3D-Diag", t_start, load_before, threads)
+    return common.Reported({"step": table}, result, ceiling)
+
+
+BENCHMARK = common.Benchmark(name="rp3d", order=0, sizes=tuple(SIZES), report=report)

@@ -9,14 +9,15 @@ import io
 import math
 
 from benchmarks import decoder
-from benchmarks import run as bench_run
 
 
 def test_tiny_decoder_benchmark_runs_both_sides():
     out = io.StringIO()
-    gen_table, train_table, report, ceiling = bench_run.run_decoder(
-        "tiny", warmup=0, iters=1, ceiling_shapes=[(128, 128, 128)], ceiling_iters=2, out=out
+    reported = decoder.BENCHMARK.report(
+        "tiny", warmup=0, iters=1, ceiling=1.0, out=out, ceiling_iters=2
     )
+    gen_table, train_table = reported.tables["generation"], reported.tables["train"]
+    report, ceiling = reported.result, reported.ceiling
     size = decoder.SIZES["tiny"]
     assert (size.layers, size.hidden, size.vocab, size.new_tokens) == (2, 64, 256, 8)
     for table in (gen_table, train_table):

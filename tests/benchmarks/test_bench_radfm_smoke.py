@@ -5,14 +5,12 @@ import io
 import math
 
 from benchmarks import radfm
-from benchmarks import run as bench_run
 
 
 def test_tiny_radfm_benchmark_runs_both_sides():
     out = io.StringIO()
-    vision_table, model_table = bench_run.run_radfm(
-        "tiny", warmup=0, iters=1, ceiling=100.0, out=out
-    )
+    reported = radfm.BENCHMARK.report("tiny", warmup=0, iters=1, ceiling=100.0, out=out)
+    vision_table, model_table = reported.tables["vision"], reported.tables["model"]
     lines = vision_table.splitlines()
     assert sum(line.startswith("torch") for line in lines) == 1, vision_table
     assert sum(line.startswith("radjax") for line in lines) == 1, vision_table

@@ -1,4 +1,5 @@
-"""Smoke run of ``make bench`` at the tiny size: both sides build, train and report.
+"""Smoke run of the RP3D-Diag benchmark (``benchmarks/rp3d_diag.py``) at the tiny size: both
+sides build, train and report; and the runner finds every benchmark.
 
 No timing assertions (times depend on the machine); only that the table has both rows,
 the times are finite and positive, and the two networks have the same parameter count.
@@ -13,11 +14,19 @@ from benchmarks import common, rp3d_diag
 from benchmarks import run as bench_run
 
 
+def test_runner_discovers_every_benchmark_in_order():
+    found = bench_run.discover()
+    assert [b.name for b in found] == ["rp3d", "decoder", "radfm"]
+    assert all("tiny" in b.sizes and "bench" in b.sizes for b in found)
+    assert [o.name for b in found for o in b.options] == ["gen_iters"]
+
+
 def test_tiny_benchmark_runs_both_sides():
     out = io.StringIO()
-    table, report, ceiling = bench_run.run(
-        "tiny", warmup=0, iters=1, ceiling_shapes=[(128, 128, 128)], ceiling_iters=2, out=out
+    reported = rp3d_diag.BENCHMARK.report(
+        "tiny", warmup=0, iters=1, ceiling=1.0, out=out, ceiling_iters=2
     )
+    table, report, ceiling = reported.tables["step"], reported.result, reported.ceiling
     lines = table.splitlines()
     assert sum(line.startswith("torch (eager)") for line in lines) == 1, table
     assert sum(line.startswith("radjax") for line in lines) == 1, table
