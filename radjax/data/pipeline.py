@@ -64,16 +64,18 @@ class SkipCounter:
         return True
 
 
-class _Load(grain.transforms.RandomMap):
-    """Runs the format's ``load_example``; bad records become markers when skipping."""
+class Load(grain.transforms.RandomMap):
+    """Runs a format's ``load_example(record, data_cfg, rng | None)``; under
+    ``data.skip_bad_records`` a BadRecordError becomes a marker that ``SkipCounter.keep``
+    counts and drops."""
 
-    def __init__(self, fmt: ModuleType, data_cfg: ml_collections.ConfigDict, random: bool):
-        self._fmt, self._cfg, self._random = fmt, data_cfg, random
+    def __init__(self, load_example, data_cfg: ml_collections.ConfigDict, random: bool):
+        self._load, self._cfg, self._random = load_example, data_cfg, random
         self._skip = bool(data_cfg.get("skip_bad_records", False))
 
-    def random_map(self, record, rng: np.random.Generator):
+    def random_map(self, record, rng: np.random.Generator | None):
         try:
-            return self._fmt.load_example(record, self._cfg, rng if self._random else None)
+            return self._load(record, self._cfg, rng if self._random else None)
         except BadRecordError as e:
             if not self._skip:
                 raise
@@ -119,7 +121,7 @@ def train_dataset(
     ds = source.seed(seed).shuffle().repeat()
     ds = ds[process_index::process_count]
     it = (
-        ds.random_map(_Load(fmt, data_cfg, random=True))
+        ds.random_map(Load(fmt.load_example, data_cfg, random=True))
         .to_iter_dataset(_read_options(data_cfg))
         .filter(counter.keep)
         .batch(_host_batch(global_batch, process_count), drop_remainder=True)
@@ -149,7 +151,7 @@ def eval_batches(
     source = source[process_index::process_count]
     ds = (
         source.seed(0)
-        .random_map(_Load(fmt, data_cfg, random=False))
+        .random_map(Load(fmt.load_example, data_cfg, random=False))
         .to_iter_dataset(_read_options(data_cfg))
         .filter(counter.keep)
         .batch(host_batch, drop_remainder=False)

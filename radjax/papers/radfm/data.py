@@ -31,7 +31,6 @@ import csv
 import functools
 import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from radjax.data import batching
 from radjax.data.errors import BadRecordError
 from radjax.data.phantoms import ensure_phantoms
 from radjax.data.readers import (
@@ -51,7 +51,7 @@ from radjax.data.readers import (
 )
 from radjax.data.tokenizers import load_tokenizer, phantom_tokenizer
 from radjax.data.transforms import resize
-from radjax.papers.radfm.text import ImageTokenLayout, encode_sample, register_image_tokens
+from radjax.papers.radfm.text import IGNORE, ImageTokenLayout, encode_sample, register_image_tokens
 
 log = logging.getLogger(__name__)
 
@@ -701,94 +701,29 @@ def collate(
     return dict(images=images, image_mask=mask, **text)
 
 
-def _pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-    """Zero rows up to ``rows`` (labels -100, index -1); adds ``valid`` bool (rows,)."""
-    n = len(batch["index"])
-    fill = {"labels": -100, "index": -1}
-    out = {
-        k: np.concatenate([v, np.full((rows - n,) + v.shape[1:], fill.get(k, 0), v.dtype)])
-        for k, v in batch.items()
-    }
-    out["valid"] = np.arange(rows) < n
-    return out
-
-
 def batch_rows(data_cfg: ml_collections.ConfigDict, is_3d: bool) -> int:
     """B of a batch: ``data.batch_size_3d`` (1) or ``data.batch_size_2d`` (4)."""
     return int(data_cfg.get("batch_size_3d", 1) if is_3d else data_cfg.get("batch_size_2d", 4))
 
 
-def epoch_batches(
-    is_3d: np.ndarray, data_cfg, rng: np.random.Generator | None, process_count: int = 1
-) -> list[np.ndarray]:
-    """Record indices of one epoch's global batches, as ``batch_generation``: 2D and 3D
-    records chunked separately (``process_count`` x ``batch_size_2d`` 4 or ``batch_size_3d``
-    1; last chunks kept short); with ``rng`` both index lists and then the batch order are
-    shuffled."""
-    batches = []
-    for kind in (False, True):
-        size = batch_rows(data_cfg, kind) * process_count
-        idx = np.flatnonzero(is_3d == kind)
-        idx = rng.permutation(idx) if rng is not None else idx
-        batches += [idx[i : i + size] for i in range(0, len(idx), size)]
-    if rng is not None:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
+def _collate_global(
+    data_cfg: ml_collections.ConfigDict, examples: list[dict], records: list[dict], is_3d: bool
+) -> dict[str, np.ndarray]:
+    """``collate`` at the geometry of the whole global batch, read from its file headers."""
+    counts = [c for c in map(record_image_counts, records) if c is not None]
+    return collate(examples, data_cfg, batch_geometry(counts or [(1, 4)], is_3d, data_cfg))
 
 
-class _BatchPlan:
-    """Batch i of the stream -> global record indices (every process computes the same);
-    epoch e is shuffled with seed (seed, e)."""
-
-    def __init__(self, is_3d: np.ndarray, data_cfg, seed: int, shuffle: bool, process_count: int):
-        self._is_3d, self._cfg, self._seed, self._shuffle = is_3d, data_cfg, seed, shuffle
-        self._processes = process_count
-        self.per_epoch = len(epoch_batches(is_3d, data_cfg, None, process_count))
-        self._cached: tuple[int, list[np.ndarray]] = (-1, [])
-
-    def __call__(self, i: int) -> np.ndarray:
-        epoch, j = divmod(int(i), self.per_epoch)
-        if self._cached[0] != epoch:
-            rng = np.random.default_rng((self._seed, epoch)) if self._shuffle else None
-            self._cached = (epoch, epoch_batches(self._is_3d, self._cfg, rng, self._processes))
-        return self._cached[1][j]
-
-
-class _LoadBatch(grain.transforms.RandomMap):
-    """Global record indices -> this process's rows of the batch, padded to B rows.
-
-    The shapes come from the file headers of every row of the global batch, so all
-    processes agree on them; row r's random draws use the stream (batch seed, r), so the
-    global batch is the same however it is split. Bad records become invalid rows
-    (``skipped``).
-    """
-
-    def __init__(self, source: grain.MapDataset, data_cfg, train: bool, process_index: int):
-        self._source, self._cfg, self._train = source, data_cfg, train
-        self._process = process_index
-        self._skip = bool(data_cfg.get("skip_bad_records", False))
-
-    def random_map(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
-        records = [self._source[int(i)] for i in indices]
-        is_3d = bool(records[0]["is_3d"])
-        rows = batch_rows(self._cfg, is_3d)
-        counts = [c for c in map(record_image_counts, records) if c is not None]
-        geometry = batch_geometry(counts or [(1, 4)], is_3d, self._cfg)
-        seed = int(rng.integers(2**62))
-        examples, skipped = [], 0
-        for row in range(self._process * rows, min((self._process + 1) * rows, len(records))):
-            # a stream per global row: the batch does not depend on how processes split it
-            row_rng = np.random.default_rng((seed, row)) if self._train else None
-            try:
-                examples.append(load_example(records[row], self._cfg, row_rng))
-            except BadRecordError as err:
-                if not self._skip:
-                    raise
-                log.warning("skipping bad RadFM record: %s", err)
-                skipped += 1
-        batch = _pad_rows(collate(examples, self._cfg, geometry), rows)
-        batch["skipped"] = np.asarray(skipped, np.int32)
-        return batch
+def bucketing(data_cfg: ml_collections.ConfigDict) -> batching.Bucketing:
+    """RadFM's choices (``batch_generation`` of src/datasampler.py): 2D and 3D records in
+    separate batches of ``batch_rows`` rows; padded rows have labels -100 and index -1."""
+    return batching.Bucketing(
+        key=lambda record: bool(record["is_3d"]),
+        rows=functools.partial(batch_rows, data_cfg),
+        load_example=load_example,
+        collate=functools.partial(_collate_global, data_cfg),
+        fill={"labels": IGNORE, "index": -1},
+    )
 
 
 def radfm_batches(
@@ -800,37 +735,33 @@ def radfm_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> grain.IterDataset:
-    """This process's RadFM batches of ``source`` (``make_source``), as a checkpointable
-    grain IterDataset.
+    """This process's RadFM batches of ``source`` (``make_source``):
+    ``radjax.data.batching.bucketed_batches`` with RadFM's ``bucketing``.
 
     train: an endless stream of epochs; epoch e shuffles with ``(seed, e)`` and examples
-    draw prompts, branches and image positions from grain's per-batch seeded rng.
+    draw prompts, branches and image positions from per-row seeded rngs.
     eval (train=False): one pass, 2D batches then 3D batches in record order, deterministic
     examples; every record appears exactly once (``index``), short batches padded.
     With ``process_count`` P > 1 every process walks the same plan of global batches of
-    P x B rows and loads rows ``[process_index * B, (process_index + 1) * B)``; the batch
-    shapes come from the headers of all P x B files, so the processes agree on them.
+    P x B rows and loads its B rows; the batch shapes come from the headers of all P x B
+    files, so the processes agree on them.
 
     Each element: ``images`` f32 (B, S, D, H, W, 3), ``image_mask`` bool (B, S),
     ``input_ids``/``attention_mask``/``labels`` i32 (B, L), ``entity_mask`` bool (B, L),
     ``question_length``/``num_images``/``index``/``task`` i32 (B,), ``is_3d``/``valid`` bool
-    (B,),
-    ``skipped`` i32 () — with B = ``batch_size_2d`` or ``batch_size_3d``, L = ``max_length``.
-    Padded and skipped rows have ``valid`` False, labels -100, entity_mask False, index -1;
-    a batch may have no valid row (all its records skipped, or the tail of an eval pass on
-    a later process). Shapes vary between batches (kind, S, depth bucket, size), so a jitted
+    (B,), ``skipped`` i32 () — with B = ``batch_size_2d`` or ``batch_size_3d``, L =
+    ``max_length``. Padded and skipped rows have ``valid`` False, labels -100, entity_mask
+    False, index -1. Shapes vary between batches (kind, S, depth bucket, size), so a jitted
     step compiles once per shape.
     """
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
-    is_3d = np.array([r["is_3d"] for r in source], bool)
-    if not len(is_3d):
-        raise ValueError("RadFM source has no records")
-    plan = _BatchPlan(is_3d, data_cfg, seed, shuffle=train, process_count=process_count)
-    count = sys.maxsize if train else plan.per_epoch
-    batches = grain.MapDataset.range(count).map(plan).seed(seed)
-    return batches.random_map(_LoadBatch(source, data_cfg, train, process_index)).to_iter_dataset(
-        grain.ReadOptions(num_threads=int(data_cfg.get("num_threads", 2)), prefetch_buffer_size=2)
+    return batching.bucketed_batches(
+        source,
+        data_cfg,
+        bucketing(data_cfg),
+        seed=seed,
+        train=train,
+        process_index=process_index,
+        process_count=process_count,
     )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from radjax.data import batching
 from radjax.data.errors import BadRecordError
 from radjax.papers.radfm import data as radfm
 from radjax.papers.radfm.text import IGNORE
@@ -262,7 +263,8 @@ def test_eval_pass_sees_every_record_once(root):
 
 
 def per_epoch(source, cfg):
-    return len(radfm.epoch_batches(np.array([r["is_3d"] for r in source]), cfg, None))
+    keys = np.array([r["is_3d"] for r in source])
+    return len(batching.epoch_batches(keys, radfm.bucketing(cfg).rows, None))
 
 
 def test_train_stream_is_seeded_and_resumable(root):
