@@ -1,7 +1,8 @@
 """RadFM (Wu et al. 2023): 3D ViT + Perceiver resampler + LLaMA, images interleaved in text.
 
-The released ``MultiLLaMAForCausalLM`` (chaoyi-wu/RadFM) as one NNX module whose attributes
-mirror its state dict: ``vision`` (ViT -> Perceiver -> fc, ``radjax.papers.radfm.vision``),
+The released ``MultiLLaMAForCausalLM`` (chaoyi-wu/RadFM) as a configuration of the shared
+``radjax.models.vlm.VisionLanguageModel``, attributes mirroring its state dict: ``vision``
+(ViT -> Perceiver -> fc, ``radjax.papers.radfm.vision``; no separate projector),
 ``figure_token_weight`` (2, llm_dim) for ``<image>`` / ``</image>``, and ``lang_model`` (a
 ``radjax.models.llama.Decoder``).
 
@@ -9,11 +10,13 @@ Token ids (``radjax.papers.radfm.text.ImageTokenLayout``, V = the LLaMA vocabula
 < V; ``<image>`` = V, ``</image>`` = V + 1; ``<imageK>`` = V + 2 + K is the K-th resampled
 visual token of the sample (K = tokens_per_image * n + j for image n). The original builds
 one extended embedding table per sample and multiplies it with one-hot ids
-(B x L x (V + 2 + 32 S) floats); here each position gathers from the table it belongs to. The
-LM head keeps V outputs: image ids are never predicted (their labels are ignored).
+(B x L x (V + 2 + 32 S) floats); here ids >= V + 2 are the shared splice's indexed
+placeholders (``ImageTokens(first_indexed_id=V + 2)``) and V, V + 1 gather rows of
+``figure_token_weight``. The LM head keeps V outputs: image ids are never predicted (their
+labels are ignored).
 
-Loss (``loss_fn``): ``sum(w * CE) / sum(w)`` over next-token targets, w = the batch's
-answer-token weights: ``loss.entity_weight`` on the batch's ``entity_mask`` tokens (medical
+Loss (``loss_fn``, ``radjax.train.vlm_steps.lm_loss_fn``): ``sum(w * CE) / sum(w)`` over
+next-token targets, w = ``loss.entity_weight`` on the batch's ``entity_mask`` tokens (medical
 entities; 3.0 = the paper, 1.0 = the released code's plain cross-entropy), 1 on the other
 answer tokens, 0 on ignored labels; through the fused head loss.
 """
@@ -29,12 +32,12 @@ import numpy as np
 from flax import nnx
 
 from radjax.models.llama import Decoder, DecoderConfig
+from radjax.models.vlm import ImageTokens, VisionLanguageModel
 from radjax.papers.radfm.vision import RadFMVision, RadFMVisionConfig
-from radjax.sharding import shard_act
-from radjax.train import generation, lm_loss
+from radjax.train import vlm_steps
 
 
-class RadFM(nnx.Module):
+class RadFM(VisionLanguageModel):
     """Images (B, S, D, H, W, C) + token ids (B, L) -> next-token logits (B, L, V)."""
 
     def __init__(
@@ -45,44 +48,25 @@ class RadFM(nnx.Module):
                 f"RadFM: vision llm_dim {vision_cfg.llm_dim} != LLaMA hidden_size "
                 f"{decoder_cfg.hidden_size}"
             )
-        self.vision = RadFMVision(vision_cfg, rngs=rngs)
+        vision = RadFMVision(vision_cfg, rngs=rngs)  # drawn in the original order
         self.figure_token_weight = nnx.Param(
             jax.random.normal(rngs.params(), (2, decoder_cfg.hidden_size), jnp.float32),
             out_sharding=(None, "embed"),
         )
-        self.lang_model = Decoder(decoder_cfg, rngs=rngs)
-        self.text_vocab = decoder_cfg.vocab_size
-        self.tokens_per_image = vision_cfg.num_latents
+        super().__init__(
+            vision=vision,
+            projector=None,
+            lang_model=Decoder(decoder_cfg, rngs=rngs),
+            image_tokens=ImageTokens(first_indexed_id=decoder_cfg.vocab_size + 2),
+        )
 
-    def embed(self, input_ids: jax.Array, images: jax.Array) -> jax.Array:
-        """Token embeddings with the image blocks filled in.
-
-        Args:
-          input_ids: (B, L) int in [0, V + 2 + S * tokens_per_image).
-          images: (B, S, D, H, W, C) channels-last, S image slots per sample (zeros for
-            absent images; their tokens are never referenced).
-        Returns:
-          (B, L, llm_dim) in the decoder's compute dtype.
-        """
-        v = self.text_vocab
-        visual = self.vision(images)  # (B, S, T, llm_dim)
-        b, s, t, d = visual.shape
-        visual = visual.reshape(b, s * t, d).astype(self.lang_model.cfg.dtype)
+    def token_embeddings(self, input_ids: jax.Array) -> jax.Array:
+        """(B, L) ids -> (B, L, llm_dim): text rows for ids < V, ``figure_token_weight`` rows
+        for V, V + 1 (and, replaced by the splice, for the visual ids)."""
+        v = self.lang_model.cfg.vocab_size
         text = self.lang_model.embed(jnp.clip(input_ids, 0, v - 1))
         figure = jnp.take(self.figure_token_weight[...], jnp.clip(input_ids - v, 0, 1), axis=0)
-        index = jnp.clip(input_ids - v - 2, 0, s * t - 1)
-        image = jnp.take_along_axis(visual, index[..., None], axis=1)
-        ids = input_ids[..., None]
-        out = jnp.where(ids < v, text, jnp.where(ids < v + 2, figure.astype(text.dtype), image))
-        return shard_act(out, ("act_batch", "act_length", "act_embed"))
-
-    def __call__(
-        self, input_ids: jax.Array, images: jax.Array, attention_mask: jax.Array | None = None
-    ) -> jax.Array:
-        """(B, L) ids, (B, S, D, H, W, C) images, (B, L) mask -> (B, L, V) f32 logits."""
-        return self.lang_model(
-            inputs_embeds=self.embed(input_ids, images), attention_mask=attention_mask
-        )
+        return jnp.where(input_ids[..., None] < v, text, figure.astype(text.dtype))
 
 
 # ----------------------------------------------------------------------------- paper module
@@ -131,40 +115,19 @@ def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, np.ndarray
 def loss_fn(
     model: RadFM, batch: dict[str, jax.Array], config: ml_collections.ConfigDict
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted next-token cross-entropy (``radjax.train.lm_loss``) over the answer tokens.
+    """Entity-weighted next-token cross-entropy over the answer tokens
+    (``vlm_steps.lm_loss_fn``).
 
     batch: ``input_ids``/``attention_mask``/``labels`` (B, L) (labels -100 = ignored),
     ``entity_mask`` bool (B, L) aligned with labels, ``images`` (B, S, D, H, W, C).
     """
-    ids, labels = batch["input_ids"], batch["labels"]
-    embeds = model.embed(ids, batch["images"])
-    hidden = model.lang_model.hidden_states(
-        inputs_embeds=embeds, attention_mask=batch["attention_mask"]
-    )
-    entity_weight = float(config.get("loss", {}).get("entity_weight", 1.0))
-    weights = jnp.where(labels >= 0, jnp.where(batch["entity_mask"], entity_weight, 1.0), 0.0)
-    targets, weights = lm_loss.next_token_targets(jnp.maximum(labels, 0), weights)
-    d = hidden.shape[-1]
-    loss = lm_loss.fused_head_cross_entropy(
-        hidden.reshape(-1, d),
-        model.lang_model.head_kernel(),
-        targets.reshape(-1),
-        weights.reshape(-1),
+    # no image_mask: RadFM's indexed ids name their images, absent ones are never referenced
+    return vlm_steps.lm_loss_fn(
+        model,
+        {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "entity_mask", "images")},
+        entity_weight=float(config.get("loss", {}).get("entity_weight", 1.0)),
         num_chunks=int(config.model.get("loss_chunks", 1)),
     )
-    return loss, {"answer_tokens": jnp.sum(weights > 0).astype(jnp.float32)}
-
-
-def left_aligned_prompt(
-    input_ids: jax.Array, prompt_length: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """The first ``prompt_length[b]`` ids of each right-padded row, moved to the right end
-    (left padding, as generation wants): (B, L), (B,) -> ids (B, L), mask (B, L) bool."""
-    length = input_ids.shape[1]
-    source = jnp.arange(length)[None, :] - (length - prompt_length)[:, None]
-    mask = source >= 0
-    ids = jnp.take_along_axis(input_ids, jnp.maximum(source, 0), axis=1)
-    return jnp.where(mask, ids, 0), mask
 
 
 def predict_fn(
@@ -172,12 +135,11 @@ def predict_fn(
 ) -> dict[str, jax.Array]:
     """Greedy answers (as the released ``generate(max_new_tokens=200)``) to each row's
     question: ``generated`` (B, eval.max_new_tokens) ids, plus ``labels`` and ``task``."""
-    prompt, mask = left_aligned_prompt(batch["input_ids"], batch["question_length"])
-    embeds = model.embed(prompt, batch["images"])
-    tokens = generation.generate(
-        *nnx.split(model.lang_model),
-        inputs_embeds=embeds,
-        attention_mask=mask,
+    tokens = vlm_steps.generate_answers(
+        model,
+        batch["input_ids"],
+        batch["images"],
+        batch["question_length"],
         max_new_tokens=int(config.eval.max_new_tokens),
         eos_token_id=int(config.model.eos_token_id),
         pad_token_id=int(config.model.pad_token_id),

@@ -17,6 +17,7 @@ from radjax.models.llama import DecoderConfig
 from radjax.papers.radfm import convert as convert
 from radjax.papers.radfm import model as radfm
 from radjax.papers.radfm.vision import RadFMVisionConfig
+from radjax.train import vlm_steps
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -123,7 +124,7 @@ def test_loss_is_the_weighted_mean_over_answer_tokens(pair, entity_weight):
 
 def test_left_aligned_prompt_moves_each_question_to_the_right_end():
     ids = jnp.asarray([[1, 5, 6, 7, 9, 2], [1, 8, 9, 2, 0, 0]])
-    prompt, mask = radfm.left_aligned_prompt(ids, jnp.asarray([3, 2]))
+    prompt, mask = vlm_steps.left_aligned_prompt(ids, jnp.asarray([3, 2]))
     np.testing.assert_array_equal(np.asarray(prompt), [[0, 0, 0, 1, 5, 6], [0, 0, 0, 0, 1, 8]])
     np.testing.assert_array_equal(np.asarray(mask), [[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]])
 
