@@ -23,16 +23,20 @@ def names() -> tuple[str, ...]:
 
 
 def module(paper: str, part: str) -> ModuleType:
-    """``radjax.papers.<paper>.<part>``; a clear error for an unknown paper."""
+    """``radjax.papers.<paper>.<part>``; a clear error for an unknown paper or a part the
+    paper does not have (yet: a package may hold only its evaluation protocol)."""
     if paper not in names():
         raise ValueError(
             f"unknown paper {paper!r} (config field 'paper'); radjax.papers has {list(names())}"
         )
-    return importlib.import_module(f"{PACKAGE}.{paper}.{part}")
+    name = f"{PACKAGE}.{paper}.{part}"
+    if importlib.util.find_spec(name) is None:
+        raise ValueError(f"paper {paper!r} has no module {part!r} ({name})")
+    return importlib.import_module(name)
 
 
 def optional_module(paper: str, part: str) -> ModuleType | None:
     """``module(paper, part)``, or None when the paper has no such module."""
     if paper not in names() or importlib.util.find_spec(f"{PACKAGE}.{paper}.{part}") is None:
         return None
-    return module(paper, part)
+    return importlib.import_module(f"{PACKAGE}.{paper}.{part}")

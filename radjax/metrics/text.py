@@ -1,19 +1,12 @@
-"""Text-generation metrics, each named after the paper whose evaluation code it follows.
+"""Text-generation metrics: thin wrappers over the well-kept libraries, shared by papers.
 
 Libraries do the work where one exists (nltk BLEU/METEOR, rouge-score, sacrebleu, bert-score);
-only the paper-specific glue (tokenisation, normalisation, averaging) and the metrics no library
-has (AutoRG's unigram-set recall, LLaVA-Med/Uni-Med token F1 and VQA accuracy, RadFM-style
-medical-entity precision/recall) are written here.
+only glue (tokenisation, the VQA answer normalisation, averaging) and what no library has
+(token F1, substring VQA hits) are written here. A paper's evaluation protocol -- which of
+these, on which tokens, averaged how -- lives in its package (``radjax/papers/<paper>/
+metrics.py``); the medical-entity lexicon is ``radjax.metrics.entities``.
 
-| paper     | metric (function)                                                                      |
-|-----------|----------------------------------------------------------------------------------------|
-| M3D       | ``m3d_report_metrics``: BLEU-1 (13a tokens, no smoothing), ROUGE-1 F, METEOR, BERTScore F1 |
-| AutoRG    | ``autorg_report_metrics``: BLEU-1 (lower-cased whitespace tokens), unigram-set recall, BERTScore F1 |
-| LLaVA-Med | ``llava_med_vqa``: closed/open accuracy, token F1/precision/recall, exact match, BLEU    |
-| Uni-Med   | ``uni_med_vqa``: closed accuracy, cumulative BLEU-1..4, token F1; ``uni_med_report_metrics`` |
-| RadFM     | ``radfm_entity_scores`` (entity precision/recall), ``entity_token_weights`` (loss weights) |
-
-Offline deviations (no hub, no Java, no licensed UMLS) are listed in each docstring.
+Offline deviations (no hub, no Java) are listed in each docstring.
 """
 
 from __future__ import annotations
@@ -35,7 +28,7 @@ import numpy as np
 
 
 def whitespace_tokens(text: str, lower: bool = True) -> list[str]:
-    """``text.lower().split()``: the tokenisation of AutoRG, LLaVA-Med and Uni-Med."""
+    """``text.lower().split()`` (AutoRG-Brain's, LLaVA-Med's and Uni-Med's tokenisation)."""
     return (text.lower() if lower else text).split()
 
 
@@ -154,42 +147,9 @@ def sentence_bleu(
         )
 
 
-def autorg_bleu1(prediction: str, reference: str) -> float:
-    """AutoRG-Brain BLEU-1: nltk, weights (1,0,0,0), lower-cased whitespace tokens."""
-    return sentence_bleu(
-        whitespace_tokens(prediction), [whitespace_tokens(reference)], (1, 0, 0, 0)
-    )
-
-
-def m3d_bleu1(prediction: str, reference: str) -> float:
-    """M3D BLEU-1: HF ``evaluate`` ``bleu`` with ``max_order=1``, one sample at a time.
-
-    For one reference and order 1 that is exactly nltk BLEU-1 on 13a tokens (case kept):
-    clipped unigram precision times the brevity penalty exp(1 - r/c) when c < r.
-    """
-    return sentence_bleu(tokens_13a(prediction), [tokens_13a(reference)], (1, 0, 0, 0))
-
-
-def llava_med_bleu(prediction: str, reference: str, normalize: bool = True) -> dict[str, float]:
-    """LLaVA-Med VQA BLEU on normalised answers: nltk default (uniform 4-gram) and the
-    single-order variants ``weights=(1,0,0,0)``, ``(0,1,0,0)``, ``(0,0,1,0)``; no smoothing."""
-    if normalize:
-        prediction, reference = (
-            normalize_answer(prediction.lower()),
-            normalize_answer(reference.lower()),
-        )
-    hyp, ref = prediction.lower().split(), reference.lower().split()
-    return {
-        "bleu": sentence_bleu(hyp, [ref]),
-        "bleu_1": sentence_bleu(hyp, [ref], (1, 0, 0, 0)),
-        "bleu_2": sentence_bleu(hyp, [ref], (0, 1, 0, 0)),
-        "bleu_3": sentence_bleu(hyp, [ref], (0, 0, 1, 0)),
-    }
-
-
-def uni_med_bleu(prediction: str, reference: str) -> dict[str, float]:
-    """Uni-Med VQA BLEU-1..4: nltk cumulative weights (1), (1/2,1/2), (1/3,)*3, (1/4,)*4 on
-    normalised whitespace tokens; no smoothing."""
+def cumulative_bleu(prediction: str, reference: str) -> dict[str, float]:
+    """``bleu1``..``bleu4``: nltk cumulative weights (1), (1/2,1/2), (1/3,)*3, (1/4,)*4 on
+    ``normalize_answer``-ed whitespace tokens; no smoothing (Uni-Med's VQA BLEU, RadFM's)."""
     hyp, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
     return {f"bleu{n}": sentence_bleu(hyp, [ref], (1.0 / n,) * n) for n in (1, 2, 3, 4)}
 
@@ -198,7 +158,7 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str], **kwargs)
     """Corpus BLEU-4 from sacrebleu (13a tokens, exp smoothing by default), in [0, 1]."""
     import sacrebleu
 
-    _check_pairs(predictions, references)
+    check_pairs(predictions, references)
     return (
         float(sacrebleu.corpus_bleu(list(predictions), [list(references)], **kwargs).score) / 100.0
     )
@@ -228,15 +188,6 @@ def rouge(
         k: {"precision": v.precision, "recall": v.recall, "fmeasure": v.fmeasure}
         for k, v in scores.items()
     }
-
-
-def autorg_rouge1(prediction: str, reference: str) -> float:
-    """AutoRG-Brain "ROUGE-1": recall of the reference's unigram *set*,
-    |set(pred) ∩ set(ref)| / |set(ref)| on lower-cased whitespace tokens (0 for an empty ref)."""
-    ref = set(whitespace_tokens(reference))
-    if not ref:
-        return 0.0
-    return len(ref & set(whitespace_tokens(prediction))) / len(ref)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,7 +339,7 @@ def bertscore(
     empty (or blank) side scores 0, as bert-score sets it (its own empty-string path breaks
     on transformers 5 tokenizers, so those pairs are not passed to it).
     """
-    _check_pairs(predictions, references)
+    check_pairs(predictions, references)
     out = {k: np.zeros(len(predictions), np.float32) for k in ("precision", "recall", "f1")}
     scored = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
     if scored:
@@ -400,7 +351,7 @@ def bertscore(
 
 
 # --------------------------------------------------------------------------------------------
-# Token F1, exact match, VQA accuracy (LLaVA-Med / Uni-Med)
+# Token F1, VQA hits, averaging
 # --------------------------------------------------------------------------------------------
 
 
@@ -421,299 +372,19 @@ def token_f1(prediction: str, reference: str) -> tuple[float, float, float]:
     return 2 * precision * recall / (precision + recall), precision, recall
 
 
-def llava_med_exact_match(prediction: str, reference: str) -> float:
-    """LLaVA-Med ``calculate_exactmatch``: distinct reference words found in the prediction,
-    divided by the prediction's word count (not a true exact match; kept as published)."""
-    pred = Counter(whitespace_tokens(normalize_answer(prediction)))
-    ref = Counter(whitespace_tokens(normalize_answer(reference)))
-    total = sum(pred.values())
-    return sum(1 for w in ref if w in pred) / total if total else 0.0
-
-
 def vqa_hit(prediction: str, reference: str) -> float:
     """1.0 iff the normalised reference is a substring of the normalised prediction."""
     return float(normalize_answer(reference.lower()) in normalize_answer(prediction.lower()))
 
 
-def _mean(xs: Iterable[float]) -> float:
+def mean(xs: Iterable[float]) -> float:
+    """The mean of ``xs``; 0 for none (as the papers' evaluation scripts average)."""
     xs = list(xs)
     return float(np.mean(xs)) if xs else 0.0
 
 
-def llava_med_vqa(
-    predictions: Sequence[str], references: Sequence[str], answer_types: Sequence[str]
-) -> dict[str, float]:
-    """LLaVA-Med ``run_eval_batch.evaluate`` (after PR #35: every item counts).
-
-    ``answer_types`` are ``"OPEN"``/``"CLOSED"``. CLOSED: ``closed_acc`` (gt substring of pred)
-    and ``recall_closed``. OPEN: ``open_acc`` (substring hit), ``open_recall`` (the paper's
-    open metric), ``f1``, ``precision``, ``exact_match``, ``bleu``, ``bleu_1..3``. Fractions in
-    [0, 1]; an empty group gives 0 as the original does for accuracies.
-    """
-    _check_pairs(predictions, references)
-    if len(answer_types) != len(predictions):
-        raise ValueError(
-            f"answer_types has {len(answer_types)} items, predictions {len(predictions)}"
-        )
-    rows = {"open": [], "closed": []}
-    for p, g, t in zip(predictions, references, answer_types):
-        t = t.upper()
-        if t not in ("OPEN", "CLOSED"):
-            raise ValueError(f"answer_type must be OPEN or CLOSED, got {t!r}")
-        p, g = normalize_answer(p.lower()), normalize_answer(g.lower())
-        rows[t.lower()].append((p, g))
-    out = {"num_open": float(len(rows["open"])), "num_closed": float(len(rows["closed"]))}
-    op = rows["open"]
-    # as in the original, F1 and exact match normalise the already-normalised strings again
-    f1s = [token_f1(p, g) for p, g in op]
-    bleus = [llava_med_bleu(p, g, normalize=False) for p, g in op]
-    out.update(
-        open_acc=_mean(float(g in p) for p, g in op),
-        exact_match=_mean(llava_med_exact_match(p, g) for p, g in op),
-        f1=_mean(f[0] for f in f1s),
-        precision=_mean(f[1] for f in f1s),
-        open_recall=_mean(f[2] for f in f1s),
-        **{k: _mean(b[k] for b in bleus) for k in ("bleu", "bleu_1", "bleu_2", "bleu_3")},
-        closed_acc=_mean(float(g in p) for p, g in rows["closed"]),
-        recall_closed=_mean(token_f1(p, g)[2] for p, g in rows["closed"]),
-    )
-    return out
-
-
-def uni_med_vqa(
-    predictions: Sequence[str], references: Sequence[str], answer_types: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """Uni-Med ``eval_vqa.evaluate_open_and_closed``: per subset (open/closed/all) mean
-    BLEU-1..4 and token F1; closed accuracy (normalised gt substring of normalised pred).
-    Predictions are lower-cased and stripped first, as its generation loop does."""
-    _check_pairs(predictions, references)
-    items = [
-        (p.lower().strip(), g, t.upper()) for p, g, t in zip(predictions, references, answer_types)
-    ]
-
-    def block(sub):
-        bl = [uni_med_bleu(p, g) for p, g, _ in sub]
-        res = {k: _mean(b[k] for b in bl) for k in ("bleu1", "bleu2", "bleu3", "bleu4")}
-        res["f1"] = _mean(token_f1(p, g)[0] for p, g, _ in sub)
-        return res
-
-    closed = [x for x in items if x[2] == "CLOSED"]
-    out = {
-        "open": block([x for x in items if x[2] == "OPEN"]),
-        "closed": block(closed),
-        "all": block(items),
-    }
-    out["closed"]["acc"] = _mean(vqa_hit(p, g) for p, g, _ in closed)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Report-level bundles
-# --------------------------------------------------------------------------------------------
-
-
-def m3d_report_metrics(
-    predictions: Sequence[str],
-    references: Sequence[str],
-    *,
-    bertscore_model: str | None = None,
-    num_layers: int = 6,
-    with_meteor: bool = True,
-) -> dict[str, float]:
-    """M3D ``eval_caption.py``: per-sample BLEU-1, ROUGE-1 F (no stemmer), METEOR and
-    BERTScore F1, averaged. Deviation: BERTScore model is local (MiniLM by default)."""
-    _check_pairs(predictions, references)
-    out = {
-        "bleu1": _mean(m3d_bleu1(p, r) for p, r in zip(predictions, references)),
-        "rouge1": _mean(
-            rouge(p, r, ("rouge1",))["rouge1"]["fmeasure"] for p, r in zip(predictions, references)
-        ),
-        "bertscore_f1": float(
-            np.mean(bertscore(predictions, references, bertscore_model, num_layers)["f1"])
-        ),
-    }
-    if with_meteor:
-        out["meteor"] = _mean(meteor(p, r) for p, r in zip(predictions, references))
-    return out
-
-
-def autorg_report_metrics(
-    predictions: Sequence[str],
-    references: Sequence[str],
-    *,
-    bertscore_model: str | None = None,
-    num_layers: int = 6,
-) -> dict[str, float]:
-    """AutoRG-Brain ``llm_metric``: BLEU-1, unigram-set recall ("ROUGE-1"), BERTScore F1, averaged."""
-    _check_pairs(predictions, references)
-    return {
-        "bleu1": _mean(autorg_bleu1(p, r) for p, r in zip(predictions, references)),
-        "rouge1": _mean(autorg_rouge1(p, r) for p, r in zip(predictions, references)),
-        "bertscore_f1": float(
-            np.mean(bertscore(predictions, references, bertscore_model, num_layers)["f1"])
-        ),
-    }
-
-
-def uni_med_report_metrics(
-    predictions: Sequence[str], references: Sequence[str], with_meteor: bool = True
-) -> dict[str, float]:
-    """Uni-Med report metrics. Deviations (offline, no Java): corpus BLEU-4 from sacrebleu
-    instead of pycocoevalcap ``Bleu(4)``; nltk METEOR instead of the Java METEOR 1.5;
-    rouge-score instead of the ``rouge`` package for ROUGE-1/2/L F; token F1 as for VQA."""
-    _check_pairs(predictions, references)
-    rs = [rouge(p, r) for p, r in zip(predictions, references)]
-    out = {
-        "bleu4": corpus_bleu(predictions, references),
-        **{k: _mean(x[k]["fmeasure"] for x in rs) for k in ("rouge1", "rouge2", "rougeL")},
-        "f1": _mean(token_f1(p, r)[0] for p, r in zip(predictions, references)),
-    }
-    if with_meteor:
-        out["meteor"] = _mean(meteor(p, r) for p, r in zip(predictions, references))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Medical entities (RadFM's UMLS precision/recall and weighted loss, offline lexicon)
-# --------------------------------------------------------------------------------------------
-
-_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
-# ICD-10-CM heads that are not findings.
-_GENERIC_HEADS = frozenset(
-    """other unspecified certain personal family encounter history
-    status contact exposure underdosing poisoning adverse presence absence problems problem
-    observation screening follow-up""".split()
-)
-
-
-def _norm_token(tok: str) -> str:
-    """Lower-case singular-ish form: ``nodules``→``nodule``, ``opacities``→``opacity``."""
-    if len(tok) > 4 and tok.endswith("ies"):
-        return tok[:-3] + "y"
-    if len(tok) > 3 and tok.endswith("s") and not tok.endswith(("ss", "us", "is")):
-        return tok[:-1]
-    return tok
-
-
-def _word_spans(text: str) -> list[tuple[str, int, int]]:
-    return [(_norm_token(m.group()), m.start(), m.end()) for m in _WORD.finditer(text.lower())]
-
-
-def radiology_terms() -> list[str]:
-    """The radiology term list shipped with radjax (``radiology_terms.txt``)."""
-    lines = (Path(__file__).with_name("radiology_terms.txt")).read_text().splitlines()
-    return [ln.strip().lower() for ln in lines if ln.strip() and not ln.startswith("#")]
-
-
-@functools.lru_cache(maxsize=1)
-def icd10cm_terms(max_words: int = 4) -> tuple[str, ...]:
-    """Disease terms from ICD-10-CM descriptions (simple-icd-10-cm): the part before the first
-    comma, parentheses removed, 1..``max_words`` words, not starting with a generic word
-    (``Other``, ``Unspecified``, ``Encounter``, ...)."""
-    import simple_icd_10_cm as icd
-
-    terms = set()
-    for code in icd.get_all_codes(with_dots=False):
-        head = re.sub(r"\([^)]*\)", " ", icd.get_description(code)).split(",")[0]
-        words = _WORD.findall(head.lower())
-        if 1 <= len(words) <= max_words and words[0] not in _GENERIC_HEADS:
-            terms.add(" ".join(words))
-    return tuple(sorted(terms))
-
-
-class EntityMatcher:
-    """Greedy longest-match lexicon matcher over normalised word tokens.
-
-    ``EntityMatcher.default()`` uses ICD-10-CM descriptions + the radjax radiology term list.
-    """
-
-    def __init__(self, terms: Iterable[str]):
-        self._terms: set[tuple[str, ...]] = set()
-        for t in terms:
-            key = tuple(w for w, _, _ in _word_spans(t))
-            if key:
-                self._terms.add(key)
-        if not self._terms:
-            raise ValueError("EntityMatcher needs at least one non-empty term")
-        self._max_len = max(len(k) for k in self._terms)
-
-    @classmethod
-    @functools.lru_cache(maxsize=1)
-    def default(cls) -> "EntityMatcher":
-        return cls(list(icd10cm_terms()) + radiology_terms())
-
-    def __len__(self) -> int:
-        return len(self._terms)
-
-    def spans(self, text: str) -> list[tuple[int, int, str]]:
-        """Non-overlapping ``(char_start, char_end, normalised_entity)``, left to right,
-        longest match first."""
-        words = _word_spans(text)
-        out, i = [], 0
-        while i < len(words):
-            for n in range(min(self._max_len, len(words) - i), 0, -1):
-                key = tuple(w for w, _, _ in words[i : i + n])
-                if key in self._terms:
-                    out.append((words[i][1], words[i + n - 1][2], " ".join(key)))
-                    i += n
-                    break
-            else:
-                i += 1
-        return out
-
-    def entities(self, text: str) -> set[str]:
-        return {e for _, _, e in self.spans(text)}
-
-
-def radfm_entity_scores(
-    prediction: str, reference: str, matcher: EntityMatcher | None = None
-) -> dict[str, float]:
-    """RadFM-style UMLS precision/recall with an offline lexicon: entity *sets* of prediction
-    and reference; precision = |P∩R|/|P|, recall = |P∩R|/|R|, f1 their harmonic mean
-    (0 when the denominator set is empty). RadFM used scispaCy + the UMLS linker instead."""
-    m = matcher or EntityMatcher.default()
-    p, r = m.entities(prediction), m.entities(reference)
-    both = len(p & r)
-    prec = both / len(p) if p else 0.0
-    rec = both / len(r) if r else 0.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    return {"precision": prec, "recall": rec, "f1": f1}
-
-
-def entity_token_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]]) -> np.ndarray:
-    """bool (N,): tokens whose character span overlaps an entity span (zero-width tokens such
-    as specials never do). ``offsets``: (N, 2) char offsets."""
-    offsets = np.asarray(offsets).reshape(-1, 2)
-    mask = np.zeros(len(offsets), bool)
-    for s, e, _ in spans:
-        mask |= (offsets[:, 0] < e) & (offsets[:, 1] > s) & (offsets[:, 1] > offsets[:, 0])
-    return mask
-
-
-def token_weights_from_offsets(
-    offsets: np.ndarray, spans: Sequence[tuple[int, int, str]], entity_weight: float = 3.0
-) -> np.ndarray:
-    """f32 (N,) per-token weights: ``entity_weight`` on ``entity_token_mask``, 1 elsewhere."""
-    return np.where(entity_token_mask(offsets, spans), entity_weight, 1.0).astype(np.float32)
-
-
-def entity_token_weights(
-    text: str,
-    tokenizer,
-    matcher: EntityMatcher | None = None,
-    entity_weight: float = 3.0,
-    add_special_tokens: bool = False,
-):
-    """RadFM's paper loss weights for one answer: token ids and weights (3 on medical-entity
-    tokens, 1 elsewhere). ``tokenizer`` must be a fast HF tokenizer (offset mapping)."""
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
-    spans = (matcher or EntityMatcher.default()).spans(text)
-    return np.asarray(enc["input_ids"]), token_weights_from_offsets(
-        np.asarray(enc["offset_mapping"]), spans, entity_weight
-    )
-
-
-def _check_pairs(predictions, references):
+def check_pairs(predictions, references):
+    """Raises unless predictions and references are equally long, non-empty string lists."""
     if isinstance(predictions, str) or isinstance(references, str):
         raise TypeError("predictions and references must be sequences of strings, not a string")
     if len(predictions) != len(references):

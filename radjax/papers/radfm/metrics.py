@@ -7,8 +7,8 @@ greedy answers.
 * Generation tasks (``vqa``, ``caption`` = report generation, ``rationale``): mean sentence
   BLEU-1 and BLEU-4 (nltk, cumulative weights, no smoothing), corpus BLEU-4 (sacrebleu),
   ROUGE-1/2/L F-measure (rouge-score), medical-entity precision / recall
-  (``radfm_entity_scores``: lexicon matching in place of scispaCy + UMLS) and, when asked,
-  BERTScore F1 (bert-score with the local MiniLM).
+  (``radfm_entity_scores``: ``radjax.metrics.entities`` lexicon matching in place of
+  scispaCy + UMLS) and, when asked, BERTScore F1 (bert-score with the local MiniLM).
 
 ``radfm_report`` also scores a baseline that answers every question of a task with that
 task's most frequent training answer, so a trained model can be compared with it.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from radjax.metrics import text
+from radjax.metrics import entities, text
 
 CLASSIFICATION = ("modality", "diagnosis_open", "diagnosis_closed")
 GENERATION = ("vqa", "caption", "rationale")
@@ -48,6 +48,21 @@ def decode_labels(labels: np.ndarray, tokenizer, eos_token_id: int) -> list[str]
     return out
 
 
+def radfm_entity_scores(
+    prediction: str, reference: str, matcher: entities.EntityMatcher | None = None
+) -> dict[str, float]:
+    """RadFM-style UMLS precision/recall with an offline lexicon: entity *sets* of prediction
+    and reference; precision = |P∩R|/|P|, recall = |P∩R|/|R|, f1 their harmonic mean
+    (0 when the denominator set is empty). RadFM used scispaCy + the UMLS linker instead."""
+    m = matcher or entities.EntityMatcher.default()
+    p, r = m.entities(prediction), m.entities(reference)
+    both = len(p & r)
+    prec = both / len(p) if p else 0.0
+    rec = both / len(r) if r else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return {"precision": prec, "recall": rec, "f1": f1}
+
+
 def _classification(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
@@ -63,9 +78,9 @@ def _classification(predictions: Sequence[str], references: Sequence[str]) -> di
 def _generation(
     predictions: Sequence[str], references: Sequence[str], bertscore: bool
 ) -> dict[str, float]:
-    bleu = [text.uni_med_bleu(p, r) for p, r in zip(predictions, references)]
+    bleu = [text.cumulative_bleu(p, r) for p, r in zip(predictions, references)]
     rouge = [text.rouge(p, r) for p, r in zip(predictions, references)]
-    entities = [text.radfm_entity_scores(p, r) for p, r in zip(predictions, references)]
+    entities = [radfm_entity_scores(p, r) for p, r in zip(predictions, references)]
     out = {
         "bleu1": float(np.mean([b["bleu1"] for b in bleu])),
         "bleu4": float(np.mean([b["bleu4"] for b in bleu])),

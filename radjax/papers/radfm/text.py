@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from radjax.data.tokenizers import add_special_tokens
-from radjax.metrics.text import EntityMatcher, entity_token_mask
+from radjax.metrics.entities import EntityMatcher, entity_token_mask
 
 IMAGE_START = "<image>"
 IMAGE_END = "</image>"

@@ -246,7 +246,7 @@ def test_reports_vary_with_the_image(root):
 
 def test_phantom_tokenizer_covers_reports_compactly_and_entities_are_found(root):
     from radjax.data.tokenizers import phantom_tokenizer
-    from radjax.metrics.text import EntityMatcher, radiology_terms
+    from radjax.metrics.entities import EntityMatcher, radiology_terms
 
     tok, matcher = phantom_tokenizer(), EntityMatcher(radiology_terms())  # ICD-10 part is slow
     for c in _json(root, "caption_train.json"):

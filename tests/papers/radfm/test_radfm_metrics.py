@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from radjax.data.tokenizers import phantom_tokenizer
-from radjax.metrics import text
+from radjax.metrics import entities, text
 from radjax.papers.radfm import metrics as radfm
 
 
@@ -25,10 +25,10 @@ def test_report_scores_each_task_and_the_baseline():
     )
     assert out["modality/macro_f1"] == pytest.approx(want_f1)
     assert out["baseline/modality/accuracy"] == pytest.approx(2 / 3)
-    bleu = text.uni_med_bleu(preds[3], refs[3])
+    bleu = text.cumulative_bleu(preds[3], refs[3])
     assert out["caption/bleu4"] == pytest.approx(bleu["bleu4"])
     assert out["caption/entity_recall"] == pytest.approx(
-        text.radfm_entity_scores(preds[3], refs[3])["recall"]
+        radfm.radfm_entity_scores(preds[3], refs[3])["recall"]
     )
     assert out["baseline/caption/bleu1"] == 0.0
     assert (
@@ -49,3 +49,17 @@ def test_decode_cuts_at_eos_and_labels_keep_only_the_answer():
     assert radfm.decode(generated, tok, eos) == ["left kidney"]
     labels = np.array([[-100, -100] + ids + [eos, -100]])
     assert radfm.decode_labels(labels, tok, eos) == ["left kidney"]
+
+
+def test_entity_scores_compare_entity_sets():
+    m = entities.EntityMatcher(["pleural effusion", "effusion", "pneumothorax"])
+    sc = radfm.radfm_entity_scores(
+        "Pleural effusion and pneumothorax.", "Effusion, pleural effusion.", m
+    )
+    # pred {pleural effusion, pneumothorax}; ref {effusion, pleural effusion}
+    assert sc == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    assert radfm.radfm_entity_scores("normal", "normal", m) == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+    }

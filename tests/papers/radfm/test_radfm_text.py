@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from radjax.data.tokenizers import phantom_tokenizer
-from radjax.metrics.text import EntityMatcher
+from radjax.metrics.entities import EntityMatcher
 from radjax.papers.radfm.text import (
     IGNORE,
     ImageTokenLayout,
