@@ -19,12 +19,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from radjax.data.prompt_answer import IGNORE, pack, tokenize_prompt_answer
 from radjax.data.tokenizers import add_special_tokens
 from radjax.metrics.entities import EntityMatcher, entity_token_mask
 
 IMAGE_START = "<image>"
 IMAGE_END = "</image>"
-IGNORE = -100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,8 +226,10 @@ def encode_sample(
     """One RadFM training sequence, right-padded to ``max_length`` (L).
 
     ``positions[n]``: character position of image n in ``question`` (see ``insert_images``).
-    ``tokenizer``: a fast tokenizer from ``register_image_tokens``. The text is ``question + ' ' + answer``
-    (bullets ``•`` removed from the answer, as the original), tokenised with BOS, then EOS.
+    ``tokenizer``: a fast tokenizer from ``register_image_tokens``. The text is ``question +
+    ' ' + answer`` (bullets ``•`` removed from the answer, as the original), tokenised with
+    BOS, then EOS, and packed by ``radjax.data.prompt_answer``; the prompt masked out is the
+    original's: as many tokens as the question (with its image blocks) tokenises to alone.
 
     Returns:
       input_ids i32 (L,), pad id after the EOS.
@@ -246,29 +248,25 @@ def encode_sample(
             question, positions, layout, faithful_position_quirk=faithful_position_quirk
         )
         answer = answer.replace("•", "")
-        text = prompt + " " + answer
-        encoded = tokenizer(text, return_offsets_mapping=True)
-        ids = np.asarray(encoded["input_ids"] + [tokenizer.eos_token_id], np.int32)
-        if len(ids) > max_length:
-            raise ValueError(f"{len(ids)} tokens (with EOS) exceed max_length={max_length}")
-        check_image_tokens(ids, len(positions), layout)
+        pair = tokenize_prompt_answer(prompt, answer, tokenizer)
+        # the original masks as many tokens as the prompt alone tokenises to (BOS included)
+        question_length = len(tokenizer(prompt)["input_ids"])
+        packed = pack(pair.ids, question_length, max_length, tokenizer.pad_token_id)
+        check_image_tokens(pair.ids, len(positions), layout)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from err
-    question_length = len(tokenizer(prompt)["input_ids"])
-    entities = np.zeros(max_length, bool)
-    entities[: len(ids) - 1] = entity_token_mask(
-        encoded["offset_mapping"], _entity_spans(answer, len(prompt) + 1, matcher)
-    )
-    input_ids = np.full(max_length, tokenizer.pad_token_id, np.int32)
-    input_ids[: len(ids)] = ids
-    labels = input_ids.copy()
+    labels = packed["labels"]
+    # as the original: pad-id and image-id (>= V) labels are ignored wherever they appear
     labels[(labels == tokenizer.pad_token_id) | (labels >= layout.text_vocab_size)] = IGNORE
-    labels[:question_length] = IGNORE
+    entities = np.zeros(max_length, bool)
+    entities[: len(pair.ids)] = entity_token_mask(
+        pair.offsets, _entity_spans(answer, len(prompt) + 1, matcher)
+    )
     entities[labels == IGNORE] = False
     return dict(
-        input_ids=input_ids,
-        attention_mask=(np.arange(max_length) < len(ids)).astype(np.int32),
+        input_ids=packed["input_ids"],
+        attention_mask=packed["attention_mask"],
         labels=labels,
         entity_mask=entities,
-        question_length=np.asarray(question_length, np.int32),
+        question_length=packed["prompt_length"],
     )
