@@ -18,6 +18,13 @@ through the trainer's freezing mechanism (frozen parameters get no gradients and
 state). ``merge_lora(model)`` folds ``(alpha / rank) * A @ B`` into the base kernels and puts
 plain ``nnx.Linear`` modules back (same outputs, same parameter paths as before LoRA).
 
+Scanned layers: a Linear whose kernel is stacked (num_layers, in, out) (``DecoderConfig(
+scan_layers=True)``) gets adapters stacked on the same leading axis (``lora_a`` (L, in, r),
+``lora_b`` (L, r, out), logical axis ``layers`` first), one per layer; ``lax.scan`` slices
+them with the kernel, and ``merge_lora`` folds ``A[l] @ B[l]`` into ``W[l]`` layer by layer.
+Copying ``lora_a[l]`` / ``lora_b[l]`` into layer ``l`` of the unscanned model gives the same
+outputs. Dropout > 0 is refused there (see LoRALinear).
+
 Only modules invoked through ``__call__`` see the adapter: a Linear whose kernel is read
 directly (e.g. ``Decoder.lm_head``, used as ``lm_head.kernel`` in an einsum) would silently
 ignore it, so do not target such modules. A Linear referenced from two places in the graph
@@ -64,8 +71,15 @@ class LoRALinear(nnx.Module):
     logical axes (kernel's input axis, None) and ``lora_b`` (rank, out) with (None, kernel's
     output axis). The LoRA branch runs in the base's compute dtype.
 
+    A stacked kernel (*stacked, in, out), e.g. (num_layers, in, out) of a scanned decoder
+    (``DecoderConfig(scan_layers=True)``), gets stacked adapters ``lora_a`` (*stacked, in,
+    rank) and ``lora_b`` (*stacked, rank, out) with the kernel's leading logical axes
+    (``layers``): one independent adapter per layer, sliced by ``lax.scan`` together with
+    the kernel, so ``__call__`` inside the scan body sees 2-D weights. Dropout is refused on
+    stacked kernels (the scan body cannot carry per-layer RNG updates out).
+
     Args:
-      base: the ``nnx.Linear`` to adapt (2-D kernel).
+      base: the ``nnx.Linear`` to adapt (kernel (in, out) or stacked (*stacked, in, out)).
       rank: r > 0. alpha: scale numerator (scaling = alpha / rank). dropout: rate on the LoRA
         branch's input (0 = none; otherwise ``rngs`` needs a ``dropout`` or ``default`` stream).
       rngs: ``rngs.params()`` initialises ``lora_a``.
@@ -87,15 +101,26 @@ class LoRALinear(nnx.Module):
         self.rank = int(rank)
         self.alpha = float(alpha)
         self.scaling = self.alpha / self.rank
-        din, dout = base.kernel.shape
-        axes = base.kernel.get_metadata().get("out_sharding") or (None, None)
+        *lead, din, dout = base.kernel.shape
+        self.stacked = tuple(int(n) for n in lead)
+        if self.stacked and dropout:
+            raise ValueError(
+                f"LoRALinear: dropout on a stacked (scanned) kernel {base.kernel.shape} is not "
+                "supported (lax.scan drops the per-layer RNG updates, so every step would "
+                "reuse one mask); use dropout=0 or unscanned layers"
+            )
+        axes = base.kernel.get_metadata().get("out_sharding") or (None,) * base.kernel.ndim
+        lead_axes, (in_axis, out_axis) = tuple(axes[:-2]), tuple(axes[-2:])
         bound = 1.0 / (din**0.5)
         self.lora_a = nnx.Param(
-            jax.random.uniform(rngs.params(), (din, self.rank), self.param_dtype, -bound, bound),
-            out_sharding=(axes[0], None),
+            jax.random.uniform(
+                rngs.params(), (*lead, din, self.rank), self.param_dtype, -bound, bound
+            ),
+            out_sharding=(*lead_axes, in_axis, None),
         )
         self.lora_b = nnx.Param(
-            jnp.zeros((self.rank, dout), self.param_dtype), out_sharding=(None, axes[1])
+            jnp.zeros((*lead, self.rank, dout), self.param_dtype),
+            out_sharding=(*lead_axes, None, out_axis),
         )
         self.lora_dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
 
@@ -115,7 +140,8 @@ class LoRALinear(nnx.Module):
         return y
 
     def delta(self) -> jax.Array:
-        """The kernel update (alpha / rank) * A @ B, (in, out) in the parameter dtype."""
+        """The kernel update (alpha / rank) * A @ B, (*stacked, in, out) in the parameter
+        dtype (one product per layer of a stacked kernel)."""
         return (self.scaling * (self.lora_a[...] @ self.lora_b[...])).astype(self.kernel.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:

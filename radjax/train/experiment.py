@@ -4,6 +4,12 @@ A paper plugs in through two modules of its package ``radjax.papers.<config.pape
 WORKSPACE.md, CONTRACT): ``model`` and ``data``. Papers are found by name, never imported by
 shared code. The model module may also define ``pretrained_params(config) -> {'/'-joined param path:
 array}``: a fresh run (no checkpoint in the workdir) starts from those weights.
+
+Stages (``radjax.train.stages``, documented there): ``config.model.lora`` is applied to the
+paper's model right after ``build_model`` (so the abstract state, shardings, optimizer and
+checkpoints all include the adapters) and, with ``freeze_base``, extends ``optim.groups`` so
+only the adapters (and what the groups name) train; ``config.init_from`` fills a fresh state
+with an earlier stage's parameters after ``pretrained_params`` (``Experiment.init``).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import optax
 from flax import nnx
 
 from radjax import registry, sharding
-from radjax.train import optim
+from radjax.train import optim, stages
 from radjax.train import step as step_lib
 
 
@@ -64,10 +70,13 @@ class Experiment:
         return sharding.with_shardings(self.abstract_state, self.state_shardings)
 
 
-def with_pretrained(state: dict, values: Mapping[str, np.ndarray]) -> dict:
+def with_pretrained(
+    state: dict, values: Mapping[str, np.ndarray], parts: tuple[str, ...] = ("trainable", "frozen")
+) -> dict:
     """``state`` with the parameters at ``values``' paths (trainable or frozen, '/'-joined
     NNX paths as the converters write them) replaced, each cast to the parameter's dtype and
-    laid out with its sharding (every process reads only its own shards).
+    laid out with its sharding (every process reads only its own shards). ``parts``: the
+    train-state parts searched (``("rest",)`` for BatchNorm statistics).
 
     Raises:
       ValueError: naming paths that are no parameter and shapes that differ.
@@ -87,7 +96,7 @@ def with_pretrained(state: dict, values: Mapping[str, np.ndarray]) -> dict:
         return jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda i: value[i])
 
     out = dict(state)
-    for part in ("trainable", "frozen"):
+    for part in parts:
         out[part] = jax.tree_util.tree_map_with_path(place, state[part])
     if remaining or wrong:
         raise ValueError(
@@ -98,19 +107,15 @@ def with_pretrained(state: dict, values: Mapping[str, np.ndarray]) -> dict:
     return out
 
 
-def _groups(config) -> tuple:
-    return tuple(tuple(g) for g in config.optim.get("groups", ()))
-
-
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
     """Abstract init → shardings → jitted init / train / predict steps (not yet compiled)."""
     paper = paper_module(config)
     mesh = mesh or sharding.make_mesh(dict(config.mesh))
-    groups = _groups(config)
+    groups = stages.optim_groups(config)
     total_steps = int(config.train.steps)
 
     def make_model():
-        return paper.build_model(config, rngs=nnx.Rngs(config.seed))
+        return stages.apply_lora(paper.build_model(config, rngs=nnx.Rngs(config.seed)), config)
 
     abstract_model = nnx.eval_shape(make_model)
     _, parts = step_lib.split_model(abstract_model, groups)
@@ -129,7 +134,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     def init_state() -> dict:
         state = random_init()
         values = paper.pretrained_params(config) if hasattr(paper, "pretrained_params") else {}
-        return with_pretrained(state, values) if values else state
+        state = with_pretrained(state, values) if values else state
+        return stages.apply_init_from(config, state)
 
     return Experiment(
         config=config,

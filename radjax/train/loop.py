@@ -4,6 +4,14 @@ Workdir layout (DESIGN.md): ``config.json`` (resolved config), ``metrics.jsonl``
 object a line: ``step`` plus ``<split>/<name>`` keys), ``eval/<step>.json``, ``checkpoints/``.
 Re-running the same command resumes from the newest readable checkpoint (state, data iterator,
 RNG streams and the skipped-record count) and ends exactly where an uninterrupted run would.
+
+Evaluations (``radjax.train.stages.eval_specs``): by default one, every ``train.eval_every``
+steps and at the last step, on ``train.eval_split``: keys ``eval/<metric>`` in metrics.jsonl and
+bare metric names in ``eval/<step>.json``. With ``config.evals.<name>`` (``split``, ``every``,
+``data`` / ``eval`` overrides, ``batch_size``) each named evaluation writes
+``<name>/<metric>`` keys to both (``eval/<step>.json`` holds every evaluation of that step).
+A fresh run starts from ``config.init_from`` when set (``radjax.train.stages``); a resumed run
+ignores it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from jax.experimental import multihost_utils
 from radjax.checkpoint import Checkpointer
 from radjax.data import pipeline
 from radjax.train import experiment as experiment_lib
+from radjax.train import stages
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +80,17 @@ def _format_eta(seconds: float) -> str:
     )
 
 
-def run_eval(exp: experiment_lib.Experiment, fmt, state: dict, split: str) -> dict[str, float]:
-    """Predicts a whole split and scores it with the paper's ``evaluate``."""
-    config = exp.config
+def run_eval(
+    exp: experiment_lib.Experiment,
+    fmt,
+    state: dict,
+    split: str,
+    config: ml_collections.ConfigDict | None = None,
+) -> dict[str, float]:
+    """Predicts a whole split and scores it with the paper's ``evaluate``; ``config``
+    (default the experiment's) is what the pipeline and ``evaluate`` read (a named
+    evaluation's data / eval overrides, ``radjax.train.stages.eval_specs``)."""
+    config = exp.config if config is None else config
     batches, counter = pipeline.eval_batches(
         fmt, config.data, split, batch_size=int(config.eval.batch_size)
     )
@@ -93,6 +110,34 @@ def run_eval(exp: experiment_lib.Experiment, fmt, state: dict, split: str) -> di
     metrics["num_examples"] = len(next(iter(outputs.values())))
     metrics["skipped_records"] = counter.count
     return metrics
+
+
+def _save_named_evals(
+    workdir: str, step: int, results: list[tuple[stages.EvalSpec, dict]], log_: MetricsLog
+) -> None:
+    """Writes named evaluations as ``"<name>/<metric>"`` keys (and ``"<name>/split"``) into
+    ``eval/<step>.json`` and one metrics.jsonl row; the single default evaluation named
+    ``eval`` keeps today's layout (``eval/<step>.json`` with bare metric names)."""
+    if len(results) == 1 and results[0][0].name == "eval":
+        spec, metrics = results[0]
+        _save_eval(workdir, step, spec.split, metrics, log_)
+        return
+    flat: dict[str, Any] = {}
+    for spec, metrics in results:
+        flat[f"{spec.name}/split"] = spec.split
+        flat.update({f"{spec.name}/{k}": v for k, v in metrics.items()})
+    if jax.process_index() == 0:
+        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+        with open(os.path.join(workdir, "eval", f"{step}.json"), "w") as f:
+            json.dump(
+                {
+                    "step": step,
+                    **{k: v if isinstance(v, str) else _jsonable(v) for k, v in flat.items()},
+                },
+                f,
+                indent=2,
+            )
+    log_.write(step, {k: v for k, v in flat.items() if not k.endswith("/split")})
 
 
 def _save_eval(workdir: str, step: int, split: str, metrics: dict, log_: MetricsLog) -> None:
@@ -137,7 +182,10 @@ def train_and_evaluate(
             log.info("resumed from step %d", start)
 
         log_every, ckpt_every = int(config.train.log_every), int(config.checkpoint.every)
-        eval_every = int(config.train.get("eval_every", 0))
+        evals = stages.eval_specs(config)
+        for spec in evals:
+            if spec.config is not config:  # a named evaluation reading other data files
+                fmt.ensure_data(spec.config.data)
         last_time, last_step = time.time(), start
         for step in range(start + 1, total + 1):
             batch = pipeline.to_global(next(data_iter), exp.mesh)
@@ -160,11 +208,16 @@ def train_and_evaluate(
                 )
             if step % ckpt_every == 0 or step == total:
                 ckpt.save(step, state, data_iter, meta=dict(skipped_records=skips.count))
-            if eval_every and (step % eval_every == 0 or step == total):
-                split = config.train.get("eval_split", "test")
-                result = run_eval(exp, fmt, state, split)
-                _save_eval(workdir, step, split, result, metrics_log)
-                log.info("eval at step %d on %s: %s", step, split, _summary(result))
+            results = []
+            for spec in evals:
+                if stages.due(spec, step, total):
+                    result = run_eval(exp, fmt, state, spec.split, spec.config)
+                    results.append((spec, result))
+                    log.info(
+                        "%s at step %d on %s: %s", spec.name, step, spec.split, _summary(result)
+                    )
+            if results:
+                _save_named_evals(workdir, step, results, metrics_log)
     ckpt.close()
     return state
 
