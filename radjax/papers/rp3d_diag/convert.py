@@ -111,14 +111,22 @@ def from_released(
       config: the run config; ``model.arch`` must be 'released', and ``model.fusion``,
         ``model.ke.enabled`` and the layer counts must match the checkpoint.
     """
+    trunk = _prefixed("trunk", from_torchvision(sd, _TRUNK))
+    return trunk | from_released_without_trunk(sd, config)
+
+
+def from_released_without_trunk(
+    sd: Mapping[str, np.ndarray], config: ml_collections.ConfigDict
+) -> dict[str, np.ndarray]:
+    """``from_released`` less the ``resnet2D.*`` trunk (ignored when present): slice
+    attention, scan fusion and head. Golden files of the original carry no trunk."""
     m = config.model
     if m.arch != "released":
         raise ConversionError(
             f"from_released converts the released RadNet; model.arch is {m.arch!r}"
         )
     read = _Reader(sd)
-    out = _prefixed("trunk", from_torchvision(sd, _TRUNK))
-    out |= _prefixed(
+    out = _prefixed(
         "slice_attn",
         {
             "cls_token": _cls(read, "attention1D.cls_token"),

@@ -1,13 +1,28 @@
-"""RP3D-Diag's transformer encoder (``src/Train/Model/transformer_encoder``, the Annotated
-Transformer) and its LayerNorm.
+"""RP3D-Diag's transformer encoder (``src/Train/Model/transformer_encoder``) and its LayerNorm.
+
+The original is the Annotated Transformer's encoder with one change that matters: **self-
+attention reads the un-normalised input**. Its layer computes ``attn(x, x, x, mask)`` first
+and hands the result to the first residual sublayer through ``lambda _: attn_output``, so that
+sublayer's norm is evaluated and thrown away (its parameters stay in the checkpoint and get
+no gradient). The feed-forward sublayer is pre-norm and a final norm follows the stack::
+
+    x = x + Attn(x)                 # norm1 kept, never used
+    x = x + MLP(norm2(x))           # MLP: Linear -> ReLU -> Linear
+    y = norm(x)                     # after the last layer
+
+Dropout sits on the attention probabilities, after the ReLU and on both residual branches
+(RP3D builds every encoder with rate 0). Masked scores are -1e9 before the softmax.
 
 ``StdLayerNorm`` (``transformer_encoder/layer_norm.py``)::
 
     y = a * (x - mean) / (std + eps) + b,   std unbiased (N - 1), eps = 1e-6 added to std
 
 It differs from ``nnx.LayerNorm`` (biased variance, eps inside the square root), so released
-RP3D weights only reproduce their outputs with it. The original's ``a`` (``a_2``) is ``scale``,
-``b`` (``b_2``) is ``bias``.
+RP3D weights only reproduce their outputs with it. The original's ``a`` is ``scale``, ``b``
+is ``bias``.
+
+Parameter paths (``convert.from_annotated_encoder``): ``layers/<i>/{attn/{query,key,value,
+out}, mlp/{fc1,fc2}, norm1, norm2}``, ``norm``.
 """
 
 from __future__ import annotations
@@ -16,7 +31,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from radjax.nn.transformer import Encoder
+from radjax.nn.attention import MultiHeadAttention
+from radjax.nn.remat import checkpointed
+from radjax.nn.transformer import Mlp
+from radjax.sharding import shard_act
 
 
 class StdLayerNorm(nnx.Module):
@@ -36,6 +54,94 @@ class StdLayerNorm(nnx.Module):
         return y.astype(x.dtype)
 
 
+class RP3DEncoderLayer(nnx.Module):
+    """``x + Attn(x)`` then ``x + MLP(norm2(x))``: (B, L, dim) -> (B, L, dim).
+
+    ``norm1`` holds the original's ``sublayer.0.norm`` and is never applied.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        init = nnx.initializers.xavier_uniform()
+        self.attn = MultiHeadAttention(
+            dim, heads=heads, dropout=dropout, kernel_init=init, dtype=dtype, rngs=rngs
+        )
+        self.mlp = Mlp(
+            dim,
+            mlp_dim,
+            activation=jax.nn.relu,
+            dropout=dropout,
+            kernel_init=init,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.norm1 = StdLayerNorm(dim)
+        self.norm2 = StdLayerNorm(dim)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
+
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x (B, L, dim); mask boolean broadcastable to (B, H, L, L), True = attend.
+
+        Returns (x, attention probs (B, H, L, L) f32, raw masked scores (B, H, L, L) f32).
+        """
+        h, probs, scores = self.attn(x, mask=mask)
+        x = x + self.dropout(h)
+        x = x + self.dropout(self.mlp(self.norm2(x)))
+        return x, probs, scores
+
+
+class RP3DEncoder(nnx.Module):
+    """``TransformerEncoder(d_model, d_ff, n_heads, n_layers)``: layers then ``norm``.
+
+    (B, L, dim), mask -> (B, L, dim), per-layer probs, per-layer raw scores (each
+    (B, H, L, L) f32). The original returns only the last layer's; ``[-1]`` is that.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        heads: int,
+        mlp_dim: int,
+        layers: int,
+        dropout: float = 0.0,
+        dtype=None,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.layers = nnx.List(
+            [
+                RP3DEncoderLayer(
+                    dim, heads=heads, mlp_dim=mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs
+                )
+                for _ in range(layers)
+            ]
+        )
+        self.norm = StdLayerNorm(dim)
+        self.remat = remat
+
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None
+    ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        all_probs, all_scores = [], []
+        for layer in self.layers:
+            x, probs, scores = checkpointed(layer, x, mask) if self.remat else layer(x, mask)
+            x = shard_act(x, ("act_batch", "act_length", "act_embed"))
+            all_probs.append(probs)
+            all_scores.append(scores)
+        return self.norm(x), tuple(all_probs), tuple(all_scores)
+
+
 def annotated_encoder(
     dim: int,
     *,
@@ -46,20 +152,15 @@ def annotated_encoder(
     dtype=None,
     remat: bool = False,
     rngs: nnx.Rngs,
-) -> Encoder:
-    """RP3D-Diag's pre-norm encoder (``TransformerEncoder(d_model, d_ff, n_heads, n_layers)``)."""
-    return Encoder(
+) -> RP3DEncoder:
+    """RP3D-Diag's encoder (``TransformerEncoder(d_model, d_ff, n_heads, n_layers)``)."""
+    return RP3DEncoder(
         dim,
-        layers=layers,
-        final_norm=StdLayerNorm,
-        remat=remat,
-        rngs=rngs,
         heads=heads,
         mlp_dim=mlp_dim,
-        norm_first=True,
-        norm=StdLayerNorm,
-        activation=jax.nn.relu,
+        layers=layers,
         dropout=dropout,
-        kernel_init=nnx.initializers.xavier_uniform(),
         dtype=dtype,
+        remat=remat,
+        rngs=rngs,
     )
