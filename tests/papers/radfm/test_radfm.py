@@ -129,6 +129,29 @@ def test_left_aligned_prompt_moves_each_question_to_the_right_end():
     np.testing.assert_array_equal(np.asarray(mask), [[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]])
 
 
+def test_predict_fn_is_greedy_from_each_question_with_its_images(pair):
+    _, _, model = pair
+    ids, _, images = _sample(2)
+    question_length = np.array([12, 14], np.int32)  # each row's image block + some text
+    eos, steps = 5, 4
+    config = ml_collections.ConfigDict(
+        {"model": {"eos_token_id": eos, "pad_token_id": 0}, "eval": {"max_new_tokens": steps}}
+    )
+    batch = {"input_ids": ids, "images": images, "question_length": question_length}
+    batch |= {"labels": ids, "task": np.zeros(2, np.int32)}
+    got = radfm.predict_fn(model, {k: jnp.asarray(v) for k, v in batch.items()}, config)
+    want = np.zeros((2, steps), np.int32)
+    for b in range(2):  # whole forward passes over the growing ids, one row at a time
+        row = ids[b : b + 1, : question_length[b]]
+        for t in range(steps):
+            token = int(np.argmax(np.asarray(model(jnp.asarray(row), images[b : b + 1]))[0, -1]))
+            want[b, t] = token
+            if token == eos:
+                break
+            row = np.concatenate([row, [[token]]], axis=1)
+    np.testing.assert_array_equal(np.asarray(got["generated"]), want)
+
+
 @pytest.mark.parametrize(
     "shape, field", [((1, 1, 4, 64, 64, 1), "channels"), ((1, 1, 6, 64, 64, 3), "depth")]
 )
