@@ -135,7 +135,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
         state = random_init()
         values = paper.pretrained_params(config) if hasattr(paper, "pretrained_params") else {}
         state = with_pretrained(state, values) if values else state
-        return stages.apply_init_from(config, state)
+        return stages.apply_init_from(config, state, with_pretrained)
 
     return Experiment(
         config=config,

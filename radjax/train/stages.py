@@ -289,19 +289,19 @@ def init_from_values(config: ml_collections.ConfigDict, state: dict) -> InitFrom
     )
 
 
-def apply_init_from(config: ml_collections.ConfigDict, state: dict) -> dict:
+def apply_init_from(config: ml_collections.ConfigDict, state: dict, place) -> dict:
     """``state`` (a fresh train state, laid out on the mesh) with ``config.init_from``'s
-    parameters and BatchNorm statistics in place; unchanged when init_from is off."""
+    parameters and BatchNorm statistics in place; unchanged when init_from is off.
+    ``place(state, {path: array}, parts=...)`` lays the arrays out
+    (``radjax.train.experiment.with_pretrained``)."""
     if init_from_config(config) is None:
         return state
-    from radjax.train import experiment  # experiment imports this module
-
     plan = init_from_values(config, state)
     where = config.init_from.get("workdir", "") or config.init_from.get("checkpoint", "")
     try:
-        state = experiment.with_pretrained(state, plan.params)
+        state = place(state, plan.params)
         if plan.stats:
-            state = experiment.with_pretrained(state, plan.stats, parts=("rest",))
+            state = place(state, plan.stats, parts=("rest",))
     except ValueError as e:
         raise ValueError(f"config.init_from ({where}): {e}") from None
     return state
