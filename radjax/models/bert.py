@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from radjax.nn.attention import dot_product_attention
+from radjax.nn.linear import linear as nn_linear
 from radjax.sharding import shard_act
 
 ACTIVATIONS = {
@@ -154,16 +156,8 @@ class BertConfig(EncoderConfig):
 
 def linear(cfg: EncoderConfig, din: int, dout: int, axes: tuple, *, rngs: nnx.Rngs) -> nnx.Linear:
     """Linear with BERT's N(0, init_std) kernel, zero bias and logical axes ``axes`` (in, out)."""
-    return nnx.Linear(
-        din,
-        dout,
-        dtype=cfg.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.normal(cfg.init_std),
-        kernel_metadata={"out_sharding": axes},
-        bias_metadata={"out_sharding": axes[1:]},
-        rngs=rngs,
-    )
+    init = nnx.initializers.normal(cfg.init_std)
+    return nn_linear(din, dout, axes, init=init, dtype=cfg.dtype, rngs=rngs)
 
 
 def layer_norm(cfg: EncoderConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -235,7 +229,10 @@ class BertEmbeddings(nnx.Module):
 
 
 class BertSelfAttention(nnx.Module):
-    """Multi-head self-attention with an additive logit bias (scaled dot product, f32 softmax)."""
+    """Multi-head self-attention with an additive logit bias (scaled dot product, f32 softmax).
+
+    Padding is the additive bias (f32 min), not a boolean mask, as in transformers: the
+    core (``radjax.nn.attention.dot_product_attention``) takes it as ``bias``."""
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
         self.num_heads = cfg.num_heads
@@ -259,11 +256,7 @@ class BertSelfAttention(nnx.Module):
         for MPNet the relative position bias (1, N, L, L). Softmax in >= f32.
         """
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        logits = jnp.einsum("bqnd,bknd->bnqk", q, k)
-        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-        probs = jax.nn.softmax(logits * self.head_dim**-0.5 + bias, axis=-1)
-        probs = self.dropout(probs).astype(v.dtype)
-        y = jnp.einsum("bnqk,bknd->bqnd", probs, v)
+        y, _, _ = dot_product_attention(q, k, v, bias=bias, dropout=self.dropout)
         return self.out(y.reshape(x.shape))
 
 

@@ -48,6 +48,7 @@ from radjax.models.bert import ACTIVATIONS, read_hf_config
 from radjax.nn import kv_cache
 from radjax.nn.attention import dot_product_attention
 from radjax.nn.kv_cache import KVCache
+from radjax.nn.linear import linear
 from radjax.sharding import shard_act
 
 # (keys, values), each (B, P, H, Dh); None = no extra keys for that layer.
@@ -133,16 +134,7 @@ def _linear(
     cfg: GPT2Config, din: int, dout: int, axes: tuple, *, std: float, rngs: nnx.Rngs
 ) -> nnx.Linear:
     """Conv1D-equivalent Linear: (in, out) kernel N(0, std), zero bias, logical axes ``axes``."""
-    return nnx.Linear(
-        din,
-        dout,
-        dtype=cfg.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.normal(std),
-        kernel_metadata={"out_sharding": axes},
-        bias_metadata={"out_sharding": axes[1:]},
-        rngs=rngs,
-    )
+    return linear(din, dout, axes, init=nnx.initializers.normal(std), dtype=cfg.dtype, rngs=rngs)
 
 
 def _layer_norm(cfg: GPT2Config, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -226,7 +218,7 @@ class GPT2Attention(nnx.Module):
         (B or 1, P, H, Dh) or None -> (B, L, D). Scores and softmax in f32.
 
         With a cache layer ``kv`` = (keys, values) (B, H, S, Dh): the new keys/values go to
-        slots ``[index, index + L)``, mask is (B, 1, 1, L, S), ``extra`` is the cache's
+        slots ``[index, index + L)``, mask is (B, 1, L, S), ``extra`` is the cache's
         (B, H, P, Dh) pair or None, and the result is ``(out, (keys, values))``."""
         q, k, v = (self._heads(t) for t in jnp.split(self.c_attn(x), 3, axis=-1))
         if kv is None:

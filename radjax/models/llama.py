@@ -42,24 +42,25 @@ RoPE scalings (``from_hf_config`` rejects such configs).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from radjax.models.bert import read_hf_config
 from radjax.nn import kv_cache
 from radjax.nn.kv_cache import KVCache, grouped_attention
-from radjax.nn.remat import checkpointed
+from radjax.nn.linear import linear as nn_linear
+from radjax.nn.linear import stacked_linear
+from radjax.nn.norms import RMSNorm
+from radjax.nn.rope import ROPE_TYPES, Rope, apply_rope
+from radjax.nn.stack import run_layers, stack_modules, unstack_module
 from radjax.sharding import shard_act
 
 MODEL_TYPES = ("llama", "mistral", "phi3")
-ROPE_TYPES = ("default", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,19 @@ class DecoderConfig:
     def rotary_dim(self) -> int:
         return int(self.dim_per_head * self.partial_rotary_factor)
 
+    @property
+    def rope(self) -> Rope:
+        """The rotary embedding these fields describe (``radjax.nn.rope``)."""
+        return Rope(
+            self.rotary_dim,
+            theta=self.rope_theta,
+            rope_type=self.rope_type,
+            factor=self.rope_factor,
+            low_freq_factor=self.rope_low_freq_factor,
+            high_freq_factor=self.rope_high_freq_factor,
+            original_max_positions=self.rope_original_max_positions,
+        )
+
     @classmethod
     def from_hf_config(cls, config: Mapping[str, Any] | str | os.PathLike) -> Self:
         """Reads a transformers ``config.json`` (a dict, the file, or its directory).
@@ -215,56 +229,6 @@ def _rope_fields(config: Mapping[str, Any], where: str) -> dict[str, Any]:
     return fields
 
 
-# ----------------------------------------------------------------------------- RoPE
-
-
-def rope_inv_freq(cfg: DecoderConfig) -> np.ndarray:
-    """Inverse rotary frequencies (rotary_dim // 2,) f32, after the config's scaling."""
-    dim = cfg.rotary_dim
-    inv = (1.0 / cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim)).astype(
-        np.float32
-    )
-    if cfg.rope_type == "linear":
-        return (inv / cfg.rope_factor).astype(np.float32)
-    if cfg.rope_type == "llama3":
-        return _llama3_scaling(inv, cfg)
-    return inv
-
-
-def _llama3_scaling(inv: np.ndarray, cfg: DecoderConfig) -> np.ndarray:
-    """Llama 3.1 RoPE: long wavelengths divided by ``factor``, short ones kept, the band
-    between them interpolated smoothly."""
-    old_len, low, high = (
-        cfg.rope_original_max_positions,
-        cfg.rope_low_freq_factor,
-        cfg.rope_high_freq_factor,
-    )
-    wavelen = 2 * math.pi / inv
-    scaled = np.where(wavelen > old_len / low, inv / cfg.rope_factor, inv)
-    smooth = (old_len / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled
-    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-    return np.where(medium, smoothed, scaled).astype(np.float32)
-
-
-def rope_cos_sin(positions: jax.Array, cfg: DecoderConfig) -> tuple[jax.Array, jax.Array]:
-    """positions (B, L) int -> cos, sin (B, L, 1, rotary_dim) f32 (halves repeated)."""
-    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates the first rotary_dim channels of x (B, L, H, Dh) in half-split layout
-    (channel i pairs with i + rotary_dim / 2); the rest pass through."""
-    rot = cos.shape[-1]
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    first, second = x_rot[..., : rot // 2], x_rot[..., rot // 2 :]
-    rotated = jnp.concatenate([-second, first], axis=-1)
-    out = x_rot * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
-    return jnp.concatenate([out, x_pass], axis=-1)
-
-
 # ----------------------------------------------------------------------------- masks
 
 
@@ -275,13 +239,13 @@ def default_positions(valid: jax.Array) -> jax.Array:
 
 
 def decoder_mask(valid: jax.Array, sliding_window: int | None) -> jax.Array:
-    """(B, L) validity -> (B, 1, 1, L, L) boolean mask (True = attend): causal, keys must
+    """(B, L) validity -> (B, 1, L, L) boolean mask (True = attend): causal, keys must
     be real tokens, and within ``sliding_window`` indices of the query when set."""
     idx = jnp.arange(valid.shape[-1])
     allowed = idx[None, :] <= idx[:, None]
     if sliding_window is not None:
         allowed &= idx[None, :] > idx[:, None] - sliding_window
-    return (allowed[None] & (valid[:, None, :] != 0))[:, None, None]
+    return (allowed[None] & (valid[:, None, :] != 0))[:, None]
 
 
 # ----------------------------------------------------------------------------- modules
@@ -291,61 +255,8 @@ def linear(
     cfg: DecoderConfig, din: int, dout: int, axes: tuple[str, str], *, rngs: nnx.Rngs
 ) -> nnx.Linear:
     """Bias-free Linear, N(0, init_std) kernel (din, dout) with logical axes ``axes``."""
-    return nnx.Linear(
-        din,
-        dout,
-        use_bias=False,
-        dtype=cfg.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.normal(cfg.init_std),
-        kernel_metadata={"out_sharding": axes},
-        rngs=rngs,
-    )
-
-
-def stack_modules(modules: Sequence[nnx.Module]) -> nnx.Module:
-    """One module of the same structure whose every Variable stacks the modules' values on a
-    new leading axis (logical axis ``layers`` prepended to its sharding names): the form
-    ``jax.lax.scan`` iterates over."""
-    graphdef, first = nnx.split(modules[0])
-    states = [first] + [nnx.split(m)[1] for m in modules[1:]]
-
-    def stack(*variables):
-        value = jnp.stack([v.get_value() for v in variables])
-        names = variables[0].get_metadata().get("out_sharding")
-        meta = {} if names is None else {"out_sharding": ("layers", *names)}
-        return variables[0].replace(value=value, **meta)
-
-    stacked = jax.tree.map(stack, *states, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.merge(graphdef, stacked)
-
-
-def stacked_linear(x: jax.Array, layers: Sequence[nnx.Module]) -> tuple[jax.Array, ...]:
-    """``tuple(layer(x) for layer in layers)`` for bias-free ``nnx.Linear`` layers of one
-    kernel shape (din, dout), computed as a single matmul over their kernels stacked to
-    (din, n, dout): one pass over x instead of n, and the stacking axis stays unsharded, so
-    each kernel's own sharding carries over. Layers of any other kind (e.g. ``LoRALinear``)
-    are called one by one. x (..., din) -> n arrays (..., dout)."""
-    plain = all(type(layer) is nnx.Linear and not layer.use_bias for layer in layers)
-    if not plain or len({layer.kernel.shape for layer in layers}) != 1:
-        return tuple(layer(x) for layer in layers)
-    dtype = layers[0].dtype or x.dtype
-    kernel = jnp.stack([layer.kernel[...] for layer in layers], axis=1).astype(dtype)
-    y = jnp.einsum("...d,dnf->...nf", x.astype(dtype), kernel)
-    return tuple(y[..., i, :] for i in range(len(layers)))
-
-
-class RMSNorm(nnx.Module):
-    """x / sqrt(mean(x^2) + eps) * scale over the last axis, in f32: (..., dim) -> (..., dim)."""
-
-    def __init__(self, dim: int, *, eps: float):
-        self.eps = eps
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=("norm",))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (self.scale[...] * y).astype(x.dtype)
+    init = nnx.initializers.normal(cfg.init_std)
+    return nn_linear(din, dout, axes, use_bias=False, init=init, dtype=cfg.dtype, rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -377,8 +288,8 @@ class Attention(nnx.Module):
         kv: tuple[jax.Array, jax.Array] | None = None,
         index: jax.Array | None = None,
     ):
-        """x (B, L, hidden); cos, sin (B, L, 1, rotary_dim); mask (B, 1, 1, L, L), or
-        (B, 1, 1, L, S) with a cache ``kv`` = (keys, values) (B, K, S, Dh) whose slots
+        """x (B, L, hidden); cos, sin (B, L, 1, rotary_dim); mask (B, 1, L, L), or
+        (B, 1, L, S) with a cache ``kv`` = (keys, values) (B, K, S, Dh) whose slots
         ``[index, index + L)`` receive this call's keys/values; then returns
         ``(out, (keys, values))``."""
         b, l, _ = x.shape
@@ -564,41 +475,19 @@ class Decoder(nnx.Module):
         final norm."""
         if positions is None:
             positions = default_positions(valid)
-        cos, sin = rope_cos_sin(positions, self.cfg)
+        cos, sin = self.cfg.rope.cos_sin(positions)
         mask = decoder_mask(valid, self.cfg.sliding_window)
-        if self.cfg.scan_layers:
-            return self._scanned(x, cos, sin, mask)
-        for layer in self.layers:
-            x = (
-                checkpointed(layer, x, cos, sin, mask)
-                if self.cfg.remat
-                else layer(x, cos, sin, mask)
-            )
-            x = shard_act(x, ("act_batch", "act_length", "act_embed"))
-        return x
 
-    def _scanned(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
-        """The stacked layer under ``lax.scan`` (each step rematerialised with ``remat``)."""
-        graphdef, stacked = nnx.split(self.layers)
+        def call(layer, x):
+            return shard_act(layer(x, cos, sin, mask), ("act_batch", "act_length", "act_embed"))
 
-        def body(x, layer_state):
-            layer = nnx.merge(graphdef, layer_state, copy=True)
-            x = layer(x, cos, sin, mask)
-            return shard_act(x, ("act_batch", "act_length", "act_embed")), None
-
-        if self.cfg.remat:
-            body = jax.checkpoint(body, prevent_cse=False)
-        return jax.lax.scan(body, x, stacked)[0]
+        return run_layers(self.layers, x, call, scanned=self.cfg.scan_layers, remat=self.cfg.remat)
 
     def _layer_list(self) -> list[DecoderLayer]:
         """The layers one by one (slices of the stacked layer when ``scan_layers``)."""
         if not self.cfg.scan_layers:
             return list(self.layers)
-        graphdef, stacked = nnx.split(self.layers)
-        return [
-            nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
-            for i in range(self.cfg.num_layers)
-        ]
+        return unstack_module(self.layers, self.cfg.num_layers)
 
     def _cached(
         self, x: jax.Array, valid: jax.Array, positions: jax.Array | None, cache: KVCache
@@ -608,7 +497,7 @@ class Decoder(nnx.Module):
         positions, slots, mask = kv_cache.append(
             cache, valid, positions, owner="Decoder", sliding_window=self.cfg.sliding_window
         )
-        cos, sin = rope_cos_sin(positions, self.cfg)
+        cos, sin = self.cfg.rope.cos_sin(positions)
         keys, values = [], []
         for layer, k, v in zip(self._layer_list(), cache.keys, cache.values):
             x, (k, v) = layer(x, cos, sin, mask, (k, v), cache.length)

@@ -24,22 +24,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from radjax.nn.attention import dot_product_attention
+from radjax.nn.linear import linear, torch_linear_init
 from radjax.nn.norms import layer_norm
-from radjax.nn.transformer import gelu_exact, torch_linear_init
+from radjax.nn.transformer import gelu_exact
 from radjax.sharding import shard_act
 
 
 def _linear(d_in: int, d_out: int, axes: tuple[str, str], *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
     """Bias-free Linear with torch's default init and logical axes ``axes``."""
-    return nnx.Linear(
-        d_in,
-        d_out,
-        use_bias=False,
-        dtype=dtype,
-        kernel_init=torch_linear_init,
-        kernel_metadata={"out_sharding": axes},
-        rngs=rngs,
-    )
+    return linear(d_in, d_out, axes, use_bias=False, init=torch_linear_init, dtype=dtype, rngs=rngs)
 
 
 class PerceiverAttention(nnx.Module):

@@ -2,9 +2,10 @@
 
 Layout: sequences are (B, L, dim); per-head tensors are (B, L, H, Dh) (the layout of
 ``jax.nn.dot_product_attention``); masks are boolean, True = may attend, broadcastable
-to (B, H, Lq, Lk). Scores and softmax are computed in f32; masked scores are filled
-with a large negative constant (-1e9, as the RP3D/Annotated-Transformer code does)
-rather than -inf, so a fully masked row gives a uniform distribution, not NaN.
+to (B, H, Lq, Lk). Scores are scaled by Dh**-0.5 and they and the softmax are computed
+in f32; masked scores are filled with a large negative constant (-1e9, as the
+RP3D/Annotated-Transformer code does) rather than -inf, so a fully masked row gives a
+uniform distribution, not NaN.
 """
 
 from __future__ import annotations
@@ -15,28 +16,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from radjax.nn.linear import linear
+
 MASK_FILL = -1e9
+# key/value einsum subscripts: b batch, s key index, k key/value head, d head channel
+_KV_SPECS = {"blhd": "bskd", "bhld": "bksd"}
 
 
 def key_padding_mask(valid: jax.Array) -> jax.Array:
     """(B, Lk) validity (nonzero = real token) -> (B, 1, 1, Lk) boolean attention mask."""
     return (valid != 0)[:, None, None, :]
-
-
-def attention_scores(q: jax.Array, k: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Scaled f32 scores q·k/sqrt(Dh), masked entries set to MASK_FILL.
-
-    Args:
-      q: (B, Lq, H, Dh). k: (B, Lk, H, Dh).
-      mask: boolean, broadcastable to (B, H, Lq, Lk); True = attend.
-    Returns:
-      (B, H, Lq, Lk) f32.
-    """
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
-    if mask is not None:
-        scores = jnp.where(mask, scores, MASK_FILL)
-    return scores
 
 
 def dot_product_attention(
@@ -45,23 +34,45 @@ def dot_product_attention(
     v: jax.Array,
     mask: jax.Array | None = None,
     *,
+    bias: jax.Array | None = None,
     dropout: Callable[[jax.Array], jax.Array] | None = None,
+    kv_layout: str = "blhd",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """softmax(q·k/sqrt(Dh) masked)·v.
+    """softmax(q·k * Dh**-0.5 + bias, masked)·v, grouped-query when k/v have fewer heads.
+
+    The one attention core of radjax: every attention layer computes through it.
 
     Args:
-      q: (B, Lq, H, Dh). k, v: (B, Lk, H, Dh).
-      mask: boolean, broadcastable to (B, H, Lq, Lk); True = attend.
+      q: (B, Lq, H, Dh).
+      k, v: (B, Lk, K, Dh) (``kv_layout='blhd'``) or (B, K, Lk, Dh) (``'bhld'``, the
+        ``radjax.nn.kv_cache`` layout, read without a transpose), H a multiple of K:
+        query head h uses key/value head h // (H / K). K = H is plain multi-head attention.
+      mask: boolean, broadcastable to (B, H, Lq, Lk); True = attend. Masked scores are
+        MASK_FILL.
+      bias: additive f32 logit bias broadcastable to (B, H, Lq, Lk) (BERT's padding
+        bias, MPNet's relative position bias), added to the scaled scores.
       dropout: applied to the probabilities before they weight ``v`` (e.g. an nnx.Dropout).
     Returns:
       out (B, Lq, H, Dh) in v's dtype; probs (B, H, Lq, Lk) f32 (before dropout);
-      raw scores (B, H, Lq, Lk) f32 (after masking, before softmax).
+      raw scores (B, H, Lq, Lk) f32 (scaled, biased and masked, before softmax).
     """
-    scores = attention_scores(q, k, mask)
+    if kv_layout not in _KV_SPECS:
+        raise ValueError(f"dot_product_attention: kv_layout {kv_layout!r} not in {_KV_SPECS}")
+    b, lq, h, dh = q.shape
+    kv_spec = _KV_SPECS[kv_layout]
+    kv_heads = k.shape[kv_spec.index("k")]
+    q = q.reshape(b, lq, kv_heads, h // kv_heads, dh)
+    scores = jnp.einsum(f"bqkgd,{kv_spec}->bkgqs", q, k, preferred_element_type=jnp.float32)
+    scores = scores.reshape(b, h, lq, -1) * (dh**-0.5)
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = jnp.where(mask, scores, MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)
     weights = dropout(probs) if dropout is not None else probs
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
-    return out, probs, scores
+    weights = weights.reshape(b, kv_heads, h // kv_heads, lq, -1).astype(v.dtype)
+    out = jnp.einsum(f"bkgqs,{kv_spec}->bqkgd", weights, v)
+    return out.reshape(b, lq, h, dh), probs, scores
 
 
 class MultiHeadAttention(nnx.Module):
@@ -90,18 +101,10 @@ class MultiHeadAttention(nnx.Module):
             head_dim = dim // heads
         self.heads, self.head_dim = heads, head_dim
         inner = heads * head_dim
-        init = {} if kernel_init is None else {"kernel_init": kernel_init}
 
         def proj(d_in, d_out, bias, axes):
-            return nnx.Linear(
-                d_in,
-                d_out,
-                use_bias=bias,
-                dtype=dtype,
-                rngs=rngs,
-                kernel_metadata={"out_sharding": axes},
-                bias_metadata={"out_sharding": axes[1:]},
-                **init,
+            return linear(
+                d_in, d_out, axes, use_bias=bias, init=kernel_init, dtype=dtype, rngs=rngs
             )
 
         self.query = proj(dim, inner, qkv_bias, ("embed", "heads"))

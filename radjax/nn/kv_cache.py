@@ -18,7 +18,7 @@ from typing import NamedTuple, Self
 import jax
 import jax.numpy as jnp
 
-from radjax.nn.attention import MASK_FILL
+from radjax.nn.attention import dot_product_attention
 from radjax.sharding import shard_act
 
 # Logical axes of a layer's (B, K, S, Dh) keys / values: rows like the batch, heads like
@@ -95,7 +95,7 @@ def append(
         ``real_positions``). owner: the model's name for the error message.
     Returns:
       positions (B, L), the slot validity after the append (B, S), and the attention mask
-      of the new tokens over all slots (B, 1, 1, L, S) (``cached_mask``).
+      of the new tokens over all slots (B, 1, L, S) (``cached_mask``).
     Raises:
       ValueError: L new tokens do not fit the cache's S slots.
     """
@@ -126,7 +126,7 @@ def cached_mask(
       valid: (B, S) slot validity after writing the new tokens. length: () int32, slots
         filled before them.
     Returns:
-      (B, 1, 1, num_new, S) bool (True = attend): causal over slot indices, real keys only,
+      (B, 1, num_new, S) bool (True = attend): causal over slot indices, real keys only,
       within ``sliding_window`` slots when set.
     """
     q = length + jnp.arange(num_new)
@@ -134,7 +134,7 @@ def cached_mask(
     allowed = j[None, :] <= q[:, None]
     if sliding_window is not None:
         allowed &= j[None, :] > q[:, None] - sliding_window
-    return (allowed[None] & valid[:, None, :])[:, None, None]
+    return (allowed[None] & valid[:, None, :])[:, None]
 
 
 def grouped_attention(
@@ -144,23 +144,8 @@ def grouped_attention(
     mask: jax.Array,
     dropout: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
-    """Grouped-query attention, scores and softmax in f32, masked scores at ``MASK_FILL``.
-
-    Args:
-      q: (B, Lq, H, Dh). k, v: (B, K, Lk, Dh) (the cache layout) with H a multiple of K;
-        query head h uses key/value head h // (H / K). K = H is plain multi-head attention.
-      mask: boolean, broadcastable to (B, K, H / K, Lq, Lk); True = attend.
-      dropout: applied to the probabilities before they weight ``v`` (e.g. nnx.Dropout).
-    Returns:
-      (B, Lq, H, Dh) in v's dtype.
-    """
-    b, lq, h, dh = q.shape
-    kv = k.shape[1]
-    q = q.reshape(b, lq, kv, h // kv, dh)
-    scores = jnp.einsum("bqkgd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask, scores * (dh**-0.5), MASK_FILL)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if dropout is not None:
-        probs = dropout(probs)
-    out = jnp.einsum("bkgqs,bksd->bqkgd", probs.astype(v.dtype), v)
-    return out.reshape(b, lq, h, dh)
+    """Attention over keys/values in the cache layout: q (B, Lq, H, Dh), k, v (B, K, Lk, Dh)
+    (H a multiple of K), boolean mask broadcastable to (B, H, Lq, Lk) -> (B, Lq, H, Dh).
+    The shared core (``radjax.nn.attention.dot_product_attention``, f32 scores and softmax)
+    with ``kv_layout='bhld'``; probabilities are not returned."""
+    return dot_product_attention(q, k, v, mask, dropout=dropout, kv_layout="bhld")[0]

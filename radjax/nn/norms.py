@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -17,3 +19,16 @@ def layer_norm(dim: int, *, eps: float = 1e-5, dtype=None, rngs: nnx.Rngs) -> nn
         bias_metadata=meta,
         rngs=rngs,
     )
+
+
+class RMSNorm(nnx.Module):
+    """x / sqrt(mean(x^2) + eps) * scale over the last axis, in f32: (..., dim) -> (..., dim)."""
+
+    def __init__(self, dim: int, *, eps: float):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.scale[...] * y).astype(x.dtype)

@@ -26,6 +26,7 @@ import jax
 from flax import nnx
 
 from radjax.nn.attention import MultiHeadAttention
+from radjax.nn.linear import linear, torch_linear_init
 from radjax.nn.norms import layer_norm
 from radjax.nn.remat import checkpointed
 from radjax.sharding import shard_act
@@ -34,8 +35,6 @@ Activation = Callable[[jax.Array], jax.Array]
 NormFactory = Callable[..., nnx.Module]  # norm(dim, *, rngs) -> module
 
 gelu_exact = functools.partial(jax.nn.gelu, approximate=False)  # torch nn.GELU()
-# torch's default nn.Linear weight init (kaiming_uniform with a=sqrt(5)).
-torch_linear_init = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 class Mlp(nnx.Module):
@@ -57,24 +56,16 @@ class Mlp(nnx.Module):
         dtype=None,
         rngs: nnx.Rngs,
     ):
-        init = {} if kernel_init is None else {"kernel_init": kernel_init}
-        self.fc1 = nnx.Linear(
-            in_dim,
-            hidden_dim,
-            dtype=dtype,
-            rngs=rngs,
-            kernel_metadata={"out_sharding": ("embed", "mlp")},
-            bias_metadata={"out_sharding": ("mlp",)},
-            **init,
+        self.fc1 = linear(
+            in_dim, hidden_dim, ("embed", "mlp"), init=kernel_init, dtype=dtype, rngs=rngs
         )
-        self.fc2 = nnx.Linear(
+        self.fc2 = linear(
             hidden_dim,
             out_dim or in_dim,
+            ("mlp", out_axis),
+            init=kernel_init,
             dtype=dtype,
             rngs=rngs,
-            kernel_metadata={"out_sharding": ("mlp", out_axis)},
-            bias_metadata={"out_sharding": (out_axis,)},
-            **init,
         )
         self.activation = activation
         self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
