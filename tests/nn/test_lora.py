@@ -237,3 +237,31 @@ def test_merge_matches_unmerged_all_linear():
     unmerged = np.asarray(forward(model))
     out = np.asarray(forward(merge_lora(model)))
     assert np.abs(out - unmerged).max() / np.abs(unmerged).max() < 1e-5
+
+
+def test_stacked_kernel_gets_per_layer_adapters():
+    """A stacked (L, in, out) kernel (scanned layers) gets adapters stacked on the same axis;
+    merging folds each layer's A @ B into its own kernel slice."""
+    base = nnx.Linear(
+        16, 8, use_bias=False, kernel_metadata={"out_sharding": ("embed", "mlp")}, rngs=nnx.Rngs(0)
+    )
+    stacked = jax.random.normal(jax.random.key(1), (3, 16, 8))
+    base.kernel = nnx.Param(stacked, out_sharding=("layers", "embed", "mlp"))
+    layer = LoRALinear(base, rank=2, alpha=4, rngs=nnx.Rngs(params=1))
+    assert layer.lora_a.shape == (3, 16, 2) and layer.lora_b.shape == (3, 2, 8)
+    assert layer.lora_a.get_metadata()["out_sharding"] == ("layers", "embed", None)
+    assert layer.lora_b.get_metadata()["out_sharding"] == ("layers", None, "mlp")
+    a = np.asarray(layer.lora_a[...])
+    assert not np.allclose(a[0], a[1])
+    layer.lora_b[...] = jax.random.normal(jax.random.key(2), (3, 2, 8))
+    b = np.asarray(layer.lora_b[...])
+    merged = layer.merged()
+    for i in range(3):
+        np.testing.assert_allclose(
+            np.asarray(merged.kernel[...])[i],
+            np.asarray(stacked[i]) + 2.0 * a[i] @ b[i],
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    with pytest.raises(ValueError, match="dropout on a stacked"):
+        LoRALinear(base, rank=2, alpha=4, dropout=0.1, rngs=nnx.Rngs(0))
