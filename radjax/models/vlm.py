@@ -60,13 +60,13 @@ def _flat_features(features: jax.Array, feature_mask: jax.Array | None, dim: int
     return flat, jnp.repeat(feature_mask.astype(jnp.bool_), per_image, axis=1)
 
 
-def _is_concrete(*arrays) -> bool:
-    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
-
-
 def _check_counts(placeholders, index, valid, in_order: bool) -> None:
-    """Raises ValueError naming the first row whose placeholders and features disagree."""
-    placeholders, index, valid = (np.asarray(a) for a in (placeholders, index, valid))
+    """Raises ValueError naming the first row whose placeholders and features disagree;
+    does nothing on traced values (inside jit)."""
+    try:
+        placeholders, index, valid = (np.asarray(a) for a in (placeholders, index, valid))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
     n = valid.shape[1]
     for row in range(placeholders.shape[0]):
         wanted, have = int(placeholders[row].sum()), int(valid[row].sum())
@@ -127,8 +127,7 @@ def splice_features(
         flat = jnp.take_along_axis(flat, order[..., None], axis=1)
         valid = jnp.take_along_axis(valid, order, axis=1)
         index = jnp.cumsum(placeholders, axis=1) - 1
-    if _is_concrete(placeholders, index, valid):
-        _check_counts(placeholders, index, valid, in_order)
+    _check_counts(placeholders, index, valid, in_order)
     n = flat.shape[1]
     safe = jnp.clip(index, 0, n - 1)
     picked = jnp.take_along_axis(flat.astype(embeds.dtype), safe[..., None], axis=1)
