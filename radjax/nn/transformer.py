@@ -37,6 +37,11 @@ NormFactory = Callable[..., nnx.Module]  # norm(dim, *, rngs) -> module
 gelu_exact = functools.partial(jax.nn.gelu, approximate=False)  # torch nn.GELU()
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """CLIP's ``quick_gelu``: x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
 class Mlp(nnx.Module):
     """Linear(in, hidden) -> activation -> dropout -> Linear(hidden, out): (..., in) -> (..., out).
 
@@ -163,16 +168,19 @@ class Encoder(nnx.Module):
         self.remat = remat
 
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None
+        self, x: jax.Array, mask: jax.Array | None = None, *, depth: int | None = None
     ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
-        """Returns (x, per-layer probs, per-layer raw scores), each (B, H, L, L) f32."""
+        """Returns (x, per-layer probs, per-layer raw scores), each (B, H, L, L) f32.
+
+        ``depth``: run only the first ``depth`` layers (then without the final norm), e.g.
+        for an intermediate layer's hidden states."""
         all_probs, all_scores = [], []
-        for layer in self.layers:
+        for layer in self.layers[:depth]:
             x, probs, scores = checkpointed(layer, x, mask) if self.remat else layer(x, mask)
             x = shard_act(x, ("act_batch", "act_length", "act_embed"))
             all_probs.append(probs)
             all_scores.append(scores)
-        if self.norm is not None:
+        if self.norm is not None and len(all_probs) == len(self.layers):
             x = self.norm(x)
         return x, tuple(all_probs), tuple(all_scores)
 

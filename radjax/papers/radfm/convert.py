@@ -28,7 +28,7 @@ released model (``MyEmbedding``'s keyword-matching and segmentation branches):
 transformer_decoder_mlp, cls_head, output_upscaling}.*``. Any other key raises
 ``ConversionError``; missing ones and wrong shapes are reported by ``torch_io.assign``.
 
-The ViT's patch flattening order (p1 p2 pf c) is the one ``vit3d.patchify_3d`` produces
+The ViT's patch flattening order (p1 p2 pf c) is the one ``radjax.nn.patch_embed.patchify_3d`` produces
 from radjax's (D, H, W, C) volumes, so the patch-embedding weight is only transposed.
 """
 

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from radjax.models.perceiver import PerceiverResampler
-from radjax.models.vit3d import ViT3D
-from radjax.nn.transformer import torch_linear_init
+from radjax.models.vit import ViT, ViTConfig
+from radjax.nn.linear import linear, torch_linear_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +71,33 @@ class RadFMVisionConfig:
         return dataclasses.replace(tiny, **overrides)
 
 
+def vit_config(cfg: RadFMVisionConfig) -> ViTConfig:
+    """RadFM's ViT (``vit_3d.py``) as a ``radjax.models.vit`` configuration: 3D patches
+    between LayerNorms, axial position tables, bias-free q/k/v, exact GELU, no CLS, no
+    final norm, all tokens out."""
+    return ViTConfig(
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        frames=cfg.frames,
+        frame_patch_size=cfg.frame_patch_size,
+        channels=cfg.channels,
+        width=cfg.dim,
+        depth=cfg.depth,
+        num_heads=cfg.heads,
+        head_dim=cfg.dim_head,
+        mlp_dim=cfg.mlp_dim,
+        inputs=("3d",),
+        patch_norm=True,
+        posemb="axial3",
+        final_norm=False,
+        qkv_bias=False,
+        dropout=cfg.dropout,
+        emb_dropout=cfg.emb_dropout,
+        dtype=cfg.dtype,
+        remat=cfg.remat,
+    )
+
+
 def as_volume(images: jax.Array, depth: int) -> jax.Array:
     """(..., 1, H, W, C) 2D images -> (..., depth, H, W, C) by repeating the slice."""
     if images.shape[-4] != 1:
@@ -86,24 +113,7 @@ class RadFMVision(nnx.Module):
     def __init__(self, cfg: RadFMVisionConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         dtype = jnp.dtype(cfg.dtype)
-        self.vision_encoder = ViT3D(
-            image_size=cfg.image_size,
-            frames=cfg.frames,
-            patch_size=cfg.patch_size,
-            frame_patch_size=cfg.frame_patch_size,
-            dim=cfg.dim,
-            depth=cfg.depth,
-            heads=cfg.heads,
-            dim_head=cfg.dim_head,
-            mlp_dim=cfg.mlp_dim,
-            channels=cfg.channels,
-            dropout=cfg.dropout,
-            emb_dropout=cfg.emb_dropout,
-            patch_embed_2d=False,
-            dtype=dtype,
-            remat=cfg.remat,
-            rngs=rngs,
-        )
+        self.vision_encoder = ViT(vit_config(cfg), rngs=rngs)
         self.perceiver = PerceiverResampler(
             cfg.dim,
             depth=cfg.perceiver_depth,
@@ -114,14 +124,8 @@ class RadFMVision(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
-        self.fc = nnx.Linear(
-            cfg.dim,
-            cfg.llm_dim,
-            dtype=dtype,
-            kernel_init=torch_linear_init,
-            kernel_metadata={"out_sharding": (None, "embed")},
-            bias_metadata={"out_sharding": ("embed",)},
-            rngs=rngs,
+        self.fc = linear(
+            cfg.dim, cfg.llm_dim, (None, "embed"), init=torch_linear_init, dtype=dtype, rngs=rngs
         )
 
     def check_images(self, shape: tuple[int, ...]) -> None:

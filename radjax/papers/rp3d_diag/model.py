@@ -44,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 from radjax.models.resnet import MEDICALNET_LAYERS, ResNet, ResNet3D, ResNetFuse
-from radjax.models.vit3d import ViT3D
+from radjax.models.vit import ViT, ViTConfig
 from radjax.nn.attention import key_padding_mask
 from radjax.nn.transformer import Encoder, Mlp, gelu_exact, torch_encoder
 from radjax.papers.rp3d_diag import knowledge
@@ -335,19 +335,28 @@ class RadNetV1(nnx.Module):
             feat_dim, hidden = v.vis_dim, (v.vis_dim if self.early else None)
         elif v.encoder == "vit":
             c = v.vit
-            self.vit = ViT3D(
-                image_size=c.image_size,
-                frames=m.depth,
-                patch_size=c.patch_size,
-                frame_patch_size=c.frame_patch_size,
-                dim=c.dim,
-                depth=c.depth,
-                heads=c.heads,
-                dim_head=c.dim_head,
-                mlp_dim=c.mlp_dim,
-                dropout=c.dropout,
-                emb_dropout=c.dropout,
-                **common,
+            self.vit = ViT(
+                ViTConfig(
+                    image_size=c.image_size,
+                    patch_size=c.patch_size,
+                    frames=m.depth,
+                    frame_patch_size=c.frame_patch_size,
+                    width=c.dim,
+                    depth=c.depth,
+                    num_heads=c.heads,
+                    head_dim=c.dim_head,
+                    mlp_dim=c.mlp_dim,
+                    inputs=("3d", "2d"),
+                    patch_norm=True,
+                    posemb="axial3",
+                    final_norm=False,
+                    qkv_bias=False,
+                    dropout=c.dropout,
+                    emb_dropout=c.dropout,
+                    dtype=jnp.dtype(dtype).name,
+                    remat=m.remat,
+                ),
+                rngs=rngs,
             )
             if self.early:  # the original's shapes do not compose here; project to vis_dim
                 self.vit_proj = Mlp(

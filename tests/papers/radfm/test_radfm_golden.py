@@ -21,7 +21,6 @@ from flax import nnx
 
 import radjax  # noqa: F401  (disables eager sharding)
 from radjax.convert.torch_io import assign
-from radjax.models.vit3d import patchify_3d
 from radjax.papers.radfm.convert import vision_from_radfm
 from radjax.papers.radfm.vision import RadFMVision, RadFMVisionConfig
 
@@ -96,8 +95,7 @@ def test_golden_file_records_the_original_commit(golden):
 
 def _vit_parts(vit, volumes):
     """(N, D, H, W, C) -> patch embedding, position table, encoder output, per-layer probs."""
-    patches, grid = patchify_3d(volumes, vit.patch)
-    embedded = vit.patch_embed_3d(patches)
+    embedded, grid = vit.patch_embed_3d(volumes)
     pos = vit.pos_embed(grid)
     out, probs, _ = vit.encoder(embedded + pos)
     return embedded, pos, out, probs

@@ -12,7 +12,8 @@ from flax import nnx
 import radjax  # noqa: F401  (disables eager sharding)
 from configs import rp3d_diag as rp3d_config
 from radjax import sharding
-from radjax.models import vit3d
+from radjax.models import vit
+from radjax.nn import patch_embed
 from radjax.papers.rp3d_diag import model as M
 from radjax.train import optim
 from radjax.train import step as step_lib
@@ -222,17 +223,19 @@ def test_vit_patches_follow_the_original_order():
     want = einops.rearrange(
         x, "b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)", p1=4, p2=4, pf=2
     )
-    got, grid = vit3d.patchify_3d(x.transpose(0, 4, 2, 3, 1), (2, 4, 4))  # numpy in, numpy out
+    got, grid = patch_embed.patchify_3d(
+        x.transpose(0, 4, 2, 3, 1), (2, 4, 4)
+    )  # numpy in, numpy out
     np.testing.assert_array_equal(got, want)
     assert grid == (2, 3, 2)
     want2d = einops.rearrange(x[..., 0], "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=4, p2=4)
     np.testing.assert_array_equal(
-        vit3d.patchify_2d(x[..., 0].transpose(0, 2, 3, 1), (4, 4))[0], want2d
+        patch_embed.patchify_2d(x[..., 0].transpose(0, 2, 3, 1), (4, 4))[0], want2d
     )
 
 
 def test_vit_position_embedding_grids():
-    pos = vit3d.AxialPositionEmbedding(6, (2, 3, 4), rngs=nnx.Rngs(0))
+    pos = vit.AxialPosEmb(6, (2, 3, 4), rngs=nnx.Rngs(0))
     rows, cols, deps = (np.asarray(t[...]) for t in (pos.row_embed, pos.col_embed, pos.dep_embed))
     full, strided, flat = jax.jit(lambda: (pos((2, 3, 4)), pos((2, 3, 2)), pos((2, 3))))()
     full = np.asarray(full).reshape(2, 3, 4, 6)
