@@ -180,7 +180,7 @@ def vision_pair(size: Size, seed: int = 0):
     from radjax.convert.torch_io import assign
     from radjax.papers.radfm.convert import vision_from_radfm
     from radjax.papers.radfm.vision import RadFMVision, RadFMVisionConfig
-    from tests.papers.radfm.radfm_torch_reference import VisionEmbedding
+    from tests.references.radfm_torch import VisionEmbedding
 
     cfg = RadFMVisionConfig(**size.vision)
     torch.manual_seed(seed)

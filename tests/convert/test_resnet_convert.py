@@ -13,25 +13,19 @@ import radjax  # noqa: F401  (eager sharding off)
 from radjax.convert import resnet as convert
 from radjax.convert.torch_io import ConversionError, assign, load_state_dict
 from radjax.models import resnet
+from tests.parity import assert_close
 
-torch = pytest.importorskip("torch", reason="PyTorch reference not installed")
-transformers = pytest.importorskip("transformers", reason="transformers not installed")
-nn = torch.nn
-
-TOL = 1e-5  # relative error, f32
-
-
-def _rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.linalg.norm(got - want) / np.linalg.norm(want)
+TOL = 1e-5  # relative error (in norm: the helper this file had measured that), f32
 
 
 def _randomise(module, seed=0):
     """Random BatchNorm affine parameters and running statistics, so eval-mode BN is exercised."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
@@ -71,6 +65,9 @@ def _nhwc(t):
 
 
 def _hf_model(layer_type):
+    import torch
+    import transformers
+
     width = 8
     expansion = 4 if layer_type == "bottleneck" else 1
     config = transformers.ResNetConfig(
@@ -97,14 +94,14 @@ def _images(seed=0):
 
 
 @pytest.mark.parametrize("layer_type", ["bottleneck", "basic"])
-def test_hf_resnet_parity_eval_and_train(layer_type):
+def test_hf_resnet_parity_eval_and_train(torch, transformers, layer_type):
     ref = _hf_model(layer_type)
     model = _load(_radjax_ctor(layer_type), convert.from_hf_resnet(_numpy_sd(ref)))
     x = _images()
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).pooler_output.flatten(1).numpy()
     got, _ = _run(model, _nhwc(torch.from_numpy(x)))
-    assert _rel_err(got, want) < TOL
+    assert_close(got, want, TOL, norm=True)
 
     # train mode: batch statistics normalise, running statistics move (momentum 0.1)
     ref.train()
@@ -113,7 +110,7 @@ def test_hf_resnet_parity_eval_and_train(layer_type):
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).pooler_output.flatten(1).numpy()
     got, stats = _run(model, _nhwc(torch.from_numpy(x)), train=True)
-    assert _rel_err(got, want) < TOL
+    assert_close(got, want, TOL, norm=True)
     np.testing.assert_allclose(
         stats["bn1"]["mean"].get_value(), bn.running_mean.numpy(), rtol=1e-5, atol=1e-6
     )
@@ -155,7 +152,7 @@ def _torchvision_name(hf_key):
     raise AssertionError(hf_key)
 
 
-def test_torchvision_checkpoint_file(tmp_path):
+def test_torchvision_checkpoint_file(torch, transformers, tmp_path):
     """A torchvision-named .pth (DDP prefix, wrapper, fc head, BN counters) converts exactly."""
     ref = _hf_model("bottleneck")
     sd = {f"module.{_torchvision_name(k)}": v for k, v in ref.state_dict().items()}
@@ -169,10 +166,10 @@ def test_torchvision_checkpoint_file(tmp_path):
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).pooler_output.flatten(1).numpy()
     got, _ = _run(model, _nhwc(torch.from_numpy(x)))
-    assert _rel_err(got, want) < TOL
+    assert_close(got, want, TOL, norm=True)
 
 
-def test_hf_prefix_and_classifier_model():
+def test_hf_prefix_and_classifier_model(torch, transformers):
     config = transformers.ResNetConfig(
         embedding_size=8,
         hidden_sizes=(8, 16, 32, 64),
@@ -192,7 +189,7 @@ def test_hf_prefix_and_classifier_model():
         convert.from_hf_resnet(_numpy_sd(clf), prefix="vit.")
 
 
-def test_wrong_architecture_is_a_clear_error():
+def test_wrong_architecture_is_a_clear_error(torch, transformers):
     values = convert.from_hf_resnet(_numpy_sd(_hf_model("basic")))
     model = nnx.eval_shape(
         lambda: resnet.ResNet(block="basic", layers=(1, 1, 1, 1), width=8, rngs=nnx.Rngs(0))
@@ -204,64 +201,12 @@ def test_wrong_architecture_is_a_clear_error():
 # ----------------------------------------------------------------------------- RP3D-Diag v1
 
 
-class _TorchBlock(nn.Module):
-    """Basic residual block over Conv{2,3}d, with the original's padding = dilation."""
-
-    def __init__(self, cin, planes, stride, dilation, shortcut, nd):
-        super().__init__()
-        conv, bn = (nn.Conv2d, nn.BatchNorm2d) if nd == 2 else (nn.Conv3d, nn.BatchNorm3d)
-        self.conv1 = conv(cin, planes, 3, stride, dilation, dilation, bias=False)
-        self.bn1 = bn(planes)
-        self.conv2 = conv(planes, planes, 3, 1, dilation, dilation, bias=False)
-        self.bn2 = bn(planes)
-        self.downsample = (
-            nn.Sequential(conv(cin, planes, 1, stride, bias=False), bn(planes))
-            if shortcut
-            else None
-        )
-
-    def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + shortcut)
-
-
-class _TorchMedicalNet3D(nn.Module):
-    """The v1 3D ResNet-18 on (B, 3, H, W, D); strides in the original's (H, W, D) order."""
-
-    LAYERS = {
-        16: [((1, 1, 1), 1), ((2, 2, 2), 1), ((2, 2, 2), 2), ((2, 2, 1), 4)],
-        32: [((1, 1, 1), 1), ((2, 2, 2), 1), ((2, 2, 2), 2), ((2, 2, 2), 4)],
-    }
-
-    def __init__(self, depth, width):
-        super().__init__()
-        self.conv1 = nn.Conv3d(3, width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm3d(width)
-        self.maxpool = nn.MaxPool3d(3, 2, 1)
-        cin = width
-        for i, (stride, dilation) in enumerate(self.LAYERS[depth]):
-            planes = width * 2**i
-            setattr(
-                self,
-                f"layer{i + 1}",
-                nn.Sequential(
-                    _TorchBlock(cin, planes, stride, dilation, True, 3),
-                    _TorchBlock(planes, planes, 1, dilation, False, 3),
-                ),
-            )
-            cin = planes
-
-    def forward(self, x):
-        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-        return x.squeeze(-1)  # (B, C, h, w)
-
-
 @pytest.mark.parametrize("depth", [16, 32])
-def test_medicalnet_3d_parity(depth):
+def test_medicalnet_3d_parity(torch, depth):
+    from tests.references.rp3d_resnet_torch import TorchMedicalNet3D
+
     torch.manual_seed(depth)
-    ref = _randomise(_TorchMedicalNet3D(depth, width=4)).eval()
+    ref = _randomise(TorchMedicalNet3D(depth, width=4)).eval()
     sd = {f"resnet3D.{k}": v for k, v in _numpy_sd(ref).items()}
     sd["resnet2D.conv1.weight"] = np.zeros((4, 3, 7, 7), np.float32)  # outside the prefix
     model = _load(
@@ -273,31 +218,14 @@ def test_medicalnet_3d_parity(depth):
         want = ref(torch.from_numpy(x))
     got, _ = _run(model, np.transpose(x, (0, 4, 2, 3, 1)))  # (B, C, H, W, D) -> (B, D, H, W, C)
     assert got.shape == (1, 1, 1, 32)
-    assert _rel_err(got, _nhwc(want)) < TOL
+    assert_close(got, _nhwc(want), TOL, norm=True)
 
 
-class _TorchFuse(nn.Module):
-    """``resnet34_Fuse``'s stages: 1-3 at ``width``, stride 1; 4 at ``vis_dim``, stride 2."""
+def test_resnet_fuse_parity(torch):
+    from tests.references.rp3d_resnet_torch import TorchFuse
 
-    def __init__(self, cin, width, vis_dim, layers):
-        super().__init__()
-        for i, n in enumerate(layers):
-            planes, stride = (vis_dim, 2) if i == 3 else (width, 1)
-            blocks = [_TorchBlock(cin, planes, stride, 1, stride != 1 or cin != planes, 2)]
-            blocks += [_TorchBlock(planes, planes, 1, 1, False, 2) for _ in range(n - 1)]
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            cin = planes
-        self.fc = nn.Linear(vis_dim, 7)
-
-    def forward(self, x):
-        for i in range(1, 5):
-            x = getattr(self, f"layer{i}")(x)
-        return x.mean((2, 3))
-
-
-def test_resnet_fuse_parity():
     torch.manual_seed(0)
-    ref = _randomise(_TorchFuse(16, 16, 32, (2, 1, 1, 1))).eval()
+    ref = _randomise(TorchFuse(16, 16, 32, (2, 1, 1, 1))).eval()
     sd = {f"resnetFuse.{k}": v for k, v in _numpy_sd(ref).items()}
     model = _load(
         lambda: resnet.ResNetFuse(
@@ -309,4 +237,4 @@ def test_resnet_fuse_parity():
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).numpy()
     got, _ = _run(model, _nhwc(torch.from_numpy(x)))
-    assert _rel_err(got, want) < TOL
+    assert_close(got, want, TOL, norm=True)

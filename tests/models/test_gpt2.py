@@ -12,13 +12,11 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import radjax  # noqa: F401  (eager sharding off)
-from radjax import sharding
 from radjax.convert import gpt2 as convert
 from radjax.convert.torch_io import ConversionError, assign
 from radjax.models.gpt2 import GPT2, GPT2Config, causal_padding_mask
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests.parity import assert_close, rel_err
+from tests.sharded import assert_sharded_equals_unsharded, jit_build
 
 TINY_HF = {"vocab_size": 100, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4}
 B, L, H, DH, PX = 4, 10, 4, 8, 3  # batch, length, heads, head dim, extra keys
@@ -34,16 +32,13 @@ def _run(model, ids, **kwargs):
     return np.asarray(_forward(*nnx.split(model), ids, kwargs))
 
 
-def _rel(got, want):
-    """max |got - want| / max |want|."""
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
-
-
 def _numpy_sd(module):
     return {k: v.detach().numpy() for k, v in module.state_dict().items()}
 
 
 def _reference():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(**TINY_HF, bos_token_id=0, eos_token_id=0)
     cfg._attn_implementation = "eager"
@@ -66,6 +61,14 @@ def tiny():
     return _model(reference), reference
 
 
+@pytest.fixture(scope="module")
+def radjax_tiny():
+    """The tiny configuration, randomly initialised by radjax (no torch needed)."""
+    model = jit_build(lambda: GPT2(GPT2Config.from_hf_config(TINY_HF), rngs=nnx.Rngs(1)))
+    model.eval()
+    return model
+
+
 def _batch(seed=0):
     """Right-padded (B, L) ids and mask; row 0 is full length."""
     rng = np.random.default_rng(seed)
@@ -77,6 +80,8 @@ def _batch(seed=0):
 
 
 def _torch_logits(reference, ids, mask, **kwargs):
+    import torch
+
     with torch.no_grad():
         return reference(
             input_ids=torch.from_numpy(ids).long(),
@@ -99,11 +104,11 @@ def test_logits_match_transformers_on_padded_batch(tiny):
     ids, mask = _batch()
     got = _run(model, ids, attention_mask=mask)
     assert got.shape == (B, L, TINY_HF["vocab_size"]) and got.dtype == np.float32
-    assert _rel(got, _torch_logits(reference, ids, mask)) < 1e-5
+    assert_close(got, _torch_logits(reference, ids, mask), 1e-5)
 
 
-def test_inputs_embeds_and_no_extra_kv_equal_the_ids_path(tiny):
-    model, _ = tiny
+def test_inputs_embeds_and_no_extra_kv_equal_the_ids_path(radjax_tiny):
+    model = radjax_tiny
     ids, mask = _batch()
     want = _run(model, ids, attention_mask=mask)
     embeds = model.embed(jnp.asarray(ids))
@@ -147,12 +152,12 @@ def test_extra_kv_attention_equals_direct_computation(tiny):
         ek.astype(np.float64),
         ev.astype(np.float64),
     )
-    assert _rel(got, want) < 1e-5
+    assert_close(got, want, 1e-5)
     plain = np.asarray(model.h[0].attn(jnp.asarray(x), bool_mask))
-    assert _rel(got, plain) > 1e-2  # the extra keys change the output
+    assert rel_err(got, plain) > 1e-2  # the extra keys change the output
 
 
-def test_extra_kv_model_equals_transformers_with_prefix_cache(tiny):
+def test_extra_kv_model_equals_transformers_with_prefix_cache(torch, transformers, tiny):
     """Whole model: extra keys/values = transformers' cached prefix keys/values with an
     all-visible prefix mask and positions 0..L-1; the callable hook gives the same."""
     model, reference = tiny
@@ -166,15 +171,15 @@ def test_extra_kv_model_equals_transformers_with_prefix_cache(tiny):
         reference, ids, full_mask, cache=cache, position_ids=torch.arange(L)[None].expand(B, L)
     )
     got = _run(model, ids, attention_mask=mask, extra_kv=extra)
-    assert _rel(got, want) < 1e-5
+    assert_close(got, want, 1e-5)
     hooked = np.asarray(
         model(jnp.asarray(ids), attention_mask=mask, extra_kv=lambda layer: extra[layer])
     )
     np.testing.assert_allclose(hooked, got, rtol=0, atol=1e-5)
 
 
-def test_input_errors(tiny):
-    model, _ = tiny
+def test_input_errors(radjax_tiny):
+    model = radjax_tiny
     ids, mask = _batch()
     with pytest.raises(ValueError, match="exactly one"):
         model(attention_mask=mask)
@@ -187,7 +192,7 @@ def test_input_errors(tiny):
         model(jnp.zeros((1, 65), jnp.int32))
 
 
-def test_word_table_positions_reproduce_autorg_quirk():
+def test_word_table_positions_reproduce_autorg_quirk(torch):
     """position_table='wte' equals transformers with wpe overwritten by wte's first rows."""
     reference = _reference()
     model = _model(reference, position_table="wte")
@@ -196,30 +201,23 @@ def test_word_table_positions_reproduce_autorg_quirk():
             reference.transformer.wte.weight[: TINY_HF["n_positions"]]
         )
     ids, mask = _batch()
-    assert _rel(_run(model, ids, attention_mask=mask), _torch_logits(reference, ids, mask)) < 1e-5
+    assert_close(_run(model, ids, attention_mask=mask), _torch_logits(reference, ids, mask), 1e-5)
 
 
-def test_sharded_forward_equals_unsharded(tiny):
-    model, _ = tiny
-    graphdef, state = nnx.split(model)
+def test_sharded_forward_equals_unsharded(radjax_tiny):
     ids, mask = _batch()
     kwargs = {"attention_mask": mask, "extra_kv": _extra_kv()}
-    want = _forward(graphdef, state, ids, kwargs)
-
-    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
-    shardings = sharding.state_shardings(state, mesh)
+    run = assert_sharded_equals_unsharded(
+        radjax_tiny, ids, kwargs, fn=lambda m, ids, kw: m(ids, **kw), atol=1e-5
+    )
+    shardings = run.shardings
     assert shardings["h"][0]["attn"]["c_attn"]["kernel"].get_value().spec == P("fsdp", "tensor")
     assert shardings["h"][1]["mlp"]["c_proj"]["kernel"].get_value().spec == P("tensor", "fsdp")
-    placed = jax.device_put(state, shardings)
-    put = lambda x: jax.device_put(x, sharding.batch_sharding(mesh, np.ndim(x)))
-    with jax.set_mesh(mesh):
-        got = _forward(graphdef, placed, put(ids), jax.tree.map(put, kwargs))
-    assert not got.sharding.is_fully_replicated
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not run.got.sharding.is_fully_replicated
 
 
-def test_logical_axes(tiny):
-    model, _ = tiny
+def test_logical_axes(radjax_tiny):
+    model = radjax_tiny
     axes = lambda v: v.get_metadata().get("out_sharding")
     assert axes(model.wte.embedding) == ("vocab", "embed")
     assert axes(model.h[0].attn.c_attn.kernel) == ("embed", "heads")
@@ -283,6 +281,6 @@ def test_load_gpt2_roundtrip(tiny, tmp_path):
     reference.save_pretrained(tmp_path)
     model = convert.load_gpt2(tmp_path)
     ids, mask = _batch(seed=3)
-    assert _rel(_run(model, ids, attention_mask=mask), _torch_logits(reference, ids, mask)) < 1e-5
+    assert_close(_run(model, ids, attention_mask=mask), _torch_logits(reference, ids, mask), 1e-5)
     with pytest.raises(FileNotFoundError, match="no-such-dir"):
         convert.load_gpt2(tmp_path / "no-such-dir")

@@ -1,4 +1,5 @@
-"""A PyTorch stand-in for RadFM's vision path, for parity tests.
+"""A PyTorch stand-in for RadFM's vision path: the torch side of benchmarks/radfm.py, verified
+against the golden outputs of the original RadFM code in tests/papers/radfm/test_radfm_golden.py.
 
 Written from reading ``chaoyi-wu/RadFM`` (``src/Model/RadFM/{vit_3d,helpers,
 position_encoding,my_embedding_layer}.py``), not copied from it. Module trees and
