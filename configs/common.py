@@ -1,4 +1,4 @@
-"""Shared config helpers: big_vision-style argument parsing."""
+"""Shared config helpers: big_vision-style argument parsing, the default-off stage fields."""
 
 from __future__ import annotations
 
@@ -27,3 +27,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         else:
             out[key] = kind(value)
     return out
+
+
+def add_stage_fields(c: ml_collections.ConfigDict) -> None:
+    """Default-off ``model.lora`` and ``init_from`` (``radjax.train.stages``), so that e.g.
+    ``--config.model.lora.rank=8 --config.init_from.workdir=<stage 1 workdir>`` work."""
+    # LoRA on nnx.Linear module paths (rank 0 = off), e.g. targets='.*/(q_proj|v_proj)'
+    c.model.lora = ml_collections.ConfigDict(
+        dict(rank=0, alpha=16.0, dropout=0.0, targets="", freeze_base=True)
+    )
+    # A fresh run starts from an earlier stage's workdir (newest checkpoint) or step directory.
+    c.init_from = ml_collections.ConfigDict(
+        dict(workdir="", checkpoint="", include=".*", renames=(), strict=True)
+    )

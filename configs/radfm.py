@@ -10,17 +10,19 @@ Variants (``--config configs/radfm.py:<arg>``):
               3.0 = the paper (default), 1.0 = the released code (plain cross-entropy).
   ``freeze_llm_steps=<n>``  the paper's first stage: only the perceiver, fc and the image
               marker embeddings train for n steps (``optim.delay``).
+  ``tasks=<a>+<b>``  train and evaluate only these phantom tasks (``data.phantom_tasks``),
+              e.g. ``tiny,tasks=modality+caption``.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import add_stage_fields, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, tiny=False, paper=False, entity_weight=3.0, freeze_llm_steps=0)
+    a = parse_arg(arg, tiny=False, paper=False, entity_weight=3.0, freeze_llm_steps=0, tasks="")
     c = ml_collections.ConfigDict()
     c.paper = "radfm"  # the package radjax.papers.radfm
     c.seed = 0
@@ -79,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.root = "runs/data/radfm_phantoms"
     d.tasks = ml_collections.ConfigDict()  # filled with the phantom task files when empty
+    d.phantom_tasks = tuple(filter(None, a.tasks.split("+")))  # () = every phantom task
     d.tokenizer = "phantom"  # 'phantom' or a local HF (LLaMA) tokenizer directory
     d.max_images = 10
     d.tokens_per_image = 32  # = model.vision.num_latents
@@ -128,6 +131,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3))
     c.eval = ml_collections.ConfigDict(dict(batch_size=4, max_new_tokens=200, bertscore=True))
+
+    add_stage_fields(c)  # model.lora, init_from (default off)
 
     if a.tiny:
         _tiny(c)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import parse_arg
+from configs.common import add_stage_fields, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -118,16 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if a.label_level == "icd10s":
         c.eval.head_cut, c.eval.medium_cut = 165, 395
 
-    # ---- stages (radjax.train.stages; default off) ----
-    # LoRA on nnx.Linear module paths (rank 0 = off); e.g. --config.model.lora.rank=4
-    # --config.model.lora.targets='slice_attn/.*/(query|value)'
-    m.lora = ml_collections.ConfigDict(
-        dict(rank=0, alpha=16.0, dropout=0.0, targets="", freeze_base=True)
-    )
-    # Start a fresh run from an earlier stage: --config.init_from.workdir=<stage 1 workdir>
-    c.init_from = ml_collections.ConfigDict(
-        dict(workdir="", checkpoint="", include=".*", renames=(), strict=True)
-    )
+    add_stage_fields(c)  # model.lora, init_from (default off)
 
     if a.tiny:
         _tiny(c)

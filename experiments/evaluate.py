@@ -1,13 +1,18 @@
 """Evaluates the newest checkpoint in a workdir: writes ``W/eval/<step>.json``.
 
 ``python -m experiments.evaluate --config configs/<paper>.py:tiny --workdir W [--split test]``
+(without ``--split``: every named evaluation ``config.evals.<name>``, else ``train.eval_split``)
 """
 
 from absl import app, flags
 
 from experiments import launch
 
-SPLIT = flags.DEFINE_string("split", None, "Split to evaluate (default: config.train.eval_split).")
+SPLIT = flags.DEFINE_string(
+    "split",
+    None,
+    "Split to evaluate (default: every config.evals.<name>, else config.train.eval_split).",
+)
 
 
 def main(argv):
@@ -15,10 +20,7 @@ def main(argv):
     launch.start()
     from radjax.train import loop
 
-    config = launch.CONFIG.value
-    loop.evaluate_checkpoint(
-        config, launch.WORKDIR.value, SPLIT.value or config.train.get("eval_split", "test")
-    )
+    loop.evaluate_checkpoint(launch.CONFIG.value, launch.WORKDIR.value, SPLIT.value)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ compile time grows with ``num_layers``). ``DecoderConfig.scan_layers`` keeps one
 ``layers/self_attn/q_proj/kernel`` of shape (num_layers, ...)) and runs it with
 ``jax.lax.scan``: one compiled layer, whatever the depth. The converters stack checkpoints
 for it (``radjax.convert.llama``); the KV-cache path slices the stack layer by layer. LoRA
-(``radjax.nn.lora``) adapts 2-D kernels only, i.e. unscanned models.
+(``radjax.nn.lora``) adapts both: stacked kernels get per-layer adapters stacked the same
+way. Under the scan no dropout runs (attention or LoRA): the scan body does not carry
+per-layer RNG state, so both are rejected there.
 
 Not implemented: attention / MLP biases, and the ``dynamic``, ``yarn`` and ``longrope``
 RoPE scalings (``from_hf_config`` rejects such configs).

@@ -148,7 +148,8 @@ class Encoder(nnx.Module):
       layers: number of layers.
       final_norm: factory of the norm after the stack, or None.
       remat: rematerialise each layer in the backward pass.
-      **layer_kwargs: ``EncoderLayer`` arguments (heads, mlp_dim, norm_first, ...).
+      layer: the layer class (``EncoderLayer`` or a subclass with another residual order).
+      **layer_kwargs: ``layer`` arguments (heads, mlp_dim, norm_first, ...).
     """
 
     def __init__(
@@ -158,12 +159,11 @@ class Encoder(nnx.Module):
         layers: int,
         final_norm: NormFactory | None = None,
         remat: bool = False,
+        layer: type[EncoderLayer] = EncoderLayer,
         rngs: nnx.Rngs,
         **layer_kwargs,
     ):
-        self.layers = nnx.List(
-            [EncoderLayer(dim, rngs=rngs, **layer_kwargs) for _ in range(layers)]
-        )
+        self.layers = nnx.List([layer(dim, rngs=rngs, **layer_kwargs) for _ in range(layers)])
         self.norm = final_norm(dim, rngs=rngs) if final_norm is not None else None
         self.remat = remat
 

@@ -3,7 +3,7 @@ with the LM head.
 
 All return ``sum_i w_i * CE_i / sum_i w_i`` in f32 (0 when no weight is positive). With
 weights in {0, 1} that is transformers' mean cross-entropy over non-ignored labels; RadFM's
-paper weights medical-entity tokens 3 (``radjax.metrics.text.entity_token_weights``).
+paper weights medical-entity tokens 3 (``radjax.metrics.entities.entity_token_weights``).
 
 ``fused_head_cross_entropy`` takes the final hidden states and the head kernel instead of
 logits. Its forward pass computes the loss and, at the same time, the gradients with respect

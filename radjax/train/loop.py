@@ -225,10 +225,12 @@ def train_and_evaluate(
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict,
     workdir: str,
-    split: str,
+    split: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, float]:
-    """Evaluates the newest readable checkpoint in ``workdir`` on ``split`` (step 0 if none)."""
+    """Evaluates the newest readable checkpoint in ``workdir`` (step 0 if none) on ``split``;
+    with ``split`` None, every named evaluation of ``config.evals`` (``"<name>/<metric>"``
+    keys), or ``train.eval_split`` when there are none."""
     fmt = experiment_lib.prepare_config(config)
     exp = experiment_lib.build(config, mesh)
     ckpt = Checkpointer(
@@ -240,8 +242,20 @@ def evaluate_checkpoint(
     ckpt.close()
     if restored is None:
         log.warning("no checkpoint in %s: evaluating the untrained model", workdir)
-    result = run_eval(exp, fmt, state, split)
     os.makedirs(workdir, exist_ok=True)
+    named = [] if split is not None else stages.eval_specs(config) if config.get("evals") else []
+    if named:
+        results = []
+        for spec in named:
+            fmt.ensure_data(spec.config.data)
+            results.append((spec, run_eval(exp, fmt, state, spec.split, spec.config)))
+            log.info(
+                "%s at step %d on %s: %s", spec.name, step, spec.split, _summary(results[-1][1])
+            )
+        _save_named_evals(workdir, step, results, MetricsLog(workdir))
+        return {f"{s.name}/{k}": v for s, r in results for k, v in r.items()}
+    split = split or config.train.get("eval_split", "test")
+    result = run_eval(exp, fmt, state, split)
     _save_eval(workdir, step, split, result, MetricsLog(workdir))
     log.info("eval at step %d on %s: %s", step, split, _summary(result))
     return result

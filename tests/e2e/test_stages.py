@@ -111,3 +111,10 @@ def test_two_stages_init_from_lora_and_named_evals(tmp_path, tiny_data):
     assert int(resumed["step"]) == 3
     for path, value in stage1_params.items():
         np.testing.assert_array_equal(_params(resumed)[path], value, err_msg=path)
+
+    # evaluate_checkpoint without a split runs every named evaluation on the newest step.
+    evaluated = loop.evaluate_checkpoint(config, stage2_dir, mesh=mesh)
+    assert evaluated["small/num_examples"] == 32
+    assert evaluated["full/num_examples"] == len(cases)
+    with open(os.path.join(stage2_dir, "eval", "3.json")) as f:
+        assert json.load(f)["small/auc"] == pytest.approx(evaluated["small/auc"])

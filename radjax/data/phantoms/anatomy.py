@@ -1,4 +1,5 @@
-"""Shared phantom anatomy: disorders, lesion drawing, body sections and report sentences.
+"""Shared phantom anatomy: disorders, lesion drawing (with masks and boxes), body sections and
+report sentences.
 
 Used by every paper's phantom writer (``radjax.papers.<paper>.phantoms``). Volumes are f32
 (H, W, D) in relative intensity units (air 0, soft tissue ~0.4, bone ~0.85). Each disorder is
@@ -190,6 +191,23 @@ LESIONS: dict[str, Callable] = {
     "wedge": _draw_wedge,
     "striped": _draw_striped,
 }
+
+
+def draw_lesion(vol: np.ndarray, kind: str, dy, dx, dz, r, rz, rng) -> np.ndarray:
+    """Draws a ``kind`` lesion into ``vol`` (f32 (H, W, D), in place, offsets as above) and
+    returns its segmentation mask: bool (H, W, D), the voxels the lesion changed."""
+    before = vol.copy()
+    LESIONS[kind](vol, dy, dx, dz, r, rz, rng)
+    return vol != before
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, ...] | None:
+    """The tightest box around a mask of any rank: (start_0, ..., stop_0, ...) with exclusive
+    stops, e.g. (y0, x0, z0, y1, x1, z1) for (H, W, D); None when the mask is empty."""
+    hits = np.argwhere(mask)
+    if not len(hits):
+        return None
+    return tuple(int(v) for v in (*hits.min(axis=0), *(hits.max(axis=0) + 1)))
 
 
 def _ellipse(y, x, cy, cx, ry, rx):

@@ -155,7 +155,8 @@ def ensure_data(data_cfg: ml_collections.ConfigDict) -> None:
 
 def complete_config(config: ml_collections.ConfigDict) -> None:
     """Fills what the data decides (called after ``ensure_data``): ``data.tasks`` (the
-    phantom files when empty and phantoms are on), ``model.llm.vocab_size`` = the tokenizer's
+    phantom files when empty and phantoms are on; only ``data.phantom_tasks`` when that names
+    some), ``model.llm.vocab_size`` = the tokenizer's
     text vocabulary V, ``model.eos_token_id`` / ``model.pad_token_id``.
 
     Raises:
@@ -163,7 +164,7 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
     """
     d, m = config.data, config.model
     if not d.get("tasks") and d.get("phantoms", {}).get("enabled", False):
-        d.tasks = phantom_tasks()
+        d.tasks = phantom_tasks(tuple(d.get("phantom_tasks", ())))
     if int(d.get("tokens_per_image", 32)) != int(m.vision.num_latents):
         raise ValueError(
             f"data.tokens_per_image {d.get('tokens_per_image', 32)} must equal "
@@ -184,9 +185,14 @@ def most_frequent_answers(data_cfg: ml_collections.ConfigDict, split: str) -> di
     return {task: c.most_common(1)[0][0] for task, c in counts.items()}
 
 
-def phantom_tasks() -> dict[str, dict[str, str]]:
-    """``data.tasks`` for the files of ``radjax.papers.radfm.phantoms`` (train and test)."""
+def phantom_tasks(names: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
+    """``data.tasks`` for the files of ``radjax.papers.radfm.phantoms`` (train and test):
+    every task, or those ``names``."""
     from radjax.papers.radfm.phantoms import SPLITS, TASKS, task_file
+
+    unknown = sorted(set(names) - set(TASKS))
+    if unknown:
+        raise ValueError(f"data.phantom_tasks: unknown tasks {unknown}; known: {list(TASKS)}")
 
     extra = {
         "modality": {"modality_set": "modality_set.json"},
@@ -199,6 +205,7 @@ def phantom_tasks() -> dict[str, dict[str, str]]:
             **extra.get(task, {}),
         }
         for task in TASKS
+        if not names or task in names
     }
 
 

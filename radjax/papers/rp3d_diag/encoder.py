@@ -31,10 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from radjax.nn.attention import MultiHeadAttention
-from radjax.nn.remat import checkpointed
-from radjax.nn.transformer import Mlp
-from radjax.sharding import shard_act
+from radjax.nn.transformer import Encoder, EncoderLayer
 
 
 class StdLayerNorm(nnx.Module):
@@ -54,38 +51,11 @@ class StdLayerNorm(nnx.Module):
         return y.astype(x.dtype)
 
 
-class RP3DEncoderLayer(nnx.Module):
+class RP3DEncoderLayer(EncoderLayer):
     """``x + Attn(x)`` then ``x + MLP(norm2(x))``: (B, L, dim) -> (B, L, dim).
 
     ``norm1`` holds the original's ``sublayer.0.norm`` and is never applied.
     """
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        heads: int,
-        mlp_dim: int,
-        dropout: float = 0.0,
-        dtype=None,
-        rngs: nnx.Rngs,
-    ):
-        init = nnx.initializers.xavier_uniform()
-        self.attn = MultiHeadAttention(
-            dim, heads=heads, dropout=dropout, kernel_init=init, dtype=dtype, rngs=rngs
-        )
-        self.mlp = Mlp(
-            dim,
-            mlp_dim,
-            activation=jax.nn.relu,
-            dropout=dropout,
-            kernel_init=init,
-            dtype=dtype,
-            rngs=rngs,
-        )
-        self.norm1 = StdLayerNorm(dim)
-        self.norm2 = StdLayerNorm(dim)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
 
     def __call__(
         self, x: jax.Array, mask: jax.Array | None = None
@@ -100,48 +70,6 @@ class RP3DEncoderLayer(nnx.Module):
         return x, probs, scores
 
 
-class RP3DEncoder(nnx.Module):
-    """``TransformerEncoder(d_model, d_ff, n_heads, n_layers)``: layers then ``norm``.
-
-    (B, L, dim), mask -> (B, L, dim), per-layer probs, per-layer raw scores (each
-    (B, H, L, L) f32). The original returns only the last layer's; ``[-1]`` is that.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        heads: int,
-        mlp_dim: int,
-        layers: int,
-        dropout: float = 0.0,
-        dtype=None,
-        remat: bool = False,
-        rngs: nnx.Rngs,
-    ):
-        self.layers = nnx.List(
-            [
-                RP3DEncoderLayer(
-                    dim, heads=heads, mlp_dim=mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs
-                )
-                for _ in range(layers)
-            ]
-        )
-        self.norm = StdLayerNorm(dim)
-        self.remat = remat
-
-    def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None
-    ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
-        all_probs, all_scores = [], []
-        for layer in self.layers:
-            x, probs, scores = checkpointed(layer, x, mask) if self.remat else layer(x, mask)
-            x = shard_act(x, ("act_batch", "act_length", "act_embed"))
-            all_probs.append(probs)
-            all_scores.append(scores)
-        return self.norm(x), tuple(all_probs), tuple(all_scores)
-
-
 def annotated_encoder(
     dim: int,
     *,
@@ -152,15 +80,22 @@ def annotated_encoder(
     dtype=None,
     remat: bool = False,
     rngs: nnx.Rngs,
-) -> RP3DEncoder:
-    """RP3D-Diag's encoder (``TransformerEncoder(d_model, d_ff, n_heads, n_layers)``)."""
-    return RP3DEncoder(
+) -> Encoder:
+    """RP3D-Diag's encoder (``TransformerEncoder(d_model, d_ff, n_heads, n_layers)``): the
+    layers, then ``norm``. (B, L, dim), mask -> (B, L, dim), per-layer probs, per-layer raw
+    scores (each (B, H, L, L) f32); the original returns only the last layer's (``[-1]``)."""
+    return Encoder(
         dim,
+        layers=layers,
+        final_norm=StdLayerNorm,
+        remat=remat,
+        layer=RP3DEncoderLayer,
         heads=heads,
         mlp_dim=mlp_dim,
-        layers=layers,
+        norm=StdLayerNorm,
+        activation=jax.nn.relu,
         dropout=dropout,
+        kernel_init=nnx.initializers.xavier_uniform(),
         dtype=dtype,
-        remat=remat,
         rngs=rngs,
     )

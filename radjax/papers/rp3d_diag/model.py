@@ -9,8 +9,8 @@ Two architectures (``config.model.arch``):
 ``released`` (NatComm code, ``src/Train/Model/modelRadNet.py``; default)
   every slice, grey repeated to 3 channels, goes through a 2D ResNet (ResNet-50,
   2048-d pooled) -> ``SliceAttention`` (the original's Attention1D: CLS + learned
-  positions, pre-norm encoder with 1 head, key padding from ``marks``) -> one vector
-  per scan. Early fusion: ``ScanFusion`` (vitFuse: modality embeddings, CLS, 2 layers
+  positions, 1-head encoder attending on its un-normalised input (``encoder.py``), key
+  padding from ``marks``) -> one vector per scan. Early fusion: ``ScanFusion`` (vitFuse: modality embeddings, CLS, 2 layers
   of 4 heads, padding scans ``mods == 0`` masked) -> one vector per case. Head: ``fc``
   Linear(d, d) -> GELU -> Linear(d, C).
 ``v1`` (arXiv-v1 code, commit 6674fed ``src/Model``)
