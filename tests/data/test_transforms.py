@@ -6,12 +6,16 @@ import pytest
 from radjax.data import transforms as T
 from radjax.papers.rp3d_diag import transforms as rp3d_T
 
-torch = pytest.importorskip("torch")
-mt = pytest.importorskip("monai.transforms")
+
+@pytest.fixture(scope="module")
+def mt():
+    return pytest.importorskip("monai.transforms")
 
 
 def _monai(transform, x_channels_last: np.ndarray) -> np.ndarray:
     """Runs a MONAI array transform on a channels-last array; returns channels-last."""
+    import torch
+
     channel_first = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x_channels_last, -1, 0)))
     out = transform(channel_first)
     return np.moveaxis(np.asarray(out), 0, -1)
@@ -25,7 +29,7 @@ def rng():
 @pytest.mark.parametrize(
     "b_min,b_max,clip", [(0.0, 1.0, True), (-1.0, 2.0, False), (None, None, False)]
 )
-def test_scale_intensity_range_matches_monai(rng, b_min, b_max, clip):
+def test_scale_intensity_range_matches_monai(mt, rng, b_min, b_max, clip):
     x = rng.uniform(-1200, 1500, size=(6, 7, 5, 1)).astype(np.float32)
     ours = T.scale_intensity_range(x, -1000, 1000, b_min, b_max, clip)
     ref = _monai(mt.ScaleIntensityRange(-1000, 1000, b_min, b_max, clip), x)
@@ -34,14 +38,14 @@ def test_scale_intensity_range_matches_monai(rng, b_min, b_max, clip):
         assert ours.min() == b_min and ours.max() == b_max
 
 
-def test_scale_intensity_range_degenerate_window_matches_monai(rng):
+def test_scale_intensity_range_degenerate_window_matches_monai(mt, rng):
     x = rng.normal(size=(4, 4, 1)).astype(np.float32)
     with pytest.warns(Warning):
         ref = _monai(mt.ScaleIntensityRange(3.0, 3.0, 1.0, 2.0), x)
     np.testing.assert_allclose(T.scale_intensity_range(x, 3.0, 3.0, 1.0, 2.0), ref, atol=1e-6)
 
 
-def test_scale_intensity_matches_monai_and_handles_constant_like_rp3d(rng):
+def test_scale_intensity_matches_monai_and_handles_constant_like_rp3d(mt, rng):
     x = rng.normal(5.0, 3.0, size=(5, 9, 2)).astype(np.float32)
     np.testing.assert_allclose(
         T.scale_intensity(x, -1.0, 3.0),
@@ -60,7 +64,7 @@ def test_scale_intensity_matches_monai_and_handles_constant_like_rp3d(rng):
 @pytest.mark.parametrize(
     "shape,size", [((13, 17, 2), (8, 25)), ((5, 6, 1), (5, 11)), ((32, 32, 3), (7, 7))]
 )
-def test_resize_bilinear_matches_monai(rng, shape, size):
+def test_resize_bilinear_matches_monai(mt, rng, shape, size):
     x = rng.normal(size=shape).astype(np.float32)
     ref = _monai(mt.Resize(size, mode="bilinear"), x)
     ours = T.resize(x, size, mode="bilinear")
@@ -69,7 +73,7 @@ def test_resize_bilinear_matches_monai(rng, shape, size):
 
 
 @pytest.mark.parametrize("shape,size", [((5, 9, 7, 1), (8, 4, 11)), ((4, 6, 6, 2), (4, 3, -1))])
-def test_resize_trilinear_matches_monai(rng, shape, size):
+def test_resize_trilinear_matches_monai(mt, rng, shape, size):
     x = rng.normal(size=shape).astype(np.float32)
     ref = _monai(mt.Resize(size, mode="trilinear"), x)
     np.testing.assert_allclose(T.resize(x, size, mode="trilinear"), ref, rtol=1e-5, atol=1e-5)
@@ -78,7 +82,7 @@ def test_resize_trilinear_matches_monai(rng, shape, size):
 @pytest.mark.parametrize(
     "shape,size", [((13, 17, 1), (8, 25)), ((7, 10, 9, 2), (3, 17, 9)), ((6, 6, 1), (9, 4))]
 )
-def test_resize_nearest_matches_monai(rng, shape, size):
+def test_resize_nearest_matches_monai(mt, rng, shape, size):
     x = rng.integers(0, 50, size=shape).astype(np.float32)
     ref = _monai(mt.Resize(size, mode="nearest"), x)
     np.testing.assert_array_equal(T.resize(x, size, mode="nearest"), ref)
@@ -90,7 +94,7 @@ def test_resize_rejects_unknown_mode():
 
 
 @pytest.mark.parametrize("method", ["symmetric", "end"])
-def test_spatial_pad_matches_monai(rng, method):
+def test_spatial_pad_matches_monai(mt, rng, method):
     x = rng.normal(size=(5, 8, 3, 2)).astype(np.float32)
     size = (8, 7, 6)  # pad, keep (already larger), pad
     ours = T.spatial_pad(x, size, method=method)
@@ -99,7 +103,7 @@ def test_spatial_pad_matches_monai(rng, method):
     np.testing.assert_array_equal(ours, ref)
 
 
-def test_center_spatial_crop_matches_monai(rng):
+def test_center_spatial_crop_matches_monai(mt, rng):
     x = rng.normal(size=(9, 8, 5, 1)).astype(np.float32)
     for roi in [(4, 5, 7), (9, 3, 2), (1, 8, -1)]:
         np.testing.assert_array_equal(
@@ -108,7 +112,7 @@ def test_center_spatial_crop_matches_monai(rng):
 
 
 @pytest.mark.parametrize("size", [(6, 11), (10, 4), (7, 7)])
-def test_resize_with_pad_or_crop_matches_monai(rng, size):
+def test_resize_with_pad_or_crop_matches_monai(mt, rng, size):
     x = rng.normal(size=(9, 6, 2)).astype(np.float32)
     ours = T.resize_with_pad_or_crop(x, size)
     assert ours.shape == size + (2,)
@@ -124,7 +128,7 @@ def test_repeat_slices_makes_identical_leading_slices():
 
 
 @pytest.mark.parametrize("depth", [4, 16, 32, 7])
-def test_rp3d_slice_indices_match_torch_arange(depth):
+def test_rp3d_slice_indices_match_torch_arange(torch, depth):
     for num_slices in range(depth + 1, 130):
         ref = torch.arange(0, num_slices, num_slices / depth).long()[:depth].numpy()
         np.testing.assert_array_equal(
@@ -137,6 +141,8 @@ def test_rp3d_slice_indices_match_torch_arange(depth):
 
 def _rp3d_reference(volume_hwd: np.ndarray, size: int, depth: int) -> np.ndarray:
     """RP3D's resample_image on a 'd c h w' tensor, written out with torch ops."""
+    import torch
+
     image = torch.from_numpy(np.moveaxis(volume_hwd, -1, 0)[:, None].copy())
     if not (image.shape[-1] == size and image.shape[0] <= depth):
         image = torch.nn.functional.interpolate(
@@ -150,7 +156,7 @@ def _rp3d_reference(volume_hwd: np.ndarray, size: int, depth: int) -> np.ndarray
 @pytest.mark.parametrize(
     "shape,size,depth", [((40, 40, 45), 16, 8), ((20, 20, 3), 32, 8), ((24, 24, 10), 24, 10)]
 )
-def test_rp3d_resample_matches_reference_and_pads(rng, shape, size, depth):
+def test_rp3d_resample_matches_reference_and_pads(torch, rng, shape, size, depth):
     vol = rng.normal(size=shape).astype(np.float32)
     out, marks = rp3d_T.rp3d_resample(vol, size, depth)
     ref = _rp3d_reference(vol, size, depth)

@@ -11,16 +11,14 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import radjax  # noqa: F401  (eager sharding off)
-from radjax import sharding
 from radjax.convert import bert as convert_bert
 from radjax.convert import mpnet as convert
 from radjax.convert.text_encoder import load_text_encoder
 from radjax.convert.torch_io import ConversionError, assign
 from radjax.models.mpnet import MPNetConfig, MPNetModel, relative_position_buckets
 from radjax.papers.rp3d_diag import knowledge
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests.parity import assert_close
+from tests.sharded import assert_sharded_equals_unsharded, jit_build
 
 # An MPNet WordPiece vocabulary (MPNet's special tokens at MPNet's ids: <s> 0, <pad> 1,
 # </s> 2) that spells any lower-case text from single letters.
@@ -66,17 +64,12 @@ def _forward(graphdef, state, *inputs):
     return nnx.merge(graphdef, state)(*inputs)
 
 
-def _rel(got, want):
-    """max |got - want| / max |want|."""
-    return float(np.abs(np.asarray(got) - want).max() / np.abs(want).max())
-
-
 def _numpy_sd(module):
     return {k: v.detach().numpy() for k, v in module.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(torch, transformers):
     """A random transformers MPNet (LayerNorms and the relative bias perturbed away from
     their initial values so that their conversion matters) and the radjax copy."""
     torch.manual_seed(0)
@@ -92,6 +85,14 @@ def tiny():
     return model, reference
 
 
+@pytest.fixture(scope="module")
+def radjax_tiny():
+    """The tiny configuration, randomly initialised by radjax (no torch needed)."""
+    model = jit_build(lambda: MPNetModel(MPNetConfig.from_hf_config(TINY_HF), rngs=nnx.Rngs(1)))
+    model.eval()
+    return model
+
+
 def _tiny_batch(b=4, length=20, seed=0):
     """Random ids, padded with MPNet's pad id 1 (so positions depend on the padding);
     lengths reach past 16 tokens, into the log-spaced relative buckets."""
@@ -102,7 +103,7 @@ def _tiny_batch(b=4, length=20, seed=0):
     return np.where(mask == 1, ids, 1).astype(np.int32), mask
 
 
-def test_tiny_random_parity_with_transformers(tiny):
+def test_tiny_random_parity_with_transformers(torch, tiny):
     model, reference = tiny
     ids, mask = _tiny_batch()
     with torch.no_grad():
@@ -110,19 +111,19 @@ def test_tiny_random_parity_with_transformers(tiny):
             input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
         )
     hidden, pooled = _forward(*nnx.split(model), ids, mask)
-    assert _rel(hidden, want.last_hidden_state.numpy()) < 1e-5
-    assert _rel(pooled, want.pooler_output.numpy()) < 1e-5
+    assert_close(hidden, want.last_hidden_state.numpy(), 1e-5)
+    assert_close(pooled, want.pooler_output.numpy(), 1e-5)
 
 
-def test_buckets_equal_transformers():
+def test_buckets_equal_transformers(torch, transformers):
     want = transformers.models.mpnet.modeling_mpnet.MPNetEncoder.relative_position_bucket(
         torch.arange(300)[None, :] - torch.arange(300)[:, None]
     ).numpy()
     np.testing.assert_array_equal(relative_position_buckets(300), want)
 
 
-def test_shapes_axes_and_config_errors(tiny):
-    model, _ = tiny
+def test_shapes_axes_and_config_errors(radjax_tiny):
+    model = radjax_tiny
     assert model.position_bias(20).shape == (1, 4, 20, 20)
     axes = lambda v: v.get_metadata().get("out_sharding")
     assert axes(model.relative_attention_bias.embedding) == (None, "heads")
@@ -138,20 +139,10 @@ def test_shapes_axes_and_config_errors(tiny):
         MPNetConfig.from_hf_config(dict(TINY_HF, relative_attention_num_buckets=16))
 
 
-def test_sharded_forward_equals_unsharded(tiny):
-    graphdef, state = nnx.split(tiny[0])
-    inputs = _tiny_batch()
-    want = _forward(graphdef, state, *inputs)
-    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
-    shardings = sharding.state_shardings(state, mesh)
-    spec = shardings["relative_attention_bias"]["embedding"].get_value().spec
+def test_sharded_forward_equals_unsharded(radjax_tiny):
+    run = assert_sharded_equals_unsharded(radjax_tiny, *_tiny_batch())
+    spec = run.shardings["relative_attention_bias"]["embedding"].get_value().spec
     assert spec == P(None, "tensor")
-    placed = jax.device_put(state, shardings)
-    batch = [jax.device_put(x, sharding.batch_sharding(mesh, 2)) for x in inputs]
-    with jax.set_mesh(mesh):
-        got = _forward(graphdef, placed, *batch)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 def test_prefixed_checkpoint_and_conversion_errors(tiny):
@@ -174,7 +165,7 @@ def test_prefixed_checkpoint_and_conversion_errors(tiny):
 
 
 @pytest.fixture(scope="module")
-def saved(tiny, tmp_path_factory):
+def saved(transformers, tiny, tmp_path_factory):
     """The tiny reference saved as a transformers directory with an MPNet tokenizer."""
     path = tmp_path_factory.mktemp("tiny-mpnet")
     tiny[1].save_pretrained(path)
@@ -183,7 +174,7 @@ def saved(tiny, tmp_path_factory):
     return path
 
 
-def test_directory_loads_and_mean_pools_like_sentence_transformers(tiny, saved):
+def test_directory_loads_and_mean_pools_like_sentence_transformers(torch, tiny, saved):
     model, tokenizer = load_text_encoder(saved)
     assert isinstance(model, MPNetModel) and tokenizer.pad_token_id == 1
     enc = tokenizer(TEXTS, padding=True, return_tensors="pt")

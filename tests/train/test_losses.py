@@ -8,11 +8,9 @@ import pytest
 from radjax.papers.rp3d_diag.losses import symmetric_kl_gaussian_key_slice
 from radjax.train import losses
 
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
 
-
-def test_sigmoid_bce_clamped_matches_torch():
+def test_sigmoid_bce_clamped_matches_torch(torch):
+    F = torch.nn.functional
     r = np.random.default_rng(0)
     logits = (r.normal(size=(3, 7)) * 40).astype(np.float32)  # some beyond the ±60 clamp
     logits[0, 0], logits[1, 1] = 300.0, -250.0
@@ -26,6 +24,9 @@ def test_sigmoid_bce_clamped_matches_torch():
 
 def _torch_kl_with_gaussian(pred, centers, cutoffs, length, std):
     """RP3D's KLwithGaussian on the selected rows, written out in torch."""
+    import torch
+
+    F = torch.nn.functional
     x = torch.arange(length).repeat(len(centers), 1).float()
     labels = torch.exp(-0.5 * ((x - centers[:, None]) / std) ** 2)
     labels = torch.where(x < cutoffs[:, None], labels, torch.zeros_like(labels))
@@ -37,7 +38,7 @@ def _torch_kl_with_gaussian(pred, centers, cutoffs, length, std):
     ) / 2
 
 
-def test_symmetric_kl_matches_torch_on_counted_scans():
+def test_symmetric_kl_matches_torch_on_counted_scans(torch):
     r = np.random.default_rng(1)
     s, length, std = 6, 8, 8 / 16
     n_valid = np.array([8, 3, 5, 0, 6, 2])
