@@ -9,13 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_gpt2 import TINY_HF, _model, _reference
 
 import radjax  # noqa: F401  (eager sharding off)
+from radjax.models.gpt2 import GPT2, GPT2Config
 from radjax.train.generation import generate
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from test_gpt2 import _model, _reference
+from tests.sharded import jit_build
 
 PROMPT, NEW, EOS, PAD = 7, 10, 0, 99
 
@@ -35,8 +34,16 @@ def pair():
     return reference, _model(reference)
 
 
+@pytest.fixture(scope="module")
+def radjax_model():
+    """The tiny GPT-2, randomly initialised by radjax (no torch needed)."""
+    model = jit_build(lambda: GPT2(GPT2Config.from_hf_config(TINY_HF), rngs=nnx.Rngs(1)))
+    model.eval()
+    return model
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_generate_is_token_identical_to_transformers(pair, num_beams):
+def test_generate_is_token_identical_to_transformers(torch, pair, num_beams):
     reference, model = pair
     ids, mask = _prompts()
     with torch.no_grad():
@@ -69,8 +76,8 @@ def _full_logits(graphdef, state, ids, mask, positions, extra):
     return nnx.merge(graphdef, state)(ids, attention_mask=mask, positions=positions, extra_kv=extra)
 
 
-def test_extra_kv_in_cache_matches_full_recomputation(pair):
-    _, model = pair
+def test_extra_kv_in_cache_matches_full_recomputation(radjax_model):
+    model = radjax_model
     cfg = model.cfg
     ids, mask = _prompts()
     rng = np.random.default_rng(0)
@@ -128,8 +135,8 @@ def test_extra_kv_in_cache_matches_full_recomputation(pair):
         seq_mask = np.concatenate([seq_mask, np.ones((2, 1), np.int32)], axis=1)
 
 
-def test_extra_kv_errors(pair):
-    _, model = pair
+def test_extra_kv_errors(radjax_model):
+    model = radjax_model
     with pytest.raises(ValueError, match="pass extra_kv to init_cache"):
         model(
             jnp.ones((1, 2), jnp.int32),

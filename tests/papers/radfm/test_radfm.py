@@ -18,10 +18,8 @@ from radjax.papers.radfm import convert as convert
 from radjax.papers.radfm import model as radfm
 from radjax.papers.radfm.vision import RadFMVisionConfig
 from radjax.train import vlm_steps
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-ref_lib = pytest.importorskip("tests.papers.radfm.radfm_torch_reference")
+from tests.parity import rel_err
+from tests.sharded import jit_build
 
 VISION = RadFMVisionConfig.tiny(dropout=0.0, emb_dropout=0.0)
 V = 40  # text vocabulary
@@ -37,8 +35,10 @@ T = VISION.num_latents  # tokens per image
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pair(torch, transformers):
     """(torch vision embedding, transformers LLaMA, radjax RadFM) with the same weights."""
+    from tests.references import radfm_torch as ref_lib
+
     torch.manual_seed(0)
     vision = ref_lib.VisionEmbedding(VISION).eval()
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA)).eval()
@@ -51,6 +51,15 @@ def pair():
     assign(model, convert.from_radfm_state_dict(sd, decoder_cfg), strict=True)
     model.eval()
     return vision, llama, model
+
+
+@pytest.fixture(scope="module")
+def radjax_model():
+    """The same configuration, randomly initialised by radjax (no torch needed)."""
+    decoder_cfg = DecoderConfig.from_hf_config(dict(model_type="llama", **LLAMA))
+    model = jit_build(lambda: radfm.RadFM(VISION, decoder_cfg, rngs=nnx.Rngs(0)))
+    model.eval()
+    return model
 
 
 def _sample(seed=0):
@@ -73,7 +82,7 @@ def _logits(graphdef, state, ids, images, mask):
     return nnx.merge(graphdef, state)(ids, images, mask)
 
 
-def test_logits_match_the_original_one_hot_embedding_and_llama(pair):
+def test_logits_match_the_original_one_hot_embedding_and_llama(torch, pair):
     vision, llama, model = pair
     ids, mask, images = _sample()
     with torch.no_grad():
@@ -92,13 +101,13 @@ def test_logits_match_the_original_one_hot_embedding_and_llama(pair):
         ).logits.numpy()
     got = np.asarray(_logits(*nnx.split(model), ids, images, mask))
     real = mask.astype(bool)
-    err = np.abs(got - want)[real].max() / np.abs(want[real]).max()
+    err = rel_err(got[real], want[real])
     assert err < 1e-5, err
 
 
 @pytest.mark.parametrize("entity_weight", [3.0, 1.0])  # paper, released code (plain CE)
-def test_loss_is_the_weighted_mean_over_answer_tokens(pair, entity_weight):
-    _, _, model = pair
+def test_loss_is_the_weighted_mean_over_answer_tokens(radjax_model, entity_weight):
+    model = radjax_model
     ids, mask, images = _sample(1)
     labels = np.where(np.arange(16) >= 12, ids, -100).astype(np.int32)
     labels[(mask == 0) | (labels >= V)] = -100  # as the original's labels
@@ -129,8 +138,8 @@ def test_left_aligned_prompt_moves_each_question_to_the_right_end():
     np.testing.assert_array_equal(np.asarray(mask), [[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1]])
 
 
-def test_predict_fn_is_greedy_from_each_question_with_its_images(pair):
-    _, _, model = pair
+def test_predict_fn_is_greedy_from_each_question_with_its_images(radjax_model):
+    model = radjax_model
     ids, _, images = _sample(2)
     question_length = np.array([12, 14], np.int32)  # each row's image block + some text
     eos, steps = 5, 4
@@ -155,8 +164,8 @@ def test_predict_fn_is_greedy_from_each_question_with_its_images(pair):
 @pytest.mark.parametrize(
     "shape, field", [((1, 1, 4, 64, 64, 1), "channels"), ((1, 1, 6, 64, 64, 3), "depth")]
 )
-def test_images_the_model_cannot_take_are_named(pair, shape, field):
-    _, _, model = pair
+def test_images_the_model_cannot_take_are_named(radjax_model, shape, field):
+    model = radjax_model
     with pytest.raises(ValueError, match=field):
         model(jnp.zeros((1, 4), jnp.int32), jnp.zeros(shape))
 

@@ -12,10 +12,6 @@ from radjax.papers.radfm import convert as radfm
 from radjax.papers.radfm.model import RadFM
 from radjax.papers.radfm.vision import RadFMVision, RadFMVisionConfig
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-ref_lib = pytest.importorskip("tests.papers.radfm.radfm_torch_reference")
-
 VISION = RadFMVisionConfig.tiny()
 LLAMA = {
     "vocab_size": 32,
@@ -28,8 +24,10 @@ LLAMA = {
 
 
 @pytest.fixture(scope="module")
-def checkpoint():
+def checkpoint(torch, transformers):
     """(state dict in the released model's key layout, decoder config)."""
+    from tests.references import radfm_torch as ref_lib
+
     torch.manual_seed(0)
     embedding = ref_lib.VisionEmbedding(VISION)
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
@@ -142,7 +140,7 @@ def _initial_params(config):
     return out
 
 
-def test_a_fresh_run_starts_from_the_released_checkpoint(checkpoint, tmp_path):
+def test_a_fresh_run_starts_from_the_released_checkpoint(torch, checkpoint, tmp_path):
     sd, decoder_cfg = checkpoint
     torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "pytorch_model.bin")
     params = _initial_params(
@@ -154,7 +152,7 @@ def test_a_fresh_run_starts_from_the_released_checkpoint(checkpoint, tmp_path):
         np.testing.assert_array_equal(params[key], value, err_msg=key)
 
 
-def test_a_fresh_run_starts_from_a_local_llama(checkpoint, tmp_path):
+def test_a_fresh_run_starts_from_a_local_llama(transformers, checkpoint, tmp_path):
     sd, decoder_cfg = checkpoint
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA))
     llama.save_pretrained(tmp_path / "llama")
@@ -173,7 +171,7 @@ def test_a_fresh_run_starts_from_a_local_llama(checkpoint, tmp_path):
         _initial_params(_run_config(decoder_cfg, llm_dir="x", checkpoint="y"))
 
 
-def test_pretrained_weights_that_do_not_fit_are_named(checkpoint, tmp_path):
+def test_pretrained_weights_that_do_not_fit_are_named(transformers, checkpoint, tmp_path):
     sd, decoder_cfg = checkpoint
     wider = transformers.LlamaForCausalLM(
         transformers.LlamaConfig(**dict(LLAMA, intermediate_size=LLAMA["intermediate_size"] * 2))

@@ -7,7 +7,7 @@ under ``embedding_layer.``, is converted with ``convert.vision_from_radfm`` and
 ``RadFMVision`` must reproduce the patch embedding, position table, every ViT layer's input
 and attention probabilities, the perceiver's per-layer latents and output, and the vision
 tokens, on a volume and on a 2D image. Needs numpy and jax only; the last test also checks the
-benchmark's torch stand-in (radfm_torch_reference.py) against the same golden outputs.
+benchmark's torch stand-in (tests/references/radfm_torch.py) against the same golden outputs.
 """
 
 import json
@@ -23,16 +23,10 @@ import radjax  # noqa: F401  (disables eager sharding)
 from radjax.convert.torch_io import assign
 from radjax.papers.radfm.convert import vision_from_radfm
 from radjax.papers.radfm.vision import RadFMVision, RadFMVisionConfig
+from tests.parity import rel_err
 
 GOLDEN = pathlib.Path(__file__).parents[2] / "golden" / "data" / "radfm_vision.npz"
 TOL = 1e-5
-
-
-def rel_err(got, want) -> float:
-    """max |got - want| / max |want|."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 def to_radjax(images: np.ndarray) -> np.ndarray:
@@ -163,7 +157,7 @@ def test_torch_reference_reproduces_the_original(golden):
     """The benchmark's torch stand-in, loaded with the original's weights, gives the
     original's vision tokens (so benchmarks/radfm.py times a faithful torch side)."""
     torch = pytest.importorskip("torch")
-    ref_lib = pytest.importorskip("tests.papers.radfm.radfm_torch_reference")
+    ref_lib = pytest.importorskip("tests.references.radfm_torch")
     reference = ref_lib.VisionEmbedding(vision_config(golden))
     sd = {k[len("sd/") :]: torch.from_numpy(v) for k, v in golden.items() if k.startswith("sd/")}
     own = reference.state_dict()

@@ -24,16 +24,10 @@ from radjax.convert.torch_io import assign
 from radjax.nn.attention import MASK_FILL, key_padding_mask
 from radjax.papers.rp3d_diag import convert
 from radjax.papers.rp3d_diag import model as rp3d_diag
+from tests.parity import rel_err
 
 GOLDEN = pathlib.Path(__file__).parents[2] / "golden" / "data"
 TOL = 1e-5
-
-
-def rel_err(got, want) -> float:
-    """max |got - want| / max |want|."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, (got.shape, want.shape)
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 def assert_scores_match(got, want, name: str) -> None:
