@@ -9,14 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_llama import _convert, _radjax, _reference  # _reference skips without torch
 
 import radjax  # noqa: F401  (eager sharding off)
 from radjax.models.llama import Decoder
 from radjax.train.generation import generate, warp_logits
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from test_llama import _convert, _reference
+from tests.parity import rel_err
 
 PROMPT = 9
 NEW = 12  # one max_new_tokens everywhere: tests share compiled functions
@@ -32,6 +30,8 @@ def _prompts():
 
 
 def _hf_generate(reference, ids, mask, max_new_tokens, eos, pad=0, **kwargs):
+    import torch
+
     with torch.no_grad():
         out = reference.generate(
             input_ids=torch.from_numpy(ids).long(),
@@ -50,6 +50,12 @@ def _hf_generate(reference, ids, mask, max_new_tokens, eos, pad=0, **kwargs):
 def llama():
     reference = _reference("llama")
     return reference, _convert(reference)[0]
+
+
+@pytest.fixture(scope="module")
+def radjax_llama():
+    """The tiny LLaMA, randomly initialised by radjax (no torch needed)."""
+    return _radjax("llama", tie_word_embeddings=False)
 
 
 @pytest.mark.parametrize("case", ["llama", "mistral_window", "phi3_partial"])
@@ -104,8 +110,8 @@ def test_eos_stops_and_pads(llama):
         np.testing.assert_array_equal(row[: stop + 1], free_row[: stop + 1])
 
 
-def test_inputs_embeds_start_equals_ids(llama):
-    _, model = llama
+def test_inputs_embeds_start_equals_ids(radjax_llama):
+    model = radjax_llama
     ids, mask = _prompts()
     graphdef, state = nnx.split(model)
     kwargs = {"attention_mask": mask, "max_new_tokens": NEW, "eos_token_id": 2, "pad_token_id": 0}
@@ -119,7 +125,7 @@ def test_inputs_embeds_start_equals_ids(llama):
 @pytest.mark.parametrize("case", ["llama", "mistral_window"])
 def test_cached_logits_equal_full_recompute(case):
     """Prefill + one-token steps through the cache vs the whole sequence without it."""
-    model, _ = _convert(_reference(case))
+    model = _radjax("llama") if case == "llama" else _radjax("mistral", sliding_window=4)
     graphdef, state = nnx.split(model)
     ids, mask = _prompts()
     steps = 6
@@ -148,13 +154,13 @@ def test_cached_logits_equal_full_recompute(case):
     assert int(cache.length) == PROMPT + steps and bool(cache.valid[0].all())
     want, got = np.asarray(full(state)), np.concatenate(got, axis=1)
     valid = full_mask.astype(bool)
-    rel = np.abs(got[valid] - want[valid]).max() / np.abs(want[valid]).max()
+    rel = rel_err(got[valid], want[valid])
     print(f"{case}: cached vs full rel err {rel:.2e}")
     assert rel < 1e-5
 
 
-def test_top_k_one_sampling_equals_greedy(llama):
-    _, model = llama
+def test_top_k_one_sampling_equals_greedy(radjax_llama):
+    model = radjax_llama
     ids, mask = _prompts()
     kwargs = {
         "input_ids": ids,
@@ -187,7 +193,7 @@ def test_top_k_one_sampling_equals_greedy(llama):
 @pytest.mark.parametrize(
     "temperature,top_k,top_p", [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.8), (1.3, 20, 0.6)]
 )
-def test_warp_logits_match_transformers(temperature, top_k, top_p):
+def test_warp_logits_match_transformers(torch, transformers, temperature, top_k, top_p):
     from transformers.generation.logits_process import (
         LogitsProcessorList,
         TemperatureLogitsWarper,
@@ -289,8 +295,8 @@ def test_beam_search_eos_matches_transformers(llama, settings):
         assert ends[1][0] == 1 and not len(ends[0])
 
 
-def test_beam_search_errors(llama):
-    _, model = llama
+def test_beam_search_errors(radjax_llama):
+    model = radjax_llama
     ids, mask = _prompts()
     with pytest.raises(ValueError, match="num_beams"):
         _beam(model, ids, mask, 2, 0)
@@ -313,12 +319,12 @@ def test_first_argmax_is_argmax_with_ties_infinities_and_nan():
     )
 
 
-def test_generation_on_a_2x4_mesh_equals_unsharded(llama):
+def test_generation_on_a_2x4_mesh_equals_unsharded(radjax_llama):
     """Greedy and beam generation with fsdp x tensor sharded weights and cache give the
     unsharded tokens."""
     from radjax import sharding
 
-    _, model = llama
+    model = radjax_llama
     ids, mask = _prompts()
     graphdef, state = nnx.split(model)
     kwargs = dict(max_new_tokens=NEW, eos_token_id=2, pad_token_id=0)

