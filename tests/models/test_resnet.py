@@ -9,9 +9,9 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import radjax  # noqa: F401  (eager sharding off)
-from radjax import sharding
 from radjax.convert.torch_io import assign
 from radjax.models import resnet
+from tests.sharded import assert_sharded_equals_unsharded
 
 
 def _concrete(ctor, seed=0):
@@ -144,18 +144,11 @@ def test_sharded_forward_equals_unsharded():
         lambda: resnet.ResNet(block="basic", layers=(1, 1, 1, 1), width=8, rngs=nnx.Rngs(0))
     )
     model.eval()
-    graphdef, state = nnx.split(model)
-    x = _images(b=8, seed=1)
-    forward = lambda state, x: nnx.merge(graphdef, state)(x)
-    want = jax.jit(forward)(state, x)
-
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-    shardings = sharding.state_shardings(state, mesh)
-    assert shardings["layer2"][0]["conv2"]["kernel"].get_value().spec == P(None, None, None, "fsdp")
-    placed = jax.device_put(state, shardings)
-    with jax.set_mesh(mesh):
-        got = jax.jit(forward)(placed, jax.device_put(x, sharding.batch_sharding(mesh, 4)))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    run = assert_sharded_equals_unsharded(
+        model, _images(b=8, seed=1), mesh_shape={"data": 2, "fsdp": 4}, atol=1e-5
+    )
+    spec = run.shardings["layer2"][0]["conv2"]["kernel"].get_value().spec
+    assert spec == P(None, None, None, "fsdp")
 
 
 class _Classifier(nnx.Module):

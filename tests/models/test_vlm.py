@@ -11,10 +11,10 @@ import pytest
 from flax import nnx
 
 import radjax  # noqa: F401  (eager sharding off)
-from radjax import sharding
 from radjax.models.llama import Decoder, DecoderConfig
 from radjax.models.vlm import ImageTokens, VisionLanguageModel, build_projector, splice_features
 from radjax.train import vlm_steps
+from tests.sharded import assert_sharded_equals_unsharded
 
 V, D, D_VIS, F = 32, 16, 12, 6  # vocab, LLM width, vision width, per-token image features
 S, T = 2, 3  # images per row, tokens per image
@@ -215,20 +215,11 @@ def test_answer_weights():
 
 
 def test_sharded_forward_equals_unsharded():
-    model = _model("mlp2x_gelu")
-    graphdef, state = nnx.split(model)
     ids, mask, images, image_mask, _ = _batch()
-    want = np.asarray(_logits(graphdef, state, ids, images, mask, image_mask))
-    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
-    placed = jax.device_put(state, sharding.state_shardings(state, mesh))
-    batch = [
-        jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
-        for x in (ids, images, mask, image_mask)
-    ]
-    with jax.set_mesh(mesh):
-        got = _logits(graphdef, placed, *batch)
-    assert not got.sharding.is_fully_replicated
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    run = assert_sharded_equals_unsharded(
+        _model("mlp2x_gelu"), ids, images, mask, image_mask, atol=1e-5, atol_relative=True
+    )
+    assert not run.got.sharding.is_fully_replicated
 
 
 def test_image_tokens_need_exactly_one_rule():

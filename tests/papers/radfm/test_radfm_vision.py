@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 import radjax  # noqa: F401  (eager sharding off)
-from radjax import sharding
 from radjax.papers.radfm.vision import RadFMVision, RadFMVisionConfig, as_volume
+from tests.sharded import assert_sharded_equals_unsharded
 
 CFG = RadFMVisionConfig.tiny()
 
@@ -94,15 +94,8 @@ def test_parameters_carry_logical_axes():
 
 
 def test_sharded_forward_equals_unsharded(model):
-    graphdef, state = nnx.split(model)
     images = jnp.asarray(_images((4, 1, 4, 32, 32, 3), seed=5))
-    want = _apply(graphdef, state, images)
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    state_sh = sharding.state_shardings(state, mesh)
-    assert any(not s.is_fully_replicated for s in jax.tree.leaves(state_sh))
-    images_sh = sharding.batch_sharding(mesh, images.ndim)
-    with jax.set_mesh(mesh):
-        got = jax.jit(
-            lambda s, x: nnx.merge(graphdef, s, copy=True)(x), in_shardings=(state_sh, images_sh)
-        )(jax.device_put(state, state_sh), jax.device_put(images, images_sh))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    run = assert_sharded_equals_unsharded(
+        model, images, mesh_shape={"data": 2, "fsdp": 2, "tensor": 2}
+    )
+    assert any(not s.is_fully_replicated for s in jax.tree.leaves(run.shardings))

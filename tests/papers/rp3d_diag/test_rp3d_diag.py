@@ -11,12 +11,12 @@ from flax import nnx
 
 import radjax  # noqa: F401  (disables eager sharding)
 from configs import rp3d_diag as rp3d_config
-from radjax import sharding
 from radjax.models import vit
 from radjax.nn import patch_embed
 from radjax.papers.rp3d_diag import model as M
 from radjax.train import optim
 from radjax.train import step as step_lib
+from tests.sharded import assert_sharded_equals_unsharded
 
 CLASSES, TEXT_DIM = 10, 12
 
@@ -161,31 +161,18 @@ def test_sharded_forward_equals_unsharded():
     config = _small(_config("fusion=early"))
     model = _random_model(config)
     model.eval()
-    graphdef, state = nnx.split(model)
-    batch = _batch(config, b=8)
 
-    def forward(state, batch):
-        model = nnx.merge(graphdef, state)
+    def forward(model, batch):
         loss, metrics = M.loss_fn(model, batch, config)
         return M.predict_fn(model, batch, config)["scores"], loss, metrics
 
-    scores, loss, metrics = jax.jit(forward)(state, batch)
+    run = assert_sharded_equals_unsharded(
+        model, _batch(config, b=8), fn=forward, mesh_shape={"data": 2, "fsdp": 4}
+    )
+    _, loss, metrics = run.want
     # early fusion adds the weighted key-slice loss
     np.testing.assert_allclose(loss, metrics["bce"] + 1e-3 * metrics["key_slice_kl"], rtol=1e-6)
-
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-    state_sh = sharding.state_shardings(state, mesh)
-    batch_sh = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-    assert any(not s.is_fully_replicated for s in jax.tree.leaves(state_sh))
-    with jax.set_mesh(mesh):
-        got = jax.jit(forward, in_shardings=(state_sh, batch_sh))(
-            jax.device_put(state, state_sh), jax.device_put(batch, batch_sh)
-        )
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-        got,
-        (scores, loss, metrics),
-    )
+    assert any(not s.is_fully_replicated for s in jax.tree.leaves(run.shardings))
 
 
 def test_knowledge_embeddings_come_from_label_texts_once(tmp_path, monkeypatch):
