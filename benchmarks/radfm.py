@@ -2,8 +2,9 @@
 train-step throughput in radjax.
 
 * **Vision train step** (both sides, same weights): a ``RadFMVision`` and the PyTorch
-  reference ``tests/models/radfm_torch_reference.VisionEmbedding`` (the original's module tree
-  in plain ``torch.nn``: ``nn.LayerNorm``, ``nn.Linear``, ``nn.Embedding``; its weights are
+  reference ``tests/references/radfm_torch.VisionEmbedding`` (the original's module tree
+  in plain ``torch.nn``, verified against the golden outputs of the original RadFM code;
+  its weights are
   converted with ``radjax.papers.radfm.convert.vision_from_radfm``), trained on the mean square of
   their (B, S, latents, llm_dim) output with AdamW. radjax: one jitted, donated step; torch:
   eager.

@@ -8,7 +8,6 @@ Re-running resumes finished parts from their checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import os
@@ -17,35 +16,10 @@ import time
 from absl import app, flags
 
 from experiments import report
-from radjax import registry
+from experiments.sections import Demo, demos
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
 PAPERS = flags.DEFINE_list("papers", [], "Papers to demo (default: every paper with a demo).")
-
-
-@dataclasses.dataclass(frozen=True)
-class Demo:
-    """One report section: a config to train, the metrics and splits (or tasks) tabled.
-
-    Papers declare theirs as dicts in ``radjax.papers.<paper>.demo.SECTIONS``."""
-
-    name: str
-    module: str
-    arg: str
-    metrics: tuple[str, ...]
-    splits: tuple[str, ...]
-    baseline: bool = False  # also table the eval's "baseline/..." entries
-    samples: tuple[str, ...] = ()  # tasks whose "samples/<task>" generations are listed
-
-
-def demos(only: tuple[str, ...] = ()) -> list[Demo]:
-    """Every paper's demo sections (papers with a ``demo`` module), or those of ``only``."""
-    out = []
-    for paper in only or registry.names():
-        spec = registry.optional_module(paper, "demo")
-        for section in spec.SECTIONS if spec else ():
-            out.append(Demo(module=f"configs.{paper}", **section))
-    return out
 
 
 def _samples(evaluation: dict, tasks: tuple[str, ...]) -> list[str]:

@@ -133,3 +133,13 @@ def test_launchers_name_no_paper(where):
                 if any(p in w for p in registry.names())
             ]
     assert not named, "a launcher names a paper:\n  " + "\n  ".join(named)
+
+
+def test_demo_and_benchmarks_find_papers_by_name():
+    from benchmarks import run
+    from experiments import sections
+
+    names = [d.name for d in sections.demos()]
+    assert {"rp3d_diag_late", "rp3d_diag_early", "rp3d_diag_late_ke", "radfm"} <= set(names)
+    assert all(d.module == f"configs.{d.module.split('.')[1]}" for d in sections.demos())
+    assert {"rp3d", "decoder", "radfm"} <= {b.name for b in run.discover()}

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import demo
+from experiments import sections
 from radjax import registry
 from radjax.metrics import text
 from radjax.papers.m3d import metrics as M
@@ -51,4 +51,4 @@ def test_a_metrics_only_paper_is_found_and_skipped():
         assert registry.optional_module("m3d", part) is None
     with pytest.raises(ValueError, match="has no module 'model'"):
         registry.module("m3d", "model")
-    assert demo.demos(("m3d",)) == []
+    assert sections.demos(("m3d",)) == []
