@@ -1,12 +1,18 @@
-"""Test set-up: 8 simulated CPU devices, set before JAX starts."""
+"""Test set-up: 8 simulated CPU devices, set before JAX starts; one persistent XLA compilation
+cache for the whole run (the launcher subprocesses of the end-to-end tests inherit it, so a
+program compiled by one run is loaded, not recompiled, by the next)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "radjax-tests-xla-cache")
+)
 
 import pytest  # noqa: E402  (after the environment above)
 

@@ -1,23 +1,37 @@
-"""The tiny RadFM config learns the RadFM phantoms through the real launchers: evaluated on
-held-out phantoms it beats the untrained model and the most-frequent-answer baseline."""
+"""The tiny RadFM config learns the RadFM phantoms through the real launcher: trained on the
+modality and caption tasks (500 steps, about a minute on 2 cores) and evaluated on held-out
+phantoms, it beats the most-frequent-answer baseline of each task. (The demo trains every task
+for 3000 steps and tables the untrained model too.)"""
+
+import json
 
 import pytest
 
-from tests.e2e.launcher import train_and_evaluate_untrained, train_losses
+from tests.e2e.launcher import run_launcher, train_losses
+
+STEPS = 500
 
 
 @pytest.mark.slow
 def test_radfm_train_then_evaluate(tmp_path, tiny_data):
-    radfm_data = tiny_data("radfm")
-    workdir, trained, untrained = train_and_evaluate_untrained(
-        tmp_path, radfm_data, "configs/radfm.py:tiny"
+    workdir = tmp_path / "run"
+    run_launcher(
+        "experiments.train",
+        workdir,
+        f"--config.data.root={tiny_data('radfm')}",
+        f"--config.train.steps={STEPS}",
+        f"--config.train.eval_every={STEPS}",
+        "--config.data.max_length=144",  # the longest caption with its image block
+        config="configs/radfm.py:tiny,tasks=modality+caption",
     )
-    assert trained["num_examples"] == untrained["num_examples"] > 0
+    with open(workdir / "eval" / f"{STEPS}.json") as f:
+        trained = json.load(f)
+    assert trained["num_examples"] == 48  # 24 held-out studies a task
     assert trained["modality/accuracy"] >= 0.9, trained
-    assert trained["modality/accuracy"] > trained["baseline/modality/accuracy"] + 0.2
-    assert trained["caption/bertscore_f1"] > untrained["caption/bertscore_f1"] + 0.1
+    assert trained["modality/accuracy"] > trained["baseline/modality/accuracy"] + 0.3
     for metric in ("caption/bleu4", "caption/entity_recall"):
-        assert trained[metric] > untrained[metric] + 0.1, (metric, trained, untrained)
         assert trained[metric] > trained[f"baseline/{metric}"] + 0.05, (metric, trained)
+    assert trained["caption/bertscore_f1"] > trained["baseline/caption/bertscore_f1"], trained
+    assert not any(k.startswith(("vqa/", "rationale/")) for k in trained)  # tasks= held
     losses = train_losses(workdir)
     assert losses[-1] < 0.5 * losses[0]

@@ -29,6 +29,7 @@ def test_two_processes_train_as_one_process_with_two_devices(tmp_path, tiny_data
         "--config.train.log_every=1",
         f"--config.train.eval_every={STEPS}",
         f"--config.checkpoint.every={STEPS}",
+        "--config.eval.max_new_tokens=8",  # enough to compare the two evaluations
     ]
     # one process holds the whole global batch: twice the per-process rows
     run_launcher(
