@@ -573,9 +573,8 @@ def load_example(
             layout,
             int(data_cfg.get("max_length", 2048)),
             faithful_position_quirk=bool(data_cfg.get("faithful_position_quirk", True)),
-            name=f"{Path(record['file']).name} {record['where']}",
         )
-    except ValueError as err:
+    except ValueError as err:  # BadRecordError names the file and the row
         raise BadRecordError(record["file"], record["where"], str(err)) from err
     return dict(
         images=images,

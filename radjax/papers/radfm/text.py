@@ -221,7 +221,7 @@ def encode_sample(
     *,
     matcher: EntityMatcher | None = None,
     faithful_position_quirk: bool = True,
-    name: str = "sample",
+    name: str | None = None,
 ) -> dict[str, np.ndarray]:
     """One RadFM training sequence, right-padded to ``max_length`` (L).
 
@@ -240,7 +240,7 @@ def encode_sample(
         RadFM lexicon), False where labels is -100; the loss weights them
         ``loss.entity_weight`` (paper: 3; released code: 1, i.e. plain mean CE).
       question_length i32 (): the number of prefix tokens masked out of the labels.
-    Raises ValueError naming ``name`` if the sequence is longer than ``max_length``, there are
+    Raises ValueError (prefixed with ``name`` when given) if the sequence is longer than ``max_length``, there are
     more than ``max_images`` images, or the image blocks come out wrong.
     """
     try:
@@ -254,7 +254,7 @@ def encode_sample(
         packed = pack(pair.ids, question_length, max_length, tokenizer.pad_token_id)
         check_image_tokens(pair.ids, len(positions), layout)
     except ValueError as err:
-        raise ValueError(f"{name}: {err}") from err
+        raise ValueError(f"{name}: {err}" if name else str(err)) from err
     labels = packed["labels"]
     # as the original: pad-id and image-id (>= V) labels are ignored wherever they appear
     labels[(labels == tokenizer.pad_token_id) | (labels >= layout.text_vocab_size)] = IGNORE

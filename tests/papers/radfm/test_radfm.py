@@ -149,15 +149,20 @@ def test_predict_fn_is_greedy_from_each_question_with_its_images(radjax_model):
     batch = {"input_ids": ids, "images": images, "question_length": question_length}
     batch |= {"labels": ids, "task": np.zeros(2, np.int32)}
     got = radfm.predict_fn(model, {k: jnp.asarray(v) for k, v in batch.items()}, config)
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda row, image: nnx.merge(graphdef, state)(row, image)[0])
     want = np.zeros((2, steps), np.int32)
-    for b in range(2):  # whole forward passes over the growing ids, one row at a time
-        row = ids[b : b + 1, : question_length[b]]
+    for b in range(2):  # whole forward passes over the ids so far, one row at a time
+        # right-padded to one length (the LLM is causal: padding leaves earlier logits alone)
+        row = np.zeros((1, int(question_length.max()) + steps), np.int32)
+        row[0, : question_length[b]] = ids[b, : question_length[b]]
         for t in range(steps):
-            token = int(np.argmax(np.asarray(model(jnp.asarray(row), images[b : b + 1]))[0, -1]))
+            last = question_length[b] + t - 1
+            token = int(np.argmax(np.asarray(forward(row, images[b : b + 1]))[last]))
             want[b, t] = token
             if token == eos:
                 break
-            row = np.concatenate([row, [[token]]], axis=1)
+            row[0, last + 1] = token
     np.testing.assert_array_equal(np.asarray(got["generated"]), want)
 
 
