@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from radjax.nn import norms
 from radjax.nn.attention import dot_product_attention
 from radjax.nn.linear import linear as nn_linear
 from radjax.sharding import shard_act
@@ -162,16 +163,7 @@ def linear(cfg: EncoderConfig, din: int, dout: int, axes: tuple, *, rngs: nnx.Rn
 
 def layer_norm(cfg: EncoderConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm over the hidden size, torch semantics (two-pass variance)."""
-    return nnx.LayerNorm(
-        cfg.hidden_size,
-        epsilon=cfg.layer_norm_eps,
-        dtype=cfg.dtype,
-        param_dtype=jnp.float32,
-        use_fast_variance=False,
-        scale_metadata={"out_sharding": ("norm",)},
-        bias_metadata={"out_sharding": ("norm",)},
-        rngs=rngs,
-    )
+    return norms.layer_norm(cfg.hidden_size, eps=cfg.layer_norm_eps, dtype=cfg.dtype, rngs=rngs)
 
 
 def embed(

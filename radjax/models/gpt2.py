@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from radjax.models.bert import ACTIVATIONS, read_hf_config
-from radjax.nn import kv_cache
+from radjax.nn import kv_cache, norms
 from radjax.nn.attention import dot_product_attention
 from radjax.nn.kv_cache import KVCache
 from radjax.nn.linear import linear
@@ -139,16 +139,7 @@ def _linear(
 
 def _layer_norm(cfg: GPT2Config, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm over n_embd; statistics in f32, torch's two-pass variance."""
-    return nnx.LayerNorm(
-        cfg.n_embd,
-        epsilon=cfg.layer_norm_epsilon,
-        dtype=cfg.dtype,
-        param_dtype=jnp.float32,
-        use_fast_variance=False,
-        scale_metadata={"out_sharding": ("norm",)},
-        bias_metadata={"out_sharding": ("norm",)},
-        rngs=rngs,
-    )
+    return norms.layer_norm(cfg.n_embd, eps=cfg.layer_norm_epsilon, dtype=cfg.dtype, rngs=rngs)
 
 
 def _embed(cfg: GPT2Config, num: int, axes: tuple, *, rngs: nnx.Rngs) -> nnx.Embed:
