@@ -193,7 +193,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     d.batch_size_3d = 4
     d.num_threads = 1
     d.phantoms = ml_collections.ConfigDict(
-        dict(enabled=True, num_train=600, num_test=24, seed=0, image_size=32, max_depth=8)
+        dict(enabled=True, num_train=600, num_test=24, seed=0, image_size=32, max_depth=4)
     )
     t.steps = 3000
     t.log_every = 50

@@ -32,3 +32,10 @@ def transformers():
 @pytest.fixture(scope="session")
 def monai():
     return pytest.importorskip("monai")
+
+
+def pytest_collection_modifyitems(items):
+    """Runs the ``slow`` end-to-end tests first (stable order otherwise): under ``-n 2`` the
+    long ones start at once and the short ones fill the gaps, instead of one long test
+    starting last and running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

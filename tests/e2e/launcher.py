@@ -80,15 +80,17 @@ def in_process_losses(config, workdir, mesh, steps: int):
     return np.array(train_losses(workdir))
 
 
-def one_and_many_device_losses(get_config, data_root, tmp_path, mesh_shape: dict, steps: int):
-    """Per-step losses of ``get_config("tiny")`` on ``data_root`` trained in this process on
+def one_and_many_device_losses(
+    get_config, data_root, tmp_path, mesh_shape: dict, steps: int, arg: str = "tiny"
+):
+    """Per-step losses of ``get_config(arg)`` on ``data_root`` trained in this process on
     one device and on a ``mesh_shape`` mesh of the simulated devices: (single, sharded)."""
     import jax
 
     from radjax import sharding
 
     def losses(name, mesh):
-        config = get_config("tiny")
+        config = get_config(arg)
         config.data.root = data_root
         return in_process_losses(config, tmp_path / name, mesh, steps)
 

@@ -75,6 +75,7 @@ def test_each_bad_input_names_file_and_field(broken_root):
         rp3d.load_example(records[links[1]], data_cfg, None)
 
 
+@pytest.mark.slow
 def test_skip_bad_records_run_continues_and_reports_count(tmp_path, broken_root):
     root = broken_root[0]
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
