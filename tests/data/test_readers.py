@@ -7,6 +7,7 @@ import pickle
 import shutil
 from pathlib import Path
 
+import ml_collections
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -16,15 +17,25 @@ from pydicom.data import get_testdata_file
 
 from radjax.data.errors import BadRecordError
 from radjax.data.readers import (
+    array_shape,
     check_finite,
+    nonfinite_policy,
+    nonfinite_repairs,
     read_dicom_series,
     read_image,
     read_nifti,
     read_npy,
+    require_files,
     resolve_path,
 )
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
+MNI152 = (
+    Path(pytest.importorskip("nilearn").__file__).parent
+    / "datasets"
+    / "data"
+    / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+)
 MPL_DATA = Path(pytest.importorskip("matplotlib").get_data_path()) / "sample_data"
 
 
@@ -84,11 +95,105 @@ def test_read_nifti_truncated_uncompressed_and_garbage(tmp_path):
     data = (NIB_DATA / "anatomical.nii").read_bytes()
     cut = tmp_path / "cut.nii"
     cut.write_bytes(data[: len(data) - 1000])
-    _raises(lambda: read_nifti(cut), "cut.nii", "not a readable NIfTI")
+    _raises(lambda: read_nifti(cut), "cut.nii: dim:", "(33, 41, 25)", "the file holds")
     junk = tmp_path / "junk.nii.gz"
     junk.write_bytes(gzip.compress(b"not a nifti header" * 30))
     _raises(lambda: read_nifti(junk), "junk.nii.gz", "not a readable NIfTI")
     _raises(lambda: read_nifti(tmp_path / "absent.nii"), "absent.nii", "file not found")
+
+
+def _with_header(source: Path, out: Path, **fields) -> Path:
+    """``source`` (a real NIfTI-1 file) written to ``out`` uncompressed, with header
+    ``fields`` overwritten and the voxel data kept."""
+    raw = gzip.decompress(source.read_bytes()) if source.suffix == ".gz" else source.read_bytes()
+    header = nib.Nifti1Header.from_fileobj(__import__("io").BytesIO(raw))
+    for name, value in fields.items():
+        header[name] = value
+    out.write_bytes(header.binaryblock + raw[len(header.binaryblock) :])
+    return out
+
+
+def _nifti_damage(tmp_path):
+    """(file, field or None, message part) for each kind of NIfTI input nibabel rejects."""
+    dim = list(nib.load(NIB_DATA / "anatomical.nii").header["dim"])
+    dim[3] *= 4  # 4x the slices the file holds
+    return [
+        (_with_header(MNI152, tmp_path / "dtype.nii", datatype=9999), "datatype", "data code"),
+        (_with_header(NIB_DATA / "anatomical.nii", tmp_path / "deep.nii", dim=dim), "dim", "holds"),
+        (NIB_DATA / "row_major.dconn.nii", None, "Cifti2Image"),  # CIFTI-2: no affine
+        (tmp_path / "noise.nii", None, "ImageFileError"),
+    ]
+
+
+@pytest.mark.parametrize("read", [read_nifti, array_shape], ids=["read_nifti", "array_shape"])
+def test_nibabel_errors_name_file_and_header_field(tmp_path, read):
+    (tmp_path / "noise.nii").write_bytes(np.random.default_rng(0).bytes(400))
+    for path, field, part in _nifti_damage(tmp_path):
+        err = _raises(lambda path=path: read(path), str(path), part)
+        assert err.field == field, (path, str(err))
+
+
+def test_array_shape_reads_headers_only_and_checks_npy_size(tmp_path):
+    assert array_shape(MNI152) == (197, 233, 189)
+    np.save(tmp_path / "vol.npy", np.zeros((3, 8, 8, 5), np.float32))
+    assert array_shape(tmp_path / "vol.npy") == (3, 8, 8, 5)
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "vol.npy").read_bytes()[:500])
+    err = _raises(lambda: array_shape(tmp_path / "cut.npy"), "cut.npy", "(3, 8, 8, 5)", "holds")
+    assert err.field == "dim"
+
+
+def _dicom_damage(name: str, tmp_path: Path) -> list[tuple[Path, str]]:
+    """(file, field) for broken copies of pydicom's real file ``name``."""
+    source = get_testdata_file(name)
+    cases = {
+        "PixelData": lambda ds: delattr(ds, "PixelData"),
+        "PixelData ": lambda ds: setattr(ds, "PixelData", ds.PixelData[:100]),
+        "PixelData  ": lambda ds: setattr(ds, "Rows", ds.Rows // 3),  # pixels do not fit
+        "RescaleSlope": lambda ds: ds.add_new(0x00281053, "LO", "1,5"),
+        "NumberOfFrames": lambda ds: ds.add_new(0x00280008, "LO", "ten"),
+    }
+    out = []
+    for n, (field, damage) in enumerate(cases.items()):
+        dataset = pydicom.dcmread(source)
+        damage(dataset)
+        out.append((tmp_path / f"{n}_{name}", field.strip()))
+        dataset.save_as(out[-1][0])
+    return out
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "emri_small.dcm"])
+def test_dicom_errors_name_file_and_field(tmp_path, name):
+    for path, field in _dicom_damage(name, tmp_path):
+        err = _raises(lambda path=path: read_dicom_series(path), str(path), field)
+        assert err.field == field, str(err)
+
+
+def test_nonfinite_voxels_zeroed_on_request_and_reported(tmp_path):
+    path = NIB_DATA / "resampled_anat_moved.nii"  # real file, NaN outside the brain
+    raw = nib.load(path).get_fdata(dtype=np.float32)
+    with nonfinite_repairs() as repairs:
+        fixed = read_nifti(path, nonfinite="zero").array
+        assert read_nifti(NIB_DATA / "anatomical.nii", nonfinite="zero").array.size
+    assert np.isfinite(fixed).all() and (fixed[~np.isfinite(raw)] == 0).all()
+    np.testing.assert_array_equal(fixed[np.isfinite(raw)], raw[np.isfinite(raw)])
+    assert len(repairs) == 1 and "resampled_anat_moved.nii" in repairs[0]
+    values = np.ones((4, 4, 2), np.float32)
+    values[0, 0, 0] = -np.inf
+    np.save(tmp_path / "inf.npy", values)
+    _raises(lambda: read_npy(tmp_path / "inf.npy"), "inf.npy", "1 non-finite")
+    assert read_npy(tmp_path / "inf.npy", nonfinite="zero")[0, 0, 0] == 0  # outside any block
+    assert nonfinite_policy(ml_collections.ConfigDict()) == "error"
+    with pytest.raises(ValueError, match="data.nonfinite 'zeros'"):
+        nonfinite_policy(ml_collections.ConfigDict(dict(nonfinite="zeros")))
+
+
+def test_require_files_names_root_and_missing_file(tmp_path):
+    (tmp_path / "train.json").write_text("{}")
+    require_files(tmp_path, ["train.json"], "a copy")
+    with pytest.raises(FileNotFoundError, match=r"lacks test\.json \(and 1 more files\)"):
+        require_files(tmp_path, ["train.json", "test.json", "labels.json"], "a copy")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'typo'} does not exist"):
+        require_files(tmp_path / "typo", ["train.json"], "a copy")
 
 
 def test_read_nifti_real_file_with_nans_is_rejected():
