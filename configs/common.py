@@ -2,30 +2,68 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+
 import ml_collections
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-    """Parses ``"tiny,fusion=early"`` into a ConfigDict over ``defaults``.
 
-    A bare word sets a boolean default to True. Values are cast to the default's type.
-    """
-    out = ml_collections.ConfigDict(defaults)
+def _items(arg: str | None) -> Iterator[tuple[str, bool, str]]:
+    """``"tiny,fusion=early"`` -> ("tiny", False, ""), ("fusion", True, "early")."""
     for item in filter(None, (arg or "").split(",")):
         key, sep, value = item.partition("=")
-        key = key.strip()
+        yield key.strip(), bool(sep), value.strip()
+
+
+def given(arg: str | None) -> frozenset[str]:
+    """The keys ``arg`` names (to let an explicit argument beat a variant's own default)."""
+    return frozenset(key for key, _, _ in _items(arg))
+
+
+def _cast(key: str, value: str, default):
+    kind = type(default)
+    if kind is bool:
+        if value.lower() not in _TRUE + _FALSE:
+            raise ValueError(
+                f"config arg {key}={value!r}: not a boolean ({'/'.join(_TRUE + _FALSE)})"
+            )
+        return value.lower() in _TRUE
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"config arg {key}={value!r}: not a {kind.__name__}") from None
+
+
+def parse_arg(
+    arg: str | None, *, choices: Mapping[str, Sequence] | None = None, **defaults
+) -> ml_collections.ConfigDict:
+    """Parses ``"tiny,fusion=early"`` into a ConfigDict over ``defaults``.
+
+    A bare word sets a boolean default to True. Values are cast to the default's type;
+    ``choices`` maps a key to its allowed values (e.g. ``fusion=("late", "early")``).
+
+    Raises:
+      ValueError: an unknown key, a value that does not cast, or one outside its choices
+        (the message lists the allowed values).
+    """
+    choices = dict(choices or {})
+    out = ml_collections.ConfigDict(defaults)
+    for key, has_value, value in _items(arg):
         if key not in defaults:
             raise ValueError(f"config arg {key!r} unknown; known: {sorted(defaults)}")
-        if not sep:
+        if not has_value:
             if not isinstance(defaults[key], bool):
                 raise ValueError(f"config arg {key!r} needs a value ({key}=...)")
             out[key] = True
             continue
-        kind = type(defaults[key])
-        if kind is bool:
-            out[key] = value.lower() in ("1", "true", "yes")
-        else:
-            out[key] = kind(value)
+        out[key] = _cast(key, value, defaults[key])
+    for key, allowed in choices.items():
+        if out[key] not in allowed:
+            raise ValueError(
+                f"config arg {key}={out[key]!r} not allowed; choose one of "
+                + ", ".join(map(str, allowed))
+            )
     return out
 
 

@@ -3,7 +3,10 @@
 Variants (``--config configs/rp3d_diag.py:<arg>``):
   (no arg)    the released NatComm code's sizes: ResNet-50 per slice, 256x256x32, AdamW 1e-5 cosine.
   ``tiny``    the same architecture shrunk to train in about a minute on 2 CPU cores on phantoms.
-  ``fusion=early|late``, ``arch=released|v1``, ``ke`` (knowledge enhancement) combine with both.
+  ``fusion=early|late``, ``arch=released|v1``, ``label_level=articles|icd10s``, ``ke``
+              (knowledge enhancement) combine with both; another value is an error.
+  Phantoms (``data.phantoms.enabled``): on in ``tiny``, off otherwise (``data.root`` must hold
+  the RP3D-DiagDS files).
 """
 
 from __future__ import annotations
@@ -14,7 +17,17 @@ from configs.common import add_stage_fields, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, tiny=False, fusion="late", arch="released", ke=False, label_level="articles")
+    a = parse_arg(
+        arg,
+        choices=dict(
+            fusion=("late", "early"), arch=("released", "v1"), label_level=("articles", "icd10s")
+        ),
+        tiny=False,
+        fusion="late",
+        arch="released",
+        ke=False,
+        label_level="articles",
+    )
     c = ml_collections.ConfigDict()
     c.paper = "rp3d_diag"  # the package radjax.papers.rp3d_diag
     c.seed = 42
@@ -74,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # ---- data ----
     c.data = d = ml_collections.ConfigDict()
-    d.root = "runs/data/rp3d_phantoms"
+    d.root = "runs/data/rp3d_diag"  # an RP3D-DiagDS folder
     d.train_file = "train.json"
     d.test_file = "test.json"
     d.label_dict = "disorder_label_dict.json"
@@ -88,8 +101,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.depth = 32
     d.skip_bad_records = False
     d.num_threads = 2
+    # Paper runs read data.root; the tiny variant writes and trains on phantoms there.
     d.phantoms = ml_collections.ConfigDict(
-        dict(enabled=True, num_train=600, num_test=200, size=64, seed=0)
+        dict(enabled=False, num_train=600, num_test=200, size=64, seed=0)
     )
 
     # ---- training ----
@@ -148,6 +162,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     )
     d.n_image = 2
     d.num_threads = 1
+    d.root = "runs/data/rp3d_phantoms"
     d.phantoms = ml_collections.ConfigDict(
         dict(enabled=True, num_train=480, num_test=160, size=64, seed=0)
     )

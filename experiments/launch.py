@@ -1,15 +1,34 @@
-"""Flags and start-up shared by the absl launchers."""
+"""Flags and start-up shared by the absl launchers.
+
+A launcher module declares these flags as its own (``flags.adopt_module_key_flags(launch)``,
+so ``--help`` lists them) and runs with ``launch.run(main)``: a bad config argument or a
+misspelled ``--config.<field>`` override then ends in one line, not a traceback, and
+``--config <paper>[:arg]`` names a shipped config (``radjax.registry.config_file``) where no
+such file exists.
+"""
 
 from __future__ import annotations
 
+import difflib
 import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
 
 import jax
-from absl import flags
+import ml_collections
+from absl import app, flags
 from ml_collections import config_flags
 
+from radjax import registry
+
 CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file and argument, e.g. configs/<paper>.py:tiny.", lock_config=True
+    "config",
+    None,
+    "Config file and argument, e.g. configs/<paper>.py:tiny, or a shipped config by name "
+    "(<paper>:tiny).",
+    lock_config=True,
 )
 WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; re-running resumes).")
 COORDINATOR = flags.DEFINE_string(
@@ -41,6 +60,99 @@ def parse_mesh(text: str) -> dict[str, int]:
             raise ValueError(f"--dry_run: {item!r} is not axis=size (e.g. fsdp=8,tensor=4)")
         out[axis.strip()] = int(size)
     return out
+
+
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
+_CONFIG = re.compile(r"^--?config(=|$)")
+
+
+def _config_value(argv: Sequence[str]) -> tuple[int, str, str] | None:
+    """(index, prefix, value) of the ``--config`` value in ``argv``: ``--config=X`` is
+    (i, '--config=', X), ``--config X`` is (i + 1, '', X); None when absent."""
+    for i, arg in enumerate(argv):
+        match = _CONFIG.match(arg)
+        if match and match.group(1):
+            prefix, _, value = arg.partition("=")
+            return i, prefix + "=", value
+        if match and i + 1 < len(argv):
+            return i + 1, "", argv[i + 1]
+    return None
+
+
+def resolve_config_name(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--config <paper>[:arg]`` turned into the shipped config file's path
+    when ``<paper>`` is no file (a pip-installed radjax has no ``configs/`` folder here).
+
+    Raises:
+      ValueError: the path is neither a file nor a config name.
+    """
+    argv = list(argv)
+    found = _config_value(argv)
+    if found is None:
+        return argv
+    i, prefix, value = found
+    path, sep, arg = value.partition(":")
+    if not os.path.exists(path):
+        names = registry.config_names()
+        if path not in names:
+            raise ValueError(
+                f"--config {value}: {path} is neither a file nor a config name ({', '.join(names)})"
+            )
+        argv[i] = f"{prefix}{registry.config_file(path)}{sep}{arg}"
+    return argv
+
+
+def _fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted field path of ``config`` (groups included)."""
+    out = []
+    for key, value in config.items():
+        out.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            out += _fields(value, f"{prefix}{key}.")
+    return out
+
+
+def override_error(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> str | None:
+    """For the first override naming no field of ``config``: a line with the closest field."""
+    for override in overrides:
+        node: object = config
+        for part in override.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                close = difflib.get_close_matches(override, _fields(config), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                return f"--config.{override}: the config has no field {override}{hint}"
+            node = node[part]
+    return None
+
+
+def _fatal(message: str) -> None:
+    """Exits as absl does on a flag error, with ``message`` on one line."""
+    sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+    sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl's flag parsing with config errors on one line: a config argument that
+    ``get_config`` rejects, and an override of a field the config lacks (ml_collections raises
+    KeyError / AttributeError there, before the config reaches the launcher)."""
+    try:
+        argv = resolve_config_name(argv)
+        return flags.FLAGS(argv)
+    except ValueError as e:
+        _fatal(str(e))
+    except (KeyError, AttributeError) as e:
+        config = flags.FLAGS["config"].parser.parse(_config_value(argv)[2])
+        overrides = [m.group(1) for m in map(_OVERRIDE.match, argv) if m]
+        _fatal(override_error(config, overrides) or f"--config: {e}")
+    except flags.Error as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        _fatal(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """``app.run(main)`` with ``parse_flags``."""
+    app.run(main, flags_parser=parse_flags)
 
 
 def start() -> None:

@@ -3,12 +3,15 @@
 Writes ``W/config.json``, ``W/metrics.jsonl``, ``W/checkpoints/`` and ``W/eval/<step>.json``.
 Running the same command again resumes from the newest checkpoint. ``--dry_run=fsdp=8,tensor=4``
 prints the parameter count and per-device memory of the training state on that mesh instead
-(abstract: nothing is allocated, any model size works on a laptop).
+(abstract: nothing is allocated, any model size works on a laptop), and the parameters a mesh
+axis cannot split. ``--config <paper>:<arg>`` names a shipped config without a checkout.
 """
 
-from absl import app
+from absl import flags
 
 from experiments import launch
+
+flags.adopt_module_key_flags(launch)  # --help lists --config, --workdir, --dry_run, ...
 
 
 def main(argv):
@@ -26,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    launch.run(main)

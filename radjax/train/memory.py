@@ -7,11 +7,17 @@ laptop for a pod it will run on. Counted per device: trainable parameters, their
 (one transient copy, sharded like the parameters), frozen parameters, other state (e.g.
 BatchNorm statistics) and optimizer state. Activations are not counted: they depend on batch,
 sequence length and the remat policy.
+
+A parameter whose logical axes ask for a mesh axis that does not divide the dimension (e.g.
+``fsdp=7`` on a width of 256) stays replicated over that axis (``radjax.sharding``); the report
+lists those parameters (``MemoryReport.fallbacks``, grouped by path with layer indices as ``*``).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +31,25 @@ from radjax.train import experiment, optim
 from radjax.train import step as step_lib
 
 GIB = 2**30
+MIB = 2**20
+MAX_LISTED = 12  # fallback groups printed by MemoryReport.lines
+
+
+@dataclasses.dataclass(frozen=True)
+class Fallback:
+    """A parameter left replicated over mesh axes its rules ask for."""
+
+    path: str  # '/'-joined NNX path
+    shape: tuple[int, ...]
+    dropped: tuple[tuple[int, tuple[str, ...]], ...]  # (dimension, mesh axes it is not split on)
+    nbytes: int
+
+    def reason(self, mesh_shape: Mapping[str, int]) -> str:
+        return "; ".join(
+            f"{'x'.join(f'{a}={mesh_shape[a]}' for a in axes)} does not divide dim {d} "
+            f"({self.shape[d]})"
+            for d, axes in self.dropped
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +60,7 @@ class MemoryReport:
     num_params: int
     num_trainable: int
     per_device_bytes: dict[str, int]  # part -> bytes on the most loaded device
+    fallbacks: tuple[Fallback, ...] = ()  # parameters not sharded as their rules ask
 
     @property
     def total_per_device(self) -> int:
@@ -53,6 +79,26 @@ class MemoryReport:
         out.append(
             f"  {'total':<16} {self.total_per_device / GIB:9.2f} GiB per device (plus activations)"
         )
+        return out + self._fallback_lines()
+
+    def _fallback_lines(self) -> list[str]:
+        """The fallbacks grouped by path pattern (layer indices as ``*``), shape and reason."""
+        if not self.fallbacks:
+            return []
+        groups = collections.Counter(
+            (re.sub(r"(?<=/)\d+(?=/)", "*", f.path), f.shape, f.reason(self.mesh_shape))
+            for f in self.fallbacks
+        )
+        nbytes = sum(f.nbytes for f in self.fallbacks)
+        out = [
+            f"replicated instead of sharded: {len(self.fallbacks)} parameter arrays "
+            f"({nbytes / MIB:.2f} MiB), the mesh axis does not divide the dimension:"
+        ]
+        ranked = sorted(groups.items(), key=lambda kv: (-kv[1] * np.prod(kv[0][1]), kv[0][0]))
+        for (path, shape, reason), n in ranked[:MAX_LISTED]:
+            out.append(f"  {path} {shape}{f' x{n}' if n > 1 else ''}: {reason}")
+        if len(ranked) > MAX_LISTED:
+            out.append(f"  ... and {len(ranked) - MAX_LISTED} more groups")
         return out
 
 
@@ -88,6 +134,37 @@ def _per_device(tree: Any, shardings: Any) -> int:
     )
 
 
+def _fallbacks(tree: Any, shardings: Any) -> list[Fallback]:
+    """Variables of ``tree`` whose logical axes map to mesh axes their sharding lacks."""
+    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    out = []
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_var)[0]
+    for (path, var), target in zip(leaves, jax.tree.leaves(shardings, is_leaf=is_var)):
+        names = var.get_metadata().get("out_sharding") if is_var(var) else None
+        if not names:
+            continue
+        value = var.get_value()
+        wanted, got = sharding.logical_to_spec(names), target.get_value().spec
+        dropped = tuple(
+            (d, tuple(a for a in _axes(w) if a not in _axes(g)))
+            for d, (w, g) in enumerate(zip(_padded(wanted, value.ndim), _padded(got, value.ndim)))
+            if set(_axes(w)) - set(_axes(g))
+        )
+        if dropped:
+            key = "/".join(str(getattr(k, "key", k)) for k in path)
+            nbytes = int(np.prod(value.shape, dtype=np.int64)) * _itemsize(value.dtype)
+            out.append(Fallback(key, tuple(value.shape), dropped, nbytes))
+    return out
+
+
+def _axes(entry) -> tuple[str, ...]:
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def _padded(spec, ndim: int) -> tuple:
+    return tuple(spec) + (None,) * (ndim - len(spec))
+
+
 def _count(tree: Any) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
@@ -114,4 +191,7 @@ def state_memory(config: ml_collections.ConfigDict, mesh_shape: Mapping[str, int
         "optimizer": _per_device(state["opt"], shardings["opt"]),
     }
     params = _count(state["trainable"]) + _count(state["frozen"])
-    return MemoryReport(dict(mesh.shape), params, _count(state["trainable"]), per_device)
+    fallbacks = tuple(
+        f for part in ("trainable", "frozen") for f in _fallbacks(state[part], shardings[part])
+    )
+    return MemoryReport(dict(mesh.shape), params, _count(state["trainable"]), per_device, fallbacks)

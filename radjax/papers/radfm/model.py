@@ -81,6 +81,18 @@ def decoder_config(m: ml_collections.ConfigDict) -> DecoderConfig:
 
 
 def build_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> RadFM:
+    """The configured RadFM.
+
+    Raises:
+      ValueError: ``model.llm.vocab_size`` is not set yet (the tiny config leaves it 0 for
+        the data format's ``complete_config``, run by ``radjax.train.experiment.prepare_config``).
+    """
+    if int(config.model.llm.vocab_size) <= 0:
+        raise ValueError(
+            f"model.llm.vocab_size is {config.model.llm.vocab_size}: the tokenizer sets it; run "
+            "radjax.train.experiment.prepare_config(config) (the data format's complete_config) "
+            "before building the model, or set model.llm.vocab_size"
+        )
     return RadFM(vision_config(config.model), decoder_config(config.model), rngs=rngs)
 
 
