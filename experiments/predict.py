@@ -124,41 +124,57 @@ def output_names(paths: list[str]) -> list[str]:
     return names
 
 
-def restore(exp, workdir: str, checkpoint: str, untrained: bool) -> tuple[dict, dict]:
-    """The state to predict with and a JSON record of where it came from."""
+def weights_source(workdir: str, checkpoint: str, untrained: bool) -> tuple[str, Path | None]:
+    """Checks the weight flags before anything is built: ``("untrained", None)``,
+    ``("workdir", <workdir>/checkpoints)`` or ``("checkpoint", <step dir>)``.
+
+    Raises:
+      app.UsageError: not exactly one source, or a path that holds no checkpoint (predicting
+        with untrained weights happens only with --untrained).
+    """
+    if sum(map(bool, (workdir, checkpoint, untrained))) != 1:
+        raise app.UsageError("give exactly one of --workdir, --checkpoint, --untrained")
+    if untrained:
+        return "untrained", None
+    if workdir:
+        directory = Path(workdir).resolve() / "checkpoints"
+        if not directory.is_dir() or not any(p.name.isdigit() for p in directory.iterdir()):
+            raise app.UsageError(
+                f"--workdir {workdir}: no checkpoint under {directory} (--untrained predicts "
+                "with a fresh run's weights)"
+            )
+        return "workdir", directory
+    step_dir = Path(checkpoint).resolve()
+    if not step_dir.name.isdigit() or not (step_dir / "state").is_dir():
+        raise app.UsageError(
+            f"--checkpoint {checkpoint}: not a checkpoint step directory "
+            "(.../checkpoints/<step> holding state/)"
+        )
+    return "checkpoint", step_dir
+
+
+def restore(exp, kind: str, path: Path | None) -> tuple[dict, dict]:
+    """The state of ``weights_source``'s choice and a JSON record of where it came from."""
     import jax
 
     from radjax.checkpoint import Checkpointer
 
-    if sum(map(bool, (workdir, checkpoint, untrained))) != 1:
-        raise app.UsageError("give exactly one of --workdir, --checkpoint, --untrained")
-    if untrained:
-        log.warning("--untrained: predicting with a fresh run's initial weights")
-        with jax.set_mesh(exp.mesh):
-            return exp.init(), dict(source="untrained")
-    if workdir:
-        directory = Path(workdir).resolve() / "checkpoints"
-        if not directory.is_dir():
-            raise app.UsageError(f"--workdir {workdir}: no checkpoints under {directory}")
-        ckpt = Checkpointer(str(directory))
-        with jax.set_mesh(exp.mesh):
-            restored = ckpt.restore_latest(exp.restore_target())
-        ckpt.close()
-        if restored is None:
-            raise app.UsageError(f"--workdir {workdir}: no checkpoint step under {directory}")
-        step, state, _ = restored
-        return state, dict(source="checkpoint", path=str(directory / str(step)), step=step)
-    step_dir = Path(checkpoint).resolve()
-    if not step_dir.name.isdigit() or not (step_dir / "state").is_dir():
-        raise app.UsageError(
-            f"--checkpoint {checkpoint}: not a checkpoint step directory (.../checkpoints/<step>"
-            " holding state/)"
-        )
-    ckpt = Checkpointer(str(step_dir.parent))
     with jax.set_mesh(exp.mesh):
-        state, _ = ckpt.restore(int(step_dir.name), exp.restore_target())
-    ckpt.close()
-    return state, dict(source="checkpoint", path=str(step_dir), step=int(step_dir.name))
+        if kind == "untrained":
+            log.warning("--untrained: predicting with a fresh run's initial weights")
+            return exp.init(), dict(source="untrained")
+        ckpt = Checkpointer(str(path if kind == "workdir" else path.parent))
+        if kind == "workdir":  # the newest readable step
+            restored = ckpt.restore_latest(exp.restore_target())
+            if restored is None:
+                raise app.UsageError(f"no checkpoint step under {path}")
+            step, state, _ = restored
+            path = path / str(step)
+        else:
+            step = int(path.name)
+            state, _ = ckpt.restore(step, exp.restore_target())
+        ckpt.close()
+    return state, dict(source="checkpoint", path=str(path), step=step)
 
 
 def run_model(exp, state: dict, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -232,13 +248,14 @@ def predict_files(
     from radjax import registry
     from radjax.train import experiment
 
+    source = weights_source(workdir, checkpoint, untrained)
     experiment.prepare_config(config)
     hook = registry.module(config.paper, "predict")
     prepared = [
         hook.load_input(read_scan(p), config, prompt=prompt, modality=modality) for p in inputs
     ]
     exp = experiment.build(config)
-    state, weights = restore(exp, workdir, checkpoint, untrained)
+    state, weights = restore(exp, *source)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for name, inp in zip(output_names(inputs), prepared):
