@@ -1,8 +1,12 @@
 """Evaluates the newest checkpoint in a workdir: writes ``W/eval/<step>.json``.
 
 ``python -m experiments.evaluate --config configs/<paper>.py:tiny --workdir W [--split test]``
-(without ``--split``: every named evaluation ``config.evals.<name>``, else ``train.eval_split``)
+(without ``--split``: every named evaluation ``config.evals.<name>``, else ``train.eval_split``).
+A workdir without a checkpoint is an error; ``--untrained`` evaluates the freshly initialised
+model instead (step 0).
 """
+
+import sys
 
 from absl import app, flags
 
@@ -13,14 +17,26 @@ SPLIT = flags.DEFINE_string(
     None,
     "Split to evaluate (default: every config.evals.<name>, else config.train.eval_split).",
 )
+UNTRAINED = flags.DEFINE_bool(
+    "untrained",
+    False,
+    "Evaluate the freshly initialised model (step 0) instead of the workdir's newest checkpoint.",
+)
 
 
 def main(argv):
     del argv
     launch.start()
+    from radjax.checkpoint import CheckpointMismatchError
     from radjax.train import loop
+    from radjax.train.workdir import WorkdirLockedError
 
-    loop.evaluate_checkpoint(launch.CONFIG.value, launch.WORKDIR.value, SPLIT.value)
+    try:
+        loop.evaluate_checkpoint(
+            launch.CONFIG.value, launch.WORKDIR.value, SPLIT.value, untrained=UNTRAINED.value
+        )
+    except (loop.NoCheckpointError, CheckpointMismatchError, WorkdirLockedError) as e:
+        sys.exit(f"experiments.evaluate: {e}")
 
 
 if __name__ == "__main__":

@@ -3,28 +3,96 @@
 One checkpoint holds the train state (parameters, optimizer state, BatchNorm statistics and
 the NNX RNG streams, all inside one pytree), the grain iterator state and a small JSON
 ``meta`` dict. Orbax writes each step atomically (temporary directory, then rename), so a
-killed save leaves no half-written step behind; a latest step that is nevertheless unreadable
-(truncated or corrupted files) is skipped with a warning and the previous one restored.
+killed save leaves no half-written step behind.
+
+Restoring tells two failures apart before touching anything:
+  * a state that does not fit (another config): the saved tree's shapes, read from the
+    checkpoint's metadata without reading arrays, differ from the restore target's ->
+    ``CheckpointMismatchError`` naming the first differing array path and both shapes;
+  * a step whose files are unreadable (truncated or corrupted): once an older step restores,
+    each newer unreadable step is moved to ``<directory>_unreadable/<step>`` (kept for
+    inspection, no longer listed) so the run can save that step again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
+
+# top-level parts of the train state (radjax.train.step) whose mismatches are named first
+_REPORT_ORDER = ("trainable", "frozen", "rest")
+
+
+class CheckpointMismatchError(ValueError):
+    """The saved state's array paths or shapes differ from the restore target's."""
+
+
+def array_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``'/'``-joined leaf path (dict keys, attribute names, sequence indices) -> shape,
+    for any pytree of arrays, ShapeDtypeStructs or orbax ArrayMetadata."""
+    return {
+        "/".join(_key_name(k) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if hasattr(leaf, "shape")
+    }
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def shape_mismatches(
+    stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
+) -> list[str]:
+    """One line per differing path: the train state's parameters, then its other variables,
+    then the rest (optimizer state), each group in path order."""
+
+    def order(path: str) -> tuple[int, str]:
+        top = path.split("/", 1)[0]
+        return (_REPORT_ORDER.index(top) if top in _REPORT_ORDER else len(_REPORT_ORDER), path)
+
+    lines = []
+    for path in sorted(expected.keys() | stored.keys(), key=order):
+        got, want = stored.get(path, "absent"), expected.get(path, "absent")
+        if got != want:
+            lines.append(f"{path}: checkpoint {got}, this config {want}")
+    return lines
+
+
+def error_line(error: BaseException) -> str:
+    """The innermost cause's type and first line (no TensorStore spec dumps)."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    text = str(error).split(" See full TensorStore details")[0].strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class Checkpointer:
     """Saves and restores (state, data iterator, meta) by step under ``directory``."""
 
     def __init__(self, directory: str, *, keep: int = 3):
+        self.directory = str(directory)
         self._manager = ocp.CheckpointManager(
-            directory,
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_handlers=dict(
+                state=ocp.StandardCheckpointHandler(),
+                meta=ocp.JsonCheckpointHandler(),
+                data=grain.checkpoint.CheckpointHandler(),
+            ),
         )
 
     def steps(self) -> list[int]:
@@ -52,31 +120,82 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored.state, dict(restored.meta)
 
+    def stored_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """The saved state's array shapes by path, from its metadata (no array is read)."""
+        shapes = array_shapes(self._manager.item_metadata(step).state)
+        if not shapes:
+            raise ValueError(f"{self.directory}/{step}/state holds no array metadata")
+        return shapes
+
+    def check_fits(self, abstract_state: Any) -> None:
+        """Compares the newest step with readable metadata to ``abstract_state``.
+
+        Raises:
+          CheckpointMismatchError: naming the first differing path with both shapes.
+        """
+        expected = array_shapes(abstract_state)
+        for step in reversed(self.steps()):
+            try:
+                stored = self.stored_shapes(step)
+            except Exception:  # unreadable metadata: a corrupt step, judged by restore_latest
+                continue
+            wrong = shape_mismatches(stored, expected)
+            if wrong:
+                more = f" (and {len(wrong) - 1} more arrays)" if len(wrong) > 1 else ""
+                raise CheckpointMismatchError(
+                    f"checkpoint {self.directory}/{step} does not fit the state this config "
+                    f"builds: {wrong[0]}{more}"
+                )
+            return
+
     def restore_latest(
         self, abstract_state: Any, data_iter: Any | None = None
     ) -> tuple[int, Any, dict] | None:
-        """Restores the newest readable step, falling back past unreadable ones.
+        """Restores the newest readable step, moving newer unreadable ones aside.
 
-        Returns ``(step, state, meta)``, or None when no step exists. Raises when steps
-        exist but none can be read (the caller must not silently start from scratch).
+        Returns ``(step, state, meta)``, or None when no step exists. Raises
+        ``CheckpointMismatchError`` (nothing moved) when the saved state does not fit, and
+        RuntimeError (nothing moved) when steps exist but none can be read.
         """
-        steps = self.steps()
-        errors = []
+        self.check_fits(abstract_state)
+        steps, errors = self.steps(), []
         for step in reversed(steps):
             try:
                 state, meta = self.restore(step, abstract_state, data_iter)
-                return step, state, meta
             except Exception as e:  # orbax/tensorstore raise many types for bad files
-                errors.append(f"step {step}: {type(e).__name__}: {e}")
-                log.warning(
-                    "checkpoint step %d is unreadable (%s); trying the previous one", step, e
+                errors.append(
+                    f"step {step} is unreadable ({self.directory}/{step}): {error_line(e)}"
                 )
+                log.warning("checkpoint %s", errors[-1])
+                continue
+            for bad in steps[steps.index(step) + 1 :]:
+                self._move_aside(bad)
+            return step, state, meta
         if steps:
-            raise RuntimeError(
-                f"no readable checkpoint in {self._manager.directory}:\n" + "\n".join(errors)
-            )
+            raise RuntimeError(f"no readable checkpoint in {self.directory}:\n" + "\n".join(errors))
         return None
+
+    def _move_aside(self, step: int) -> None:
+        """Moves step ``step`` to ``<directory>_unreadable/<step>[-<n>]`` (process 0)."""
+        if jax.process_index() == 0:
+            aside = f"{self.directory}_unreadable"
+            os.makedirs(aside, exist_ok=True)
+            target, n = os.path.join(aside, str(step)), 0
+            while os.path.exists(target):
+                n += 1
+                target = os.path.join(aside, f"{step}-{n}")
+            os.rename(os.path.join(self.directory, str(step)), target)
+            log.warning("moved unreadable checkpoint step %d to %s", step, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
+        self._manager.reload()
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -3,7 +3,11 @@
 Workdir layout (DESIGN.md): ``config.json`` (resolved config), ``metrics.jsonl`` (one JSON
 object a line: ``step`` plus ``<split>/<name>`` keys), ``eval/<step>.json``, ``checkpoints/``.
 Re-running the same command resumes from the newest readable checkpoint (state, data iterator,
-RNG streams and the skipped-record count) and ends exactly where an uninterrupted run would.
+RNG streams and the skipped-record count) and ends exactly where an uninterrupted run would;
+newer unreadable steps are moved to ``checkpoints_unreadable/`` and their metrics rows replaced
+(``metrics.jsonl`` holds one row per step). Both loops hold the workdir's lock
+(``radjax.train.workdir``); a checkpoint that does not fit the config raises before
+``config.json`` is written or anything is moved.
 
 Evaluations (``radjax.train.stages.eval_specs``): by default one, every ``train.eval_every``
 steps and at the last step, on ``train.eval_split``: keys ``eval/<metric>`` in metrics.jsonl and
@@ -28,47 +32,76 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from radjax.checkpoint import Checkpointer
+from radjax.checkpoint import Checkpointer, CheckpointMismatchError
 from radjax.data import pipeline
 from radjax.train import experiment as experiment_lib
 from radjax.train import stages
+from radjax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    """Appends metric rows to ``metrics.jsonl`` (process 0 only)."""
+    """``metrics.jsonl`` with one row per step, ascending (process 0 only): a write for a
+    step that has a row merges into it (new values replace old ones), never a second row."""
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._enabled = jax.process_index() == 0
+        self._rows: dict[int, dict] = {}
+        self._tail = 0  # byte offset of the last row in the file
+        if self._enabled and os.path.exists(self.path):
+            with open(self.path) as f:
+                for n, line in enumerate(f, 1):
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line torn by a killed run
+                        log.warning("%s:%d is not JSON; dropped", self.path, n)
+                        continue
+                    self._rows.setdefault(int(row["step"]), {}).update(row)
+            self._rewrite()
 
     def truncate_after(self, step: int) -> None:
         """Drops rows newer than ``step`` (written by a run that died before checkpointing)."""
-        if not self._enabled or not os.path.exists(self.path):
-            return
-        with open(self.path) as f:
-            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(rows)
+        if self._enabled and any(s > step for s in self._rows):
+            self._rows = {s: r for s, r in self._rows.items() if s <= step}
+            self._rewrite()
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self._enabled:
             return
-        row = {"step": int(step), **{k: _jsonable(v) for k, v in values.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        step = int(step)
+        last = max(self._rows, default=None)
+        row = self._rows.setdefault(step, {"step": step})
+        row.update({k: _jsonable(v) for k, v in values.items()})
+        if last is not None and step < last:
+            self._rewrite()
+            return
+        with open(self.path, "r+b" if step == last else "ab") as f:
+            if step == last:
+                f.seek(self._tail)
+                f.truncate()
+            self._tail = f.tell()
+            f.write(_line(row))
+
+    def _rewrite(self) -> None:
+        """Writes every row in step order (a temporary file, then rename)."""
+        self._rows = dict(sorted(self._rows.items()))
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            for row in self._rows.values():
+                self._tail = f.tell()
+                f.write(_line(row))
+        os.replace(tmp, self.path)
+
+
+def _line(row: dict) -> bytes:
+    return (json.dumps(row) + "\n").encode()
 
 
 def _jsonable(v: Any) -> Any:
     v = np.asarray(v).item() if np.ndim(v) == 0 else np.asarray(v).tolist()
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def _format_eta(seconds: float) -> str:
@@ -155,23 +188,26 @@ def _save_eval(workdir: str, step: int, split: str, metrics: dict, log_: Metrics
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None = None
 ) -> dict:
-    """Trains ``config`` in ``workdir`` (resuming if checkpoints exist); returns the final state."""
+    """Trains ``config`` in ``workdir`` (resuming if checkpoints exist) holding the workdir's
+    lock; returns the final state. ``config.json`` is written once the checkpoint fits."""
     os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.locked(workdir):
+        return _train(config, workdir, mesh)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh | None):
     fmt = experiment_lib.prepare_config(config)
-    write_config(config, workdir)
     exp = experiment_lib.build(config, mesh)
     total = int(config.train.steps)
     data, skips = pipeline.train_dataset(
         fmt, config.data, global_batch=int(config.train.batch_size), seed=int(config.seed)
     )
     data_iter = iter(data)
-    ckpt = Checkpointer(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), keep=int(config.checkpoint.keep)
-    )
-    metrics_log = MetricsLog(workdir)
 
-    with jax.set_mesh(exp.mesh):
-        restored = ckpt.restore_latest(exp.restore_target(), data_iter)
+    with _checkpointer(config, workdir) as ckpt, jax.set_mesh(exp.mesh):
+        restored = _restore_latest(ckpt, exp, workdir, data_iter)
+        workdir_lib.write_config(config, workdir)
+        metrics_log = MetricsLog(workdir)
         if restored is None:
             start, state = 0, exp.init()
             metrics_log.truncate_after(-1)
@@ -218,8 +254,43 @@ def train_and_evaluate(
                     )
             if results:
                 _save_named_evals(workdir, step, results, metrics_log)
-    ckpt.close()
     return state
+
+
+def _checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointer:
+    return Checkpointer(_checkpoint_dir(workdir), keep=int(config.checkpoint.keep))
+
+
+def _checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def _restore_latest(
+    ckpt: Checkpointer, exp: experiment_lib.Experiment, workdir: str, data_iter: Any = None
+) -> tuple[int, Any, dict] | None:
+    """``ckpt.restore_latest`` into the experiment's state; a checkpoint that does not fit
+    raises one CheckpointMismatchError that also lists the config fields that differ from
+    ``config.json``."""
+    try:
+        restored = ckpt.restore_latest(exp.restore_target(), data_iter)
+    except CheckpointMismatchError as e:
+        changes = workdir_lib.config_changes(exp.config, workdir)
+        if changes is None:
+            detail = f"(no config.json in {workdir} to compare with)"
+        elif not changes:
+            detail = f"(this config has the fields of {workdir}/config.json)"
+        else:
+            detail = f"fields that differ from {workdir}/config.json:\n  " + "\n  ".join(changes)
+        raise CheckpointMismatchError(f"{e}\n{detail}") from None
+    if restored is not None:
+        changes = workdir_lib.config_changes(exp.config, workdir)
+        if changes:
+            log.info("resuming with config changes: %s", "; ".join(changes))
+    return restored
+
+
+class NoCheckpointError(FileNotFoundError):
+    """A workdir to evaluate holds no checkpoint."""
 
 
 def evaluate_checkpoint(
@@ -227,22 +298,49 @@ def evaluate_checkpoint(
     workdir: str,
     split: str | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    *,
+    untrained: bool = False,
 ) -> dict[str, float]:
-    """Evaluates the newest readable checkpoint in ``workdir`` (step 0 if none) on ``split``;
-    with ``split`` None, every named evaluation of ``config.evals`` (``"<name>/<metric>"``
-    keys), or ``train.eval_split`` when there are none."""
+    """Evaluates the newest readable checkpoint in ``workdir`` (``untrained``: the freshly
+    initialised model, step 0) on ``split``, holding the workdir's lock; with ``split`` None,
+    every named evaluation of ``config.evals`` (``"<name>/<metric>"`` keys), or
+    ``train.eval_split`` when there are none.
+
+    Raises:
+      NoCheckpointError: ``workdir`` has no checkpoint and ``untrained`` is False.
+    """
+    if not untrained and not os.path.isdir(_checkpoint_dir(workdir)):
+        raise NoCheckpointError(_no_checkpoint(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.locked(workdir):
+        return _evaluate(config, workdir, split, mesh, untrained)
+
+
+def _no_checkpoint(workdir: str) -> str:
+    return (
+        f"no checkpoint in {_checkpoint_dir(workdir)}: train there first, or pass --untrained "
+        "to evaluate the freshly initialised model"
+    )
+
+
+def _evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    split: str | None,
+    mesh: jax.sharding.Mesh | None,
+    untrained: bool,
+) -> dict[str, float]:
     fmt = experiment_lib.prepare_config(config)
     exp = experiment_lib.build(config, mesh)
-    ckpt = Checkpointer(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), keep=int(config.checkpoint.keep)
-    )
     with jax.set_mesh(exp.mesh):
-        restored = ckpt.restore_latest(exp.restore_target())
-        step, state = (0, exp.init()) if restored is None else restored[:2]
-    ckpt.close()
-    if restored is None:
-        log.warning("no checkpoint in %s: evaluating the untrained model", workdir)
-    os.makedirs(workdir, exist_ok=True)
+        if untrained:
+            step, state = 0, exp.init()
+        else:
+            with _checkpointer(config, workdir) as ckpt:
+                restored = _restore_latest(ckpt, exp, workdir)
+            if restored is None:
+                raise NoCheckpointError(_no_checkpoint(workdir))
+            step, state = restored[:2]
     named = [] if split is not None else stages.eval_specs(config) if config.get("evals") else []
     if named:
         results = []
