@@ -8,9 +8,11 @@ model instead (step 0).
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments import launch
+
+flags.adopt_module_key_flags(launch)  # --help lists --config, --workdir, ...
 
 SPLIT = flags.DEFINE_string(
     "split",
@@ -40,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    launch.run(main)

@@ -1,4 +1,5 @@
-"""Checkpoint save/restore, retention and fallback past a corrupt latest step."""
+"""Checkpoint save/restore, retention, fallback past a corrupt latest step (moved aside) and
+a state that does not fit (named, nothing moved)."""
 
 import glob
 import os
@@ -8,11 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from radjax.checkpoint import Checkpointer
+from radjax.checkpoint import Checkpointer, CheckpointMismatchError
 
 
 def _state(v):
     return {"w": jnp.full((4, 3), v, jnp.float32), "step": jnp.asarray(v, jnp.int32)}
+
+
+def _big_state(v):
+    """Incompressible arrays large enough to live in the OCDBT data files."""
+    w = np.random.default_rng(v).normal(size=(64, 64)).astype(np.float32)
+    return {"w": jnp.asarray(w), "step": jnp.asarray(v, jnp.int32)}
 
 
 def _iterator():
@@ -59,4 +66,55 @@ def test_no_checkpoint_returns_none_and_all_unreadable_raises(tmp_path):
             os.remove(f)
     with pytest.raises(RuntimeError, match="no readable checkpoint"):
         ckpt.restore_latest(_state(0))
+    assert ckpt.steps() == [5] and not os.path.exists(f"{tmp_path / 'a'}_unreadable")
+    ckpt.close()
+
+
+def _truncate_largest_array_file(step_dir):
+    files = glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*"))
+    with open(max(files, key=os.path.getsize), "r+b") as f:
+        f.truncate(100)
+
+
+def test_unreadable_newest_step_is_moved_aside_and_can_be_saved_again(tmp_path, caplog):
+    directory = str(tmp_path / "ckpt")
+    ckpt = Checkpointer(directory, keep=3)
+    for step in (1, 2, 3):
+        ckpt.save(step, _big_state(step))
+    _truncate_largest_array_file(os.path.join(directory, "3"))
+    step, state, _ = ckpt.restore_latest(_big_state(0))
+    assert step == 2
+    np.testing.assert_array_equal(state["w"], _big_state(2)["w"])
+    assert ckpt.steps() == [1, 2]
+    assert os.listdir(f"{directory}_unreadable") == ["3"]
+    assert os.path.isdir(os.path.join(f"{directory}_unreadable", "3", "state"))
+    ckpt.save(3, _big_state(3))  # the step can be written again
+    assert ckpt.steps() == [1, 2, 3]
+    ckpt.close()
+    warning = next(r.getMessage() for r in caplog.records if "unreadable" in r.getMessage())
+    assert "step 3" in warning and os.path.join(directory, "3") in warning
+    assert "\n" not in warning and "TensorStore(" not in warning and "pybind" not in warning
+
+
+def test_state_that_does_not_fit_names_path_and_shapes_and_moves_nothing(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    ckpt = Checkpointer(directory)
+    ckpt.save(1, {"trainable": {"w": jnp.zeros((4, 3))}, "opt": {"w": jnp.zeros((4, 3))}})
+    ckpt.save(2, {"trainable": {"w": jnp.zeros((4, 3))}, "opt": {"w": jnp.zeros((4, 3))}})
+    wider = {"trainable": {"w": jnp.zeros((4, 5))}, "opt": {"w": jnp.zeros((4, 5))}}
+    with pytest.raises(CheckpointMismatchError) as err:
+        ckpt.restore_latest(wider)
+    message = str(err.value)
+    # the parameter is named first, the optimizer state's copy only counted
+    assert "trainable/w: checkpoint (4, 3), this config (4, 5) (and 1 more arrays)" in message
+    assert "unreadable" not in message
+    with pytest.raises(CheckpointMismatchError, match=r"b: checkpoint absent, this config \(\)"):
+        ckpt.restore_latest(
+            {
+                "params": {"w": jnp.zeros((4, 3))},
+                "opt": {"w": jnp.zeros((4, 3))},
+                "b": jnp.zeros(()),
+            }
+        )
+    assert ckpt.steps() == [1, 2] and not os.path.exists(f"{directory}_unreadable")
     ckpt.close()
