@@ -96,25 +96,24 @@ def test_unreadable_newest_step_is_moved_aside_and_can_be_saved_again(tmp_path, 
     assert "\n" not in warning and "TensorStore(" not in warning and "pybind" not in warning
 
 
+def _params_and_opt(cols, **extra):
+    w = jnp.zeros((4, cols))
+    return {"trainable": {"w": w}, "opt": {"w": w}, **extra}
+
+
 def test_state_that_does_not_fit_names_path_and_shapes_and_moves_nothing(tmp_path):
     directory = str(tmp_path / "ckpt")
     ckpt = Checkpointer(directory)
-    ckpt.save(1, {"trainable": {"w": jnp.zeros((4, 3))}, "opt": {"w": jnp.zeros((4, 3))}})
-    ckpt.save(2, {"trainable": {"w": jnp.zeros((4, 3))}, "opt": {"w": jnp.zeros((4, 3))}})
-    wider = {"trainable": {"w": jnp.zeros((4, 5))}, "opt": {"w": jnp.zeros((4, 5))}}
+    for step in (1, 2):
+        ckpt.save(step, _params_and_opt(3))
     with pytest.raises(CheckpointMismatchError) as err:
-        ckpt.restore_latest(wider)
-    message = str(err.value)
+        ckpt.restore_latest(_params_and_opt(5))
     # the parameter is named first, the optimizer state's copy only counted
-    assert "trainable/w: checkpoint (4, 3), this config (4, 5) (and 1 more arrays)" in message
-    assert "unreadable" not in message
+    assert "trainable/w: checkpoint (4, 3), this config (4, 5) (and 1 more arrays)" in str(
+        err.value
+    )
+    assert "unreadable" not in str(err.value)
     with pytest.raises(CheckpointMismatchError, match=r"b: checkpoint absent, this config \(\)"):
-        ckpt.restore_latest(
-            {
-                "params": {"w": jnp.zeros((4, 3))},
-                "opt": {"w": jnp.zeros((4, 3))},
-                "b": jnp.zeros(()),
-            }
-        )
+        ckpt.restore_latest(_params_and_opt(3, b=jnp.zeros(())))
     assert ckpt.steps() == [1, 2] and not os.path.exists(f"{directory}_unreadable")
     ckpt.close()
