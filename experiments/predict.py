@@ -44,6 +44,7 @@ from absl import app, flags
 from experiments import launch
 from radjax.data.errors import BadRecordError
 
+flags.adopt_module_key_flags(launch)  # --help lists --config, --workdir, ...
 log = logging.getLogger(__name__)
 
 INPUT = flags.DEFINE_multi_string(
@@ -63,7 +64,10 @@ UNTRAINED = flags.DEFINE_bool(
 )
 PROMPT = flags.DEFINE_string("prompt", None, "Question or instruction (generative papers).")
 MODALITY = flags.DEFINE_string(
-    "modality", None, "Imaging modality of the input (default: the DICOM Modality tag)."
+    "modality",
+    None,
+    "Imaging modality of inputs whose header names none (NIfTI, PNG/JPEG; DICOM's Modality "
+    "tag wins), for papers that take one.",
 )
 flags.mark_flags_as_required(["input", "out"])
 # --workdir is one of three weight sources here; launch marks it required (None = absent).
@@ -159,7 +163,7 @@ def restore(exp, kind: str, path: Path | None) -> tuple[dict, dict]:
 
     from radjax.checkpoint import Checkpointer
 
-    with jax.set_mesh(exp.mesh):
+    with jax.set_mesh(exp.mesh):  # restore_latest: as a resumed run (unreadable steps aside)
         if kind == "untrained":
             log.warning("--untrained: predicting with a fresh run's initial weights")
             return exp.init(), dict(source="untrained")
@@ -278,6 +282,8 @@ def predict_files(
 def main(argv):
     del argv
     launch.start()
+    from radjax.checkpoint import CheckpointMismatchError
+
     try:
         predict_files(
             launch.CONFIG.value,
@@ -290,8 +296,10 @@ def main(argv):
             modality=MODALITY.value,
         )
     except BadRecordError as err:
-        sys.exit(f"predict: bad input: {err}")
+        sys.exit(f"experiments.predict: bad input: {err}")
+    except CheckpointMismatchError as err:
+        sys.exit(f"experiments.predict: {err}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    launch.run(main)

@@ -55,14 +55,15 @@ SUMMARY_TOP = 10
 
 
 def _modality(scan: dict, modality: str | None) -> str:
-    """--modality, else the DICOM tag mapped to RP3D's names; BadRecordError otherwise."""
-    name = modality or DICOM_MODALITIES.get(scan["modality"] or "")
+    """The DICOM Modality tag mapped to RP3D's names, else ``modality`` (--modality, for
+    files that name none); BadRecordError if neither is one of ``data.MODALITY_INDEX``."""
+    name = DICOM_MODALITIES.get(scan["modality"] or "") or modality
     if name not in data.MODALITY_INDEX:
-        got = f"--modality {modality!r}" if modality else f"DICOM Modality {scan['modality']!r}"
         raise BadRecordError(
             scan["path"],
             "modality",
-            f"{got} is none of RP3D-Diag's {sorted(data.MODALITY_INDEX)}; pass --modality",
+            f"DICOM Modality {scan['modality']!r}, --modality {modality!r}: none of "
+            f"RP3D-Diag's {sorted(data.MODALITY_INDEX)}; pass --modality",
         )
     return name
 
