@@ -1,8 +1,9 @@
 """grain pipelines shared by every data format.
 
 Training: ``source.seed(seed).shuffle().repeat()`` → per-host slice → seeded ``random_map``
-(the format's ``load_example``) → skip-and-count bad records → ``batch``. All randomness is in
-the seeded map, so the iterator state (saved in checkpoints) replays exactly.
+(the format's ``load_example``) → skip-and-count bad records → ``batch`` → count repaired
+records. All randomness is in the seeded map, so the iterator state (saved in checkpoints)
+replays exactly.
 
 Evaluation: the split in order, per-host slice, deterministic loading (``rng=None``), batches
 padded to a fixed size with a ``valid`` mask so one compiled step serves the whole split.
@@ -22,9 +23,14 @@ import ml_collections
 import numpy as np
 
 from radjax.data.errors import BadRecordError
+from radjax.data.readers import nonfinite_repairs
 from radjax.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
+
+# Per-row bool of every loaded example and batch (until ``SkipCounter.take_batch_skips``):
+# the record's non-finite voxels were set to 0 (``data.nonfinite='zero'``).
+REPAIRED = "nonfinite_repaired"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,24 +42,29 @@ class _Skipped:
 
 @dataclasses.dataclass
 class SkipCounter:
-    """Counts bad records dropped under ``data.skip_bad_records`` (never silently).
+    """Counts bad records dropped under ``data.skip_bad_records`` (never silently), and
+    records whose NaN/Inf voxels were set to 0 under ``data.nonfinite='zero'``.
 
     ``count`` = records the format left out of its index (``source.skipped_records``) plus
     every draw whose loading failed (a bad file drawn in two epochs counts twice).
+    ``repaired`` = every draw whose loading repaired non-finite voxels (counted per draw too).
     """
 
     count: int = 0
+    repaired: int = 0
 
     @classmethod
     def for_source(cls, source: grain.MapDataset) -> "SkipCounter":
         return cls(count=len(getattr(source, "skipped_records", ())))
 
     def take_batch_skips(self, batch: dict) -> dict:
-        """Moves a format-batched element's ``skipped`` count into the counter."""
+        """Moves a batch's ``skipped`` count (format-batched) and its ``REPAIRED`` rows into
+        the counter."""
         skipped = int(batch.pop("skipped", 0))
         if skipped:
             self.count += skipped
             log.warning("skipped %d bad records in a batch (%d so far)", skipped, self.count)
+        self.repaired += int(np.count_nonzero(batch.pop(REPAIRED, 0)))
         return batch
 
     def keep(self, example: Any) -> bool:
@@ -67,7 +78,8 @@ class SkipCounter:
 class Load(grain.transforms.RandomMap):
     """Runs a format's ``load_example(record, data_cfg, rng | None)``; under
     ``data.skip_bad_records`` a BadRecordError becomes a marker that ``SkipCounter.keep``
-    counts and drops."""
+    counts and drops. Each loaded example gets ``REPAIRED``: whether a reader set non-finite
+    voxels to 0 (``radjax.data.readers.nonfinite_repairs``)."""
 
     def __init__(self, load_example, data_cfg: ml_collections.ConfigDict, random: bool):
         self._load, self._cfg, self._random = load_example, data_cfg, random
@@ -75,11 +87,15 @@ class Load(grain.transforms.RandomMap):
 
     def random_map(self, record, rng: np.random.Generator | None):
         try:
-            return self._load(record, self._cfg, rng if self._random else None)
+            with nonfinite_repairs() as repairs:
+                example = self._load(record, self._cfg, rng if self._random else None)
         except BadRecordError as e:
             if not self._skip:
                 raise
             return _Skipped(str(e))
+        if repairs:
+            log.info("set non-finite voxels to 0 (data.nonfinite='zero'): %s", "; ".join(repairs))
+        return {**example, REPAIRED: np.asarray(bool(repairs))}
 
 
 def _read_options(data_cfg) -> grain.ReadOptions:
@@ -125,6 +141,7 @@ def train_dataset(
         .to_iter_dataset(_read_options(data_cfg))
         .filter(counter.keep)
         .batch(_host_batch(global_batch, process_count), drop_remainder=True)
+        .map(counter.take_batch_skips)
     )
     return it, counter
 
@@ -165,7 +182,7 @@ def eval_batches(
             )
             out = {k: pad(np.asarray(v)) for k, v in batch.items()}
             out["valid"] = np.arange(host_batch) < n
-            yield out
+            yield counter.take_batch_skips(out)
 
     return padded(), counter
 

@@ -41,8 +41,11 @@ def format_module(config: ml_collections.ConfigDict) -> ModuleType:
 
 
 def prepare_config(config: ml_collections.ConfigDict) -> ModuleType:
-    """Writes phantom data if asked, lets the format fill data-derived model fields
-    (``complete_config``, e.g. the number of classes), and returns the format module."""
+    """Lets the format check its data (``ensure_data``: phantoms are written only with
+    ``data.phantoms.enabled``, into a missing or empty ``data.root``; a root without the files
+    the run reads raises FileNotFoundError naming it and the file), then fill data-derived
+    model fields (``complete_config``, e.g. the number of classes); returns the format module.
+    Raises before anything is trained."""
     fmt = format_module(config)
     fmt.ensure_data(config.data)
     if hasattr(fmt, "complete_config"):

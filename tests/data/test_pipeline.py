@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from radjax.data import pipeline
+from radjax.data import pipeline, readers
 from radjax.data.errors import BadRecordError
 
 
@@ -140,3 +140,45 @@ def test_self_batching_formats_keep_empty_batches_only_on_several_processes():
     assert [b["valid"].tolist() for b in shares[1]] == [[True], [False], [False]]
     assert [b["x"].tolist() for b in shares[0]] == [[0.0], [2.0], [4.0]]
     assert "skipped" not in shares[0][0]
+
+
+def _nan_format(root):
+    """A format over real ``.npy`` files read by ``read_npy``; records 1 and 4 hold NaN."""
+
+    def make_source(cfg, split):
+        return grain.MapDataset.source(list(range(6)))
+
+    def load_example(record, cfg, rng):
+        path = f"{root}/{record}.npy"
+        return {"x": readers.read_npy(path, nonfinite=readers.nonfinite_policy(cfg))}
+
+    for record in range(6):
+        np.save(root / f"{record}.npy", np.full((3,), np.nan if record in (1, 4) else record, "f4"))
+    return types.SimpleNamespace(make_source=make_source, load_example=load_example)
+
+
+def test_nonfinite_voxels_rejected_by_default_or_zeroed_and_counted(tmp_path):
+    fmt = _nan_format(tmp_path)
+    batches, _ = pipeline.eval_batches(
+        fmt, _cfg(), "test", batch_size=3, process_index=0, process_count=1
+    )
+    with pytest.raises(BadRecordError, match=r"1\.npy: 3 non-finite"):
+        list(batches)
+    cfg = _cfg()
+    cfg.nonfinite = "zero"
+    batches, counter = pipeline.eval_batches(
+        fmt, cfg, "test", batch_size=4, process_index=0, process_count=1
+    )
+    batches = list(batches)
+    assert set(batches[0]) == {"x", "valid"}  # the per-row flag does not reach the model
+    xs = np.concatenate([b["x"] for b in batches])[np.concatenate([b["valid"] for b in batches])]
+    np.testing.assert_array_equal(xs[:, 0], [0, 0, 2, 3, 0, 5])
+    assert counter.repaired == 2 and counter.count == 0
+    ds, counter = pipeline.train_dataset(
+        fmt, cfg, global_batch=3, seed=0, process_index=0, process_count=1
+    )
+    it = iter(ds)
+    assert set(next(it)) == {"x"}
+    for _ in range(3):  # 12 draws, two epochs: both NaN files drawn twice
+        next(it)
+    assert counter.repaired == 4

@@ -14,6 +14,7 @@ from radjax.data import pipeline
 from radjax.data.errors import BadRecordError
 from radjax.papers.rp3d_diag import data as rp3d
 from radjax.train import loop
+from tests.e2e.launcher import run_launcher
 
 
 def _config(root, skip):
@@ -103,3 +104,35 @@ def test_skipped_load_failures_are_counted_when_drawn(broken_root):
         batch = next(it)
         assert np.isfinite(batch["images"]).all()
     assert counter.count >= 2 + 2
+
+
+def test_nonfinite_voxels_zeroed_on_request_are_counted(broken_root):
+    root, corrupt, nan_path, _ = broken_root
+    cfg = _config(root, skip=True).data
+    cfg.nonfinite = "zero"
+    ds, counter = pipeline.train_dataset(
+        rp3d, cfg, global_batch=16, seed=0, process_index=0, process_count=1
+    )
+    it = iter(ds)
+    n_cases = len(rp3d.make_source(cfg, "train"))
+    for _ in range(n_cases // 16 + 2):  # more than one epoch: both broken files are drawn
+        batch = next(it)
+        assert np.isfinite(batch["images"]).all() and pipeline.REPAIRED not in batch
+    assert counter.repaired >= 1  # the NaN case, now loaded
+    assert counter.count >= 2  # the two cases left out of the index are still skipped
+
+
+def test_mistyped_data_root_without_phantoms_stops_before_training(tmp_path):
+    typo = tmp_path / "dataa"
+    proc = run_launcher(
+        "experiments.train",
+        tmp_path / "run",
+        f"--config.data.root={typo}",
+        "--config.data.phantoms.enabled=False",
+        check=False,
+        log=str(tmp_path / "train.log"),
+    )
+    assert proc.wait(timeout=300) != 0
+    log = (tmp_path / "train.log").read_text()
+    assert f"data.root {typo} does not exist" in log, log[-3000:]
+    assert not typo.exists() and not (tmp_path / "run" / "checkpoints").exists()

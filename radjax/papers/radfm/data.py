@@ -41,12 +41,15 @@ import numpy as np
 from radjax.data import batching
 from radjax.data.errors import BadRecordError
 from radjax.data.phantoms import ensure_phantoms
+from radjax.data.pipeline import REPAIRED
 from radjax.data.readers import (
     array_shape,
+    nonfinite_policy,
     read_image,
     read_json,
     read_nifti,
     read_npy,
+    require_files,
     resolve_path,
 )
 from radjax.data.tokenizers import load_tokenizer, phantom_tokenizer
@@ -134,37 +137,72 @@ def prompts(
     return entry
 
 
-def ensure_data(data_cfg: ml_collections.ConfigDict) -> None:
-    """Writes RadFM phantoms (``radjax.papers.radfm.phantoms``) into an empty ``data.root``
-    (``radjax.data.phantoms.ensure_phantoms``)."""
-    from radjax.papers.radfm.phantoms import write_radfm_phantoms
+def _phantoms_enabled(data_cfg: ml_collections.ConfigDict) -> bool:
+    return bool(data_cfg.get("phantoms", {}).get("enabled", False))
 
-    ensure_phantoms(
-        data_cfg,
-        lambda out, p: write_radfm_phantoms(
-            out,
-            p.num_train,
-            p.num_test,
-            seed=p.get("seed", 0),
-            image_size=p.get("image_size", 64),
-            max_depth=p.get("max_depth", 16),
-        ),
-        "RadFM task files",
+
+def _tasks(data_cfg: ml_collections.ConfigDict):
+    """``data.tasks``, or the phantom task files when it is empty and phantoms are on
+    (only ``data.phantom_tasks`` when that names some)."""
+    if data_cfg.get("tasks") or not _phantoms_enabled(data_cfg):
+        return data_cfg.get("tasks") or {}
+    return phantom_tasks(tuple(data_cfg.get("phantom_tasks", ())))
+
+
+def data_files(data_cfg: ml_collections.ConfigDict) -> list[str]:
+    """Files a run reads from ``data.root``: every task's split files and its modality or
+    article set (the string values of ``_tasks`` but ``task`` and ``prompts``)."""
+    return sorted(
+        {
+            value
+            for spec in _tasks(data_cfg).values()
+            for key, value in spec.items()
+            if key not in ("task", "prompts") and isinstance(value, str) and value
+        }
     )
 
 
+def ensure_data(data_cfg: ml_collections.ConfigDict) -> None:
+    """Checks that ``data.root`` holds ``data_files``; with ``data.phantoms.enabled`` first
+    writes RadFM phantoms (``radjax.papers.radfm.phantoms``) into a missing or empty root
+    (``radjax.data.phantoms.ensure_phantoms``; a root holding other files is never written to).
+
+    Raises:
+      FileNotFoundError: naming the root and the first missing file.
+      ValueError: ``data.tasks`` is empty with phantoms off; ``data.nonfinite`` is unknown.
+    """
+    from radjax.papers.radfm.phantoms import write_radfm_phantoms
+
+    nonfinite_policy(data_cfg)
+    if _phantoms_enabled(data_cfg):
+        ensure_phantoms(
+            data_cfg,
+            lambda out, p: write_radfm_phantoms(
+                out,
+                p.num_train,
+                p.num_test,
+                seed=p.get("seed", 0),
+                image_size=p.get("image_size", 64),
+                max_depth=p.get("max_depth", 16),
+            ),
+            "RadFM task files",
+        )
+    elif not data_cfg.get("tasks"):
+        raise ValueError("data.tasks is empty and data.phantoms.enabled is off: name task files")
+    require_files(data_cfg.root, data_files(data_cfg), "RadFM task files")
+
+
 def complete_config(config: ml_collections.ConfigDict) -> None:
-    """Fills what the data decides (called after ``ensure_data``): ``data.tasks`` (the
-    phantom files when empty and phantoms are on; only ``data.phantom_tasks`` when that names
-    some), ``model.llm.vocab_size`` = the tokenizer's
-    text vocabulary V, ``model.eos_token_id`` / ``model.pad_token_id``.
+    """Fills what the data decides (called after ``ensure_data``): ``data.tasks`` (``_tasks``:
+    the phantom files when empty and phantoms are on), ``model.llm.vocab_size`` = the
+    tokenizer's text vocabulary V, ``model.eos_token_id`` / ``model.pad_token_id``.
 
     Raises:
       ValueError: ``data.tokens_per_image`` differs from ``model.vision.num_latents``.
     """
     d, m = config.data, config.model
-    if not d.get("tasks") and d.get("phantoms", {}).get("enabled", False):
-        d.tasks = phantom_tasks(tuple(d.get("phantom_tasks", ())))
+    if not d.get("tasks"):
+        d.tasks = _tasks(d)
     if int(d.get("tokens_per_image", 32)) != int(m.vision.num_latents):
         raise ValueError(
             f"data.tokens_per_image {d.get('tokens_per_image', 32)} must equal "
@@ -389,10 +427,11 @@ def _min_max(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-def _load_3d(path: str) -> np.ndarray:
-    """f32 (S, D, H, W, 3) from npy ``(S, 3, H, W, D)``/``(3, H, W, D)`` or a 3-D NIfTI."""
+def _load_3d(path: str, nonfinite: str) -> np.ndarray:
+    """f32 (S, D, H, W, 3) from npy ``(S, 3, H, W, D)``/``(3, H, W, D)`` or a 3-D NIfTI;
+    NaN/Inf voxels per ``nonfinite`` ('error' or 'zero')."""
     if path.lower().endswith(".npy"):
-        array = read_npy(path, ndim=(4, 5)).astype(np.float32)
+        array = read_npy(path, ndim=(4, 5), nonfinite=nonfinite).astype(np.float32)
         array = array[None] if array.ndim == 4 else array
         if array.shape[1] != 3:
             raise BadRecordError(
@@ -400,7 +439,8 @@ def _load_3d(path: str) -> np.ndarray:
             )
         array = array.transpose(0, 4, 2, 3, 1)
     else:  # NIfTI (i, j, k) = (W, H, D)
-        array = read_nifti(path, ndim=3).array.transpose(2, 1, 0)[None, ..., None]
+        array = read_nifti(path, ndim=3, nonfinite=nonfinite).array
+        array = array.transpose(2, 1, 0)[None, ..., None]
         array = np.repeat(array, 3, axis=-1)
     return _min_max(array).astype(np.float32)
 
@@ -446,15 +486,18 @@ def random_resized_crop(
     return image[top : top + h, left : left + w]
 
 
-def load_images(record: dict) -> np.ndarray:
-    """The record's images, f32 (S, D, H, W, 3) in [0, 1]; 2D images have S = D = 1."""
+def load_images(record: dict, nonfinite: str = "error") -> np.ndarray:
+    """The record's images, f32 (S, D, H, W, 3) in [0, 1]; 2D images have S = D = 1.
+    ``nonfinite``: NaN/Inf voxels of 3D files are an error, or set to 0 ('zero')."""
     try:
-        return _load_3d(record["image"]) if record["is_3d"] else _load_2d(record["image"])
+        if record["is_3d"]:
+            return _load_3d(record["image"], nonfinite)
+        return _load_2d(record["image"])
     except BadRecordError as err:
         raise BadRecordError(
             record["file"],
             f"{record['where']}.{_image_field(record['task'])}",
-            f"{err.path}: {err.message}",
+            str(err),  # the image file, its header field (if any) and the problem
         ) from err
 
 
@@ -550,10 +593,11 @@ def load_example(
     ``encode_sample``'s ``input_ids``,
     ``attention_mask``, ``labels``, ``entity_mask`` (L,) and ``question_length`` ().
     More than ``data.max_images`` images or text over ``data.max_length`` (2048) raises
-    BadRecordError naming file, row and field.
+    BadRecordError naming file, row and field, as do NaN/Inf voxels unless
+    ``data.nonfinite='zero'`` (set to 0).
     """
     tokenizer, layout = text_tools(data_cfg)
-    images = load_images(record)
+    images = load_images(record, nonfinite_policy(data_cfg))
     if rng is not None and not record["is_3d"] and data_cfg.get("random_crop_2d", True):
         images = random_resized_crop(images[0, 0], rng)[None, None]
     where = f"{record['where']}.{_image_field(record['task'])}"
@@ -670,7 +714,8 @@ def collate(
     then resized to (D, size, size), all nearest. 2D: H, W -> size bilinear (the original
     resizes its crop bicubic), D = 1. Images are zero-padded to S; ``image_mask`` bool
     (B, S) marks the real ones. An empty ``examples`` needs ``geometry`` and
-    ``data.max_length``: it gives B = 0.
+    ``data.max_length``: it gives B = 0. ``pipeline.REPAIRED`` bool (B,) marks the examples
+    whose non-finite voxels were set to 0 (False for examples not loaded by the pipeline).
     """
     kinds = {bool(e["is_3d"]) for e in examples}
     if len(kinds) > 1:
@@ -704,7 +749,8 @@ def collate(
         )
         for k, dtype in _TEXT_KEYS.items()
     }
-    return dict(images=images, image_mask=mask, **text)
+    repaired = np.array([bool(e.get(REPAIRED, False)) for e in examples], bool)
+    return dict(images=images, image_mask=mask, **text, **{REPAIRED: repaired})
 
 
 def batch_rows(data_cfg: ml_collections.ConfigDict, is_3d: bool) -> int:

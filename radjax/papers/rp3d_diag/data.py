@@ -32,7 +32,13 @@ import numpy as np
 
 from radjax.data.errors import BadRecordError
 from radjax.data.phantoms import ensure_phantoms
-from radjax.data.readers import read_json, read_npy, resolve_path
+from radjax.data.readers import (
+    nonfinite_policy,
+    read_json,
+    read_npy,
+    require_files,
+    resolve_path,
+)
 from radjax.data.transforms import scale_intensity
 from radjax.papers.rp3d_diag.phantoms import write_rp3d_phantoms
 from radjax.papers.rp3d_diag.transforms import rp3d_resample, rp3d_slice_indices
@@ -70,11 +76,14 @@ def _label_field(data_cfg: ml_collections.ConfigDict) -> str:
     return _LEVELS[level]
 
 
+def _label_dict_name(data_cfg: ml_collections.ConfigDict) -> str:
+    """The label dict of ``data.label_level``, relative to ``data.root``."""
+    articles = _label_field(data_cfg) == "articles"
+    return data_cfg.label_dict if articles else data_cfg.icd10_label_dict
+
+
 def _label_dict_path(data_cfg: ml_collections.ConfigDict) -> Path:
-    name = (
-        data_cfg.label_dict if _label_field(data_cfg) == "articles" else data_cfg.icd10_label_dict
-    )
-    return Path(data_cfg.root) / name
+    return Path(data_cfg.root) / _label_dict_name(data_cfg)
 
 
 def read_label_dict(data_cfg: ml_collections.ConfigDict) -> dict[str, int]:
@@ -99,16 +108,31 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
     config.model.num_classes = num_classes(config.data)
 
 
+def data_files(data_cfg: ml_collections.ConfigDict) -> list[str]:
+    """Files a run reads from ``data.root``: every ``data.<split>_file`` and the label dict."""
+    splits = [data_cfg[k] for k in sorted(data_cfg.keys()) if k.endswith("_file") and data_cfg[k]]
+    return splits + [_label_dict_name(data_cfg)]
+
+
 def ensure_data(data_cfg: ml_collections.ConfigDict) -> None:
-    """Writes the phantoms into ``data.root`` when it is missing or empty
-    (``radjax.data.phantoms.ensure_phantoms``)."""
-    ensure_phantoms(
-        data_cfg,
-        lambda out, p: write_rp3d_phantoms(
-            out, p.num_train, p.num_test, size=p.get("size", 64), seed=p.get("seed", 0)
-        ),
-        "an RP3D-DiagDS copy",
-    )
+    """Checks that ``data.root`` holds ``data_files``; with ``data.phantoms.enabled`` first
+    writes the phantoms into a missing or empty root (``radjax.data.phantoms.ensure_phantoms``;
+    a root holding other files is never written to).
+
+    Raises:
+      FileNotFoundError: naming the root and the first missing file.
+      ValueError: ``data.nonfinite`` is unknown.
+    """
+    nonfinite_policy(data_cfg)
+    if data_cfg.get("phantoms", {}).get("enabled", False):
+        ensure_phantoms(
+            data_cfg,
+            lambda out, p: write_rp3d_phantoms(
+                out, p.num_train, p.num_test, size=p.get("size", 64), seed=p.get("seed", 0)
+            ),
+            "an RP3D-DiagDS copy",
+        )
+    require_files(data_cfg.root, data_files(data_cfg), "an RP3D-DiagDS copy")
 
 
 # ---------------------------------------------------------------------------------------
@@ -281,10 +305,15 @@ def _file_field(record: dict, sample: dict, field: str, plane: int) -> str:
     return f"{Path(record['file']).name}{sample['where']}.{field}[{plane}]"
 
 
-def _load_plane(record: dict, sample: dict, plane: int) -> tuple[np.ndarray, int]:
-    """One plane: f32 (H, W, D) voxels (identical RGB channels collapsed) and its key slice."""
+def _load_plane(
+    record: dict, sample: dict, plane: int, data_cfg: ml_collections.ConfigDict
+) -> tuple[np.ndarray, int]:
+    """One plane: f32 (H, W, D) voxels (identical RGB channels collapsed) and its key slice;
+    NaN/Inf voxels per ``data.nonfinite``."""
     try:
-        volume = read_npy(sample["images"][plane], ndim=(2, 3))
+        volume = read_npy(
+            sample["images"][plane], ndim=(2, 3), nonfinite=nonfinite_policy(data_cfg)
+        )
         key = read_npy(sample["keys"][plane])
     except BadRecordError as err:
         field = "image_data_path" if err.path == sample["images"][plane] else "image_key_path"
@@ -351,7 +380,7 @@ def _late_example(
     samples = record["samples"]
     sample = samples[int(rng.integers(len(samples))) if rng is not None else 0]
     plane = int(rng.integers(len(sample["images"]))) if rng is not None else 0
-    volume, key = _load_plane(record, sample, plane)
+    volume, key = _load_plane(record, sample, plane, data_cfg)
     if record["is_3d"]:
         num_slices = volume.shape[-1]
         key = key if 0 <= key < num_slices else num_slices // 2
@@ -394,7 +423,10 @@ def _early_example(
         if first is None:
             first = sample
         planes = _early_planes(sample, rng)[: n - filled]
-        parts = [_resampled_plane(*_load_plane(record, sample, p), data_cfg, rng) for p in planes]
+        parts = [
+            _resampled_plane(*_load_plane(record, sample, p, data_cfg), data_cfg, rng)
+            for p in planes
+        ]
         block = slice(filled, filled + len(parts))
         marks[block] = [m for _, m, _ in parts]
         images[block] = _normalise(np.stack([v for v, _, _ in parts]), marks[block], rng)

@@ -1,8 +1,11 @@
 """RadFM task files: records, examples, prompts and the 2D/3D batching of the original."""
 
 import csv
+import io
 import json
 import math
+import shutil
+from pathlib import Path
 
 import ml_collections
 import nibabel as nib
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from radjax.data import batching
+from radjax.data import batching, pipeline
 from radjax.data.errors import BadRecordError
 from radjax.papers.radfm import data as radfm
 from radjax.papers.radfm.text import IGNORE
@@ -368,3 +371,79 @@ def test_reads_the_phantom_writer(tmp_path):
     assert sorted(r["task"] for r in source) == sorted(radfm.phantom_tasks())
     batches = list(radfm.radfm_batches(source, cfg, train=False))
     assert sorted(np.concatenate([b["index"][b["valid"]] for b in batches])) == list(range(6))
+
+
+NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
+
+
+def _bad_datatype(out: Path) -> Path:
+    """nibabel's real anatomical.nii with an unknown datatype code (9999) in its header."""
+    raw = (NIB_DATA / "anatomical.nii").read_bytes()
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw))
+    header["datatype"] = 9999
+    out.write_bytes(header.binaryblock + raw[len(header.binaryblock) :])
+    return out
+
+
+@pytest.fixture
+def broken_3d(tmp_path):
+    """vqa rows: a header nibabel rejects, a CIFTI-2 file, a good volume, a NaN volume."""
+    _bad_datatype(tmp_path / "dtype.nii")
+    shutil.copy(NIB_DATA / "row_major.dconn.nii", tmp_path / "surface.nii")
+    shutil.copy(NIB_DATA / "anatomical.nii", tmp_path / "good.nii")
+    shutil.copy(NIB_DATA / "resampled_anat_moved.nii", tmp_path / "nan.nii")  # real NaNs
+    names = ["dtype.nii", "surface.nii", "good.nii", "nan.nii"]
+    _csv(tmp_path / "v.csv", ["image_path", "question", "answer"], [[n, "Q?", "A."] for n in names])
+    return _cfg(tmp_path, tasks=dict(v=dict(task="vqa", train="v.csv")), batch_size_3d=4)
+
+
+def test_bad_headers_in_the_batcher_are_named_or_skipped(broken_3d):
+    source = radfm.make_source(broken_3d, "train")
+    with pytest.raises(BadRecordError, match=r"v.csv: row 1.image_path: .*dtype.nii: datatype:"):
+        list(radfm.radfm_batches(source, broken_3d, train=False))
+    broken_3d.skip_bad_records = True
+    (batch,) = list(radfm.radfm_batches(source, broken_3d, train=False))
+    # dtype.nii, surface.nii and nan.nii (NaN rejected by default) are skipped rows
+    assert int(batch["skipped"]) == 3 and batch["index"].tolist() == [2, -1, -1, -1]
+    assert batch["images"].shape[2] == radfm.bucket_depth(25)  # good.nii's 25 slices
+
+
+def test_nonfinite_voxels_zeroed_on_request_and_counted(broken_3d):
+    broken_3d.update(skip_bad_records=True, nonfinite="zero")
+    batches, counter = pipeline.eval_batches(
+        radfm, broken_3d, "train", batch_size=4, process_index=0, process_count=1
+    )
+    (batch,) = list(batches)
+    assert batch["index"].tolist() == [2, 3, -1, -1] and np.isfinite(batch["images"]).all()
+    assert (counter.count, counter.repaired) == (2, 1)
+    assert pipeline.REPAIRED not in batch
+
+
+def _phantom_cfg(root, enabled):
+    return _cfg(
+        root,
+        tasks={},
+        phantom_tasks=("vqa",),
+        phantoms=dict(enabled=enabled, num_train=2, num_test=1, image_size=16, max_depth=8),
+    )
+
+
+def test_phantoms_only_when_enabled_and_never_over_other_files(tmp_path):
+    typo = tmp_path / "typo"
+    with pytest.raises(FileNotFoundError, match=f"{typo} does not exist"):
+        radfm.ensure_data(_cfg(typo))  # real task files named, phantoms off
+    assert not typo.exists()
+    with pytest.raises(ValueError, match="data.tasks is empty"):
+        radfm.ensure_data(_phantom_cfg(typo, enabled=False))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError, match=f"{other} lacks vqa"):
+        radfm.ensure_data(_phantom_cfg(other, enabled=True))
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    radfm.ensure_data(_phantom_cfg(typo, enabled=True))
+    assert radfm.data_files(_phantom_cfg(typo, enabled=True)) == ["vqa_test.csv", "vqa_train.csv"]
+    assert all(
+        (typo / name).is_file()
+        for name in radfm.data_files(_cfg(typo, tasks={}, phantoms=dict(enabled=True)))
+    )

@@ -9,8 +9,10 @@ import pytest
 
 from configs.rp3d_diag import get_config
 from radjax.data.errors import BadRecordError
+from radjax.data.readers import nonfinite_repairs
 from radjax.data.transforms import resize, scale_intensity
 from radjax.papers.rp3d_diag import data as rp3d
+from radjax.train import experiment
 
 LABELS = {"Normal": 0, "Nodule": 1, "Cyst": 2}
 ICD10 = {"Z03": 0, "R91": 1, "N28": 2}
@@ -403,3 +405,35 @@ def test_unreadable_json_and_label_dict(tmp_path):
     _raises(lambda: rp3d.make_source(config.data, "train"), "train.json", "file not found")
     (root / "disorder_label_dict.json").write_text(json.dumps({"Normal": 0, "Nodule": 2}))
     _raises(lambda: rp3d.num_classes(config.data), "disorder_label_dict.json", "not 0..1")
+
+
+def test_nonfinite_voxels_zeroed_on_request(tmp_path):
+    config = _config(_dataset(tmp_path, [_good(tmp_path, "nan")]), fusion="early")
+    nan = _ramp(d=2)
+    nan[2, 3, 0], nan[0, 0, 1] = np.nan, -np.inf
+    np.save(tmp_path / "npy" / "nan.npy", nan)
+    record = rp3d.make_source(config.data, "train")[0]
+    _raises(lambda: rp3d.load_example(record, config.data, None), "nan.npy", "2 non-finite")
+    config.data.nonfinite = "zero"
+    with nonfinite_repairs() as repairs:
+        images = rp3d.load_example(record, config.data, None)["images"]
+    assert np.isfinite(images).all() and len(repairs) == 1 and "nan.npy" in repairs[0]
+    config.data.nonfinite = "skip"
+    with pytest.raises(ValueError, match="data.nonfinite 'skip'"):
+        rp3d.ensure_data(config.data)
+
+
+def test_data_root_must_hold_the_split_files_and_is_never_overwritten(tmp_path):
+    root = _dataset(tmp_path / "mine", [_good(tmp_path / "mine", "a")])  # no test.json
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for enabled in (False, True):
+        config = _config(root)
+        config.data.phantoms.enabled = enabled
+        with pytest.raises(FileNotFoundError, match=f"data.root {root} lacks test.json"):
+            experiment.prepare_config(config)
+        assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    config = _config(tmp_path / "typo")
+    config.data.phantoms.enabled = False
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'typo'} does not exist"):
+        experiment.prepare_config(config)
+    assert rp3d.data_files(config.data) == ["test.json", "train.json", "disorder_label_dict.json"]
