@@ -1,10 +1,11 @@
-"""Config argument parsing and every RP3D-Diag config variant resolving to a buildable model."""
+"""Config argument parsing (validated values), the variants' phantoms and loss defaults, and
+every RP3D-Diag config variant resolving to a buildable model."""
 
 import jax
 import pytest
 from flax import nnx
 
-from configs import rp3d_diag
+from configs import radfm, rp3d_diag
 from configs.common import parse_arg
 from radjax.papers.rp3d_diag import model as paper
 
@@ -16,6 +17,44 @@ def test_parse_arg_types_flags_and_errors():
         parse_arg("nonsense", tiny=False)
     with pytest.raises(ValueError, match="needs a value"):
         parse_arg("fusion", fusion="late")
+
+
+def test_parse_arg_checks_values():
+    choices = {"fusion": ("late", "early")}
+    with pytest.raises(ValueError, match="fusion='erly' not allowed; choose one of late, early"):
+        parse_arg("fusion=erly", choices=choices, fusion="late")
+    assert parse_arg("fusion=early", choices=choices, fusion="late").fusion == "early"
+    with pytest.raises(ValueError, match="ke='flase': not a boolean"):
+        parse_arg("ke=flase", ke=False)
+    with pytest.raises(ValueError, match="steps='abc': not a int"):
+        parse_arg("steps=abc", steps=1)
+
+
+@pytest.mark.parametrize(
+    "module, arg, allowed",
+    [
+        (rp3d_diag, "tiny,fusion=erly", "late, early"),
+        (rp3d_diag, "arch=v2", "released, v1"),
+        (rp3d_diag, "label_level=icd", "articles, icd10s"),
+        (radfm, "tiny,tasks=modality+captoin", "modality, vqa, caption"),
+    ],
+)
+def test_config_arguments_are_validated_when_parsed(module, arg, allowed):
+    with pytest.raises(ValueError, match=allowed):
+        module.get_config(arg)
+
+
+@pytest.mark.parametrize("module", [rp3d_diag, radfm])
+def test_phantoms_only_in_tiny(module):
+    assert module.get_config("tiny").data.phantoms.enabled
+    assert not module.get_config().data.phantoms.enabled
+    assert module.get_config().data.root != module.get_config("tiny").data.root
+
+
+def test_radfm_loss_follows_the_released_code_and_the_paper_is_a_switch():
+    weight = lambda arg: radfm.get_config(arg).loss.entity_weight  # noqa: E731
+    assert weight(None) == 1.0 and weight("entity_weight=3") == 3.0
+    assert weight("tiny") == 3.0 and weight("tiny,entity_weight=1") == 1.0
 
 
 @pytest.mark.parametrize(

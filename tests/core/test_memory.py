@@ -48,3 +48,20 @@ def test_radfm_paper_config_is_sized_without_allocating():
     assert report.per_device_bytes["trainable"] < 1.1 * full / 128  # sharded ~128 ways
     with pytest.raises(ValueError, match="not axis=size"):
         parse_mesh("fsdp:16")
+
+
+def test_dry_run_lists_the_parameters_a_mesh_axis_cannot_split():
+    """fsdp=7 divides no width of the tiny RP3D model: those parameters stay replicated over
+    fsdp and the report names them (path, shape, the axis and dimension); fsdp=8 splits all."""
+    config = rp3d_diag.get_config("tiny")
+    seven = memory.state_memory(config, {"fsdp": 7})
+    assert seven.fallbacks
+    for f in seven.fallbacks:
+        assert all(axes == ("fsdp",) and f.shape[d] % 7 for d, axes in f.dropped), f
+    paths = {f.path for f in seven.fallbacks}
+    assert "trunk/layer4/0/conv3/kernel" in paths and "head/fc/fc1/kernel" in paths
+    text = "\n".join(seven.lines())
+    assert "trunk/layer4/*/conv3/kernel (1, 1, 64, 256): fsdp=7 does not divide dim 3 (256)" in text
+    listed = [line for line in seven.lines() if line.startswith("  ") and "not divide" in line]
+    assert len(listed) <= memory.MAX_LISTED and "more groups" in text
+    assert memory.state_memory(config, {"fsdp": 8}).fallbacks == ()
