@@ -2,7 +2,7 @@
 template (NIfTI), pydicom's CT_small / MR_small (one slice each) and the multi-frame
 emri_small (10 frames, given as a folder), and a PNG of MR_small's pixels.
 
-One tiny RP3D-Diag run (3 steps) serves every RP3D prediction; RadFM predicts with
+One tiny RP3D-Diag run (2 steps) serves every RP3D prediction; RadFM predicts with
 ``--untrained`` (the restore path is the launcher's, shared with RP3D)."""
 
 import importlib
@@ -54,16 +54,16 @@ def scans(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rp3d_run(tiny_data, tmp_path_factory):
-    """(workdir, data root) of a 3-step tiny RP3D-Diag run."""
+    """(workdir, data root) of a 2-step tiny RP3D-Diag run."""
     workdir = tmp_path_factory.mktemp("rp3d") / "run"
     root = tiny_data("rp3d_diag")
     run_launcher(
         "experiments.train",
         workdir,
         f"--config.data.root={root}",
-        "--config.train.steps=3",
+        "--config.train.steps=2",
         "--config.train.eval_every=0",
-        "--config.checkpoint.every=3",
+        "--config.checkpoint.every=2",
         config=RP3D,
     )
     return workdir, root
@@ -118,7 +118,7 @@ def test_rp3d_predicts_ranked_disorders_on_real_scans(rp3d_run, scans, tmp_path)
     for name, r in results.items():
         assert r["paper"] == "rp3d_diag"
         assert r["weights"] == dict(
-            source="checkpoint", path=str((workdir / "checkpoints" / "3").resolve()), step=3
+            source="checkpoint", path=str((workdir / "checkpoints" / "2").resolve()), step=2
         )
         probs = [d["probability"] for d in r["disorders"]]
         assert len(probs) == 12 and len({d["name"] for d in r["disorders"]}) == 12
@@ -158,24 +158,38 @@ def test_radfm_generates_an_answer_untrained(tiny_data, scans, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_input_and_missing_weights_are_refused(rp3d_run, scans, tmp_path):
+def test_bad_input_file_is_named_before_anything_is_built(rp3d_run, scans, tmp_path):
     workdir, root = rp3d_run
     bad = predict(
         RP3D, root, tmp_path / "bad", "--workdir", str(workdir), "--modality", "MRI",
         "--input", scans["ct"], "--input", scans["broken"], check=False,
     )  # fmt: skip
     assert bad.returncode != 0
-    assert (
-        f"experiments.predict: bad input: {scans['broken']}: not a readable NIfTI file"
-        in bad.stderr
-    )
-    assert not (tmp_path / "bad").exists()  # nothing written for the good input either
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    none = predict(RP3D, root, tmp_path / "none", "--workdir", str(empty), "--input",
-                   scans["ct"], check=False)  # fmt: skip
-    assert none.returncode != 0 and "no checkpoint under" in none.stderr
-    assert "--untrained" in none.stderr
+    message = f"experiments.predict: bad input: {scans['broken']}: not a readable NIfTI file"
+    assert message in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()  # nothing written, not even for the good input
+
+
+def test_no_weights_without_asking(tmp_path):
+    from absl import app
+
+    from experiments.predict import weights_source
+
+    empty = tmp_path / "run"
+    (empty / "checkpoints").mkdir(parents=True)
+    with pytest.raises(app.UsageError, match="no checkpoint under .*--untrained"):
+        weights_source(str(empty), "", False)
+    with pytest.raises(app.UsageError, match="exactly one of"):
+        weights_source("", "", False)
+    with pytest.raises(app.UsageError, match="exactly one of"):
+        weights_source(str(empty), "", True)
+    with pytest.raises(app.UsageError, match="not a checkpoint step directory"):
+        weights_source("", str(empty / "checkpoints"), False)
+    (empty / "checkpoints" / "7" / "state").mkdir(parents=True)
+    assert weights_source(str(empty), "", False) == ("workdir", empty.resolve() / "checkpoints")
+    step = empty / "checkpoints" / "7"
+    assert weights_source("", str(step), False) == ("checkpoint", step.resolve())
+    assert weights_source("", "", True) == ("untrained", None)
 
 
 def _prepared(paper: str, root: str):
