@@ -16,8 +16,10 @@ Restoring tells two failures apart before touching anything:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import sys
 from typing import Any
 
 import grain
@@ -78,6 +80,29 @@ def error_line(error: BaseException) -> str:
         error = inner
     text = str(error).split(" See full TensorStore details")[0].strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _mute_abandoned_reads() -> None:
+    """Installs (once) a ``sys.unraisablehook`` filter dropping the reports of the array reads
+    a failed restore abandons: orbax turns their GeneratorExit into an Exception carrying a
+    TensorStore spec dump, printed whenever the GC reaches them, and their completions land
+    on the restore's closed event loop. Other reports pass."""
+    previous = sys.unraisablehook
+    if getattr(previous, "mutes_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)
+        abandoned_read = getattr(code, "co_name", None) == "_read_array_index_and_device_put"
+        closed_loop = (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+        )
+        if not (abandoned_read or closed_loop):
+            previous(unraisable)
+
+    hook.mutes_abandoned_reads = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -160,20 +185,29 @@ class Checkpointer:
         self.check_fits(abstract_state)
         steps, errors = self.steps(), []
         for step in reversed(steps):
-            try:
-                state, meta = self.restore(step, abstract_state, data_iter)
-            except Exception as e:  # orbax/tensorstore raise many types for bad files
-                errors.append(
-                    f"step {step} is unreadable ({self.directory}/{step}): {error_line(e)}"
-                )
+            restored, error = self._try_restore(step, abstract_state, data_iter)
+            if restored is None:
+                errors.append(f"step {step} is unreadable ({self.directory}/{step}): {error}")
                 log.warning("checkpoint %s", errors[-1])
                 continue
             for bad in steps[steps.index(step) + 1 :]:
                 self._move_aside(bad)
-            return step, state, meta
+            return step, *restored
         if steps:
             raise RuntimeError(f"no readable checkpoint in {self.directory}:\n" + "\n".join(errors))
         return None
+
+    def _try_restore(
+        self, step: int, abstract_state: Any, data_iter: Any | None
+    ) -> tuple[tuple[Any, dict] | None, str]:
+        """``(restore(...), "")``, or ``(None, error_line)`` when the step cannot be read."""
+        try:
+            return self.restore(step, abstract_state, data_iter), ""
+        except Exception as e:  # orbax/tensorstore raise many types for bad files
+            error = error_line(e)
+        _mute_abandoned_reads()
+        gc.collect()  # reports the reads the failed restore abandoned, through that filter
+        return None, error
 
     def _move_aside(self, step: int) -> None:
         """Moves step ``step`` to ``<directory>_unreadable/<step>[-<n>]`` (process 0)."""
