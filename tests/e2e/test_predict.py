@@ -233,7 +233,7 @@ def test_radfm_prompt_reaches_the_model_input(tiny_data, scans):
 
 
 def test_read_scan_names_the_file(scans, tmp_path):
-    from experiments.predict import read_scan
+    from experiments.predict import output_names, read_scan
 
     with pytest.raises(BadRecordError, match="not a readable NIfTI") as err:
         read_scan(scans["broken"])
@@ -244,6 +244,12 @@ def test_read_scan_names_the_file(scans, tmp_path):
     odd.write_text("x")
     with pytest.raises(BadRecordError, match="unknown input type"):
         read_scan(odd)
+    assert output_names(["a/scan.nii.gz", "b/scan.nii", "series/", "x.PNG"]) == [
+        "scan",
+        "scan_2",
+        "series",
+        "x",
+    ]
     scan = read_scan(scans["emri"])
     assert scan["reader"] == "dicom" and scan["modality"] == "MR"
     assert scan["volume"].array.shape == (64, 64, 10)
