@@ -4,8 +4,11 @@ Writes ``W/config.json``, ``W/metrics.jsonl``, ``W/checkpoints/`` and ``W/eval/<
 Running the same command again resumes from the newest checkpoint. ``--dry_run=fsdp=8,tensor=4``
 prints the parameter count and per-device memory of the training state on that mesh instead
 (abstract: nothing is allocated, any model size works on a laptop), and the parameters a mesh
-axis cannot split. ``--config <paper>:<arg>`` names a shipped config without a checkout.
+axis cannot split (a bad mesh or an incomplete config is a one-line error). ``--config
+<paper>:<arg>`` names a config by name (``radjax.registry.config_file``) where no such file is.
 """
+
+import sys
 
 from absl import flags
 
@@ -20,7 +23,11 @@ def main(argv):
     if launch.DRY_RUN.value is not None:
         from radjax.train import memory
 
-        report = memory.state_memory(launch.CONFIG.value, launch.parse_mesh(launch.DRY_RUN.value))
+        try:
+            mesh = launch.parse_mesh(launch.DRY_RUN.value)
+            report = memory.state_memory(launch.CONFIG.value, mesh)
+        except ValueError as e:
+            sys.exit(f"experiments.train --dry_run: {e}")
         print("\n".join(report.lines()))
         return
     from radjax.train import loop

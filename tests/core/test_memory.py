@@ -65,3 +65,12 @@ def test_dry_run_lists_the_parameters_a_mesh_axis_cannot_split():
     listed = [line for line in seven.lines() if line.startswith("  ") and "not divide" in line]
     assert len(listed) <= memory.MAX_LISTED and "more groups" in text
     assert memory.state_memory(config, {"fsdp": 8}).fallbacks == ()
+
+
+def test_an_incomplete_config_is_named_not_sized():
+    """The tiny RadFM's vocabulary comes from its tokenizer (complete_config): a dry run
+    before it says so instead of sizing a model with an empty vocabulary."""
+    from configs import radfm
+
+    with pytest.raises(ValueError, match=r"model\.llm\.vocab_size is 0"):
+        memory.state_memory(radfm.get_config("tiny"), {"fsdp": 2})
