@@ -1,5 +1,10 @@
 """Tokenizer loading, special tokens and vocabulary growth with mean-initialised rows."""
 
+import json
+import shutil
+import sys
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,3 +102,65 @@ def test_bad_tokenizer_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         tokenizers.load_tokenizer(tmp_path / "empty")
+
+
+def test_add_special_tokens_can_strip_the_whitespace_around_them():
+    tok = tokenizers.phantom_tokenizer()
+    tokenizers.add_special_tokens(tok, ["[SEG]"], strip_whitespace=True)
+    assert tok("nodule \n [SEG]  lobe")["input_ids"] == tok("nodule[SEG]lobe")["input_ids"]
+
+
+@pytest.fixture(scope="module")
+def bare_sentencepiece(tmp_path_factory):
+    """A folder holding only a LLaMA-format SentencePiece model (mistral-common's)."""
+    mistral_common = pytest.importorskip("mistral_common")
+    folder = tmp_path_factory.mktemp("sp") / "tok"
+    folder.mkdir()
+    model = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+    shutil.copy(model, folder / "tokenizer.model")
+    return folder
+
+
+# whitespace runs, a leading space, tabs, digits, byte fallback: where transformers'
+# conversion of the SentencePiece model gave other ids
+TRICKY = [
+    "Left  kidney,  lower pole",
+    " What is shown?",
+    "a" + " " * 20 + "b   ",
+    "\t(Ø ;XYXc中the .5eflesion ijcf  9lesion 0   ",
+    "c×g  0Y.-5Ø   lesion Z",
+    "    \n",
+]
+
+
+def test_bare_sentencepiece_folder_loads_with_bos_and_sentencepiece_ids(bare_sentencepiece):
+    import sentencepiece
+
+    tok = tokenizers.load_tokenizer(bare_sentencepiece)
+    sp = sentencepiece.SentencePieceProcessor(
+        model_file=str(bare_sentencepiece / "tokenizer.model")
+    )
+    assert (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (1, 2, 0)
+    for text in TRICKY:
+        assert tok(text)["input_ids"] == [1] + sp.encode(text), repr(text)
+    # legacy: text after an added token gets the dummy prefix, as SentencePiece per piece
+    tokenizers.add_special_tokens(tok, ["</image>"])
+    ids = tok("</image>What", add_special_tokens=False)["input_ids"]
+    assert ids[1:] == sp.encode("What")
+
+
+def test_empty_special_tokens_in_the_config_are_the_models(bare_sentencepiece, tmp_path):
+    folder = tmp_path / "tok"
+    shutil.copytree(bare_sentencepiece, folder)
+    config = dict(bos_token="", eos_token="", unk_token="", tokenizer_class="LlamaTokenizer")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "special_tokens_map.json").write_text("{}")
+    tok = tokenizers.load_tokenizer(folder)
+    assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
+    assert tok("What")["input_ids"][0] == 1
+
+
+def test_sentencepiece_missing_says_to_install_it(bare_sentencepiece, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    with pytest.raises(ImportError, match="install sentencepiece"):
+        tokenizers.load_tokenizer(bare_sentencepiece)

@@ -8,6 +8,12 @@ Ids relative to the text vocabulary size V (RadFM: LLaMA, V = 32000), exactly as
 with K = T·n + j for token j of image n of a sample (T = ``tokens_per_image`` = 32, the
 Perceiver latents). Image n is written as ``<image><image{Tn}>…<image{Tn+T-1}></image>``,
 a block of T + 2 ids. The LM head has V outputs, so every id >= V is masked out of the labels.
+
+The image tokens are added as the original's transformers 4.28 did with special tokens given
+as strings: each strips the whitespace on both its sides from the text next to it
+(``"is <image>…</image> shown"`` tokenises as ``"is"``, the block, ``"shown"``).
+``load_radfm_tokenizer`` loads the released ``Language_files`` folder (or any LLaMA
+SentencePiece folder) and checks the special ids the released checkpoint was trained with.
 """
 
 from __future__ import annotations
@@ -20,11 +26,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from radjax.data.prompt_answer import IGNORE, pack, tokenize_prompt_answer
-from radjax.data.tokenizers import add_special_tokens
-from radjax.metrics.entities import EntityMatcher, entity_token_mask
+from radjax.data.tokenizers import add_special_tokens, load_tokenizer
+from radjax.metrics.entities import EntityMatcher
 
 IMAGE_START = "<image>"
 IMAGE_END = "</image>"
+# The special ids of the released checkpoint: LLaMA's (V = 32000) with pad 0, as the original
+# sets them after loading (``pad_token_id = 0``, ``bos_token_id = 1``, ``eos_token_id = 2``).
+RADFM_VOCAB_SIZE = 32000
+RADFM_SPECIAL_IDS = dict(pad=0, bos=1, eos=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +112,43 @@ def _rename_tokens(tokenizer, renames: dict[str, str]):
     )
 
 
+def check_special_ids(tokenizer, expected: dict[str, int], where: str) -> None:
+    """Raises ValueError naming ``where`` unless the tokenizer's ``{name}_token_id`` equals
+    ``expected[name]`` for every name and it puts the BOS in front of a text."""
+    wrong = {
+        name: getattr(tokenizer, f"{name}_token_id")
+        for name, want in expected.items()
+        if getattr(tokenizer, f"{name}_token_id") != want
+    }
+    if wrong:
+        raise ValueError(f"{where}: special token ids {wrong}, expected {expected}")
+    first = tokenizer("a")["input_ids"][:1]
+    if first != [tokenizer.bos_token_id]:
+        raise ValueError(
+            f"{where}: the tokenizer does not put its BOS (id {tokenizer.bos_token_id}) in "
+            f"front of a text (got {first}); set add_bos_token in tokenizer_config.json"
+        )
+
+
+def load_radfm_tokenizer(path):
+    """The text tokenizer of a RadFM checkpoint from a local folder, set up as the original.
+
+    The released ``Quick_demo/Language_files`` (``tokenizer.model`` + a config with empty
+    bos / eos / unk) or any LLaMA folder (``radjax.data.tokenizers.load_tokenizer``); pad is
+    id 0. Raises ValueError naming the folder unless it has V = 32000 text tokens with
+    ``RADFM_SPECIAL_IDS`` and puts the BOS in front, as the checkpoint was trained.
+    """
+    tokenizer = load_tokenizer(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
+    if len(tokenizer) != RADFM_VOCAB_SIZE:
+        raise ValueError(
+            f"{path}: {len(tokenizer)} text tokens, the RadFM checkpoint has V={RADFM_VOCAB_SIZE}"
+        )
+    check_special_ids(tokenizer, RADFM_SPECIAL_IDS, str(path))
+    return tokenizer
+
+
 def register_image_tokens(tokenizer, layout: ImageTokenLayout):
     """A copy of ``tokenizer`` with the layout's image tokens at exactly the layout's ids.
 
@@ -109,8 +156,8 @@ def register_image_tokens(tokenizer, layout: ImageTokenLayout):
     (LLaMA: 32000; ``phantom_tokenizer()``: 708). If ``<image>``/``</image>`` already exist
     below V (the phantom tokenizer), they are renamed ``<reserved_{id}>`` so their ids stay
     unused text ids. A tokenizer without a pad token (LLaMA) pads with id 0, as the original
-    sets ``pad_token_id = 0``. Raises ValueError if V differs or the ids do not come out as
-    the layout's.
+    sets ``pad_token_id = 0``. The image tokens strip the whitespace next to them, as the
+    original's. Raises ValueError if V differs or the ids do not come out as the layout's.
     """
     if len(tokenizer) != layout.text_vocab_size:
         raise ValueError(
@@ -123,7 +170,7 @@ def register_image_tokens(tokenizer, layout: ImageTokenLayout):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(0)
     tokens = layout.special_tokens()
-    ids = add_special_tokens(tokenizer, tokens)
+    ids = add_special_tokens(tokenizer, tokens, strip_whitespace=True)
     if ids != list(range(layout.text_vocab_size, layout.text_vocab_size + len(tokens))):
         raise ValueError(
             "image tokens did not receive consecutive ids from "
@@ -202,13 +249,31 @@ def check_image_tokens(ids: np.ndarray, num_images: int, layout: ImageTokenLayou
         raise ValueError(f"image token ids outside any image block at tokens {stray.tolist()}")
 
 
-def _entity_spans(
-    answer: str, start: int, matcher: EntityMatcher | None
-) -> list[tuple[int, int, str]]:
-    """Character spans of the answer's medical entities, shifted by ``start`` (its offset in
-    the full text)."""
-    matcher = matcher or EntityMatcher.default()
-    return [(s + start, e + start, name) for s, e, name in matcher.spans(answer)]
+def _word_ids(tokenizer, text: str) -> list[int]:
+    """The ids of ``text`` as a word after a space: those of ``"a " + text`` after ``"a"``'s.
+
+    With SentencePiece's dummy prefix these are the stand-alone ids the original takes
+    (``tokenizer(entity)[1:]``); a byte-level BPE (phantom) marks the word start the same way.
+    """
+    head = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return list(tokenizer("a " + text, add_special_tokens=False)["input_ids"][len(head) :])
+
+
+def entity_mask(labels: np.ndarray, entities: Sequence[str], tokenizer) -> np.ndarray:
+    """bool (L,): every run of ``labels`` (L,) equal to an entity's word ids (``_word_ids``),
+    as the original's ``find_position`` (weight 3 there, its loss weight is 1 elsewhere and
+    0 on IGNORE). Runs that are parts of longer words count (``Cyst`` in ``Cysts``); an
+    entity glued to what precedes it (``(MRI)``) tokenises otherwise and does not."""
+    labels = np.asarray(labels)
+    mask = np.zeros(len(labels), bool)
+    for key in {tuple(_word_ids(tokenizer, e)) for e in entities}:
+        n = len(key)
+        if not n or n > len(labels):
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(labels, n)
+        for i in np.flatnonzero((windows == np.asarray(key)).all(axis=1)):
+            mask[i : i + n] = True
+    return mask
 
 
 def encode_sample(
@@ -223,25 +288,31 @@ def encode_sample(
     faithful_position_quirk: bool = True,
     name: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """One RadFM training sequence, right-padded to ``max_length`` (L).
+    """One RadFM training sequence, right-padded to ``max_length`` (L), as the original's
+    ``multi_dataset.__getitem__``.
 
     ``positions[n]``: character position of image n in ``question`` (see ``insert_images``).
     ``tokenizer``: a fast tokenizer from ``register_image_tokens``. The text is ``question +
     ' ' + answer`` (bullets ``•`` removed from the answer, as the original), tokenised with
     BOS, then EOS, and packed by ``radjax.data.prompt_answer``; the prompt masked out is the
-    original's: as many tokens as the question (with its image blocks) tokenises to alone.
+    original's: as many tokens as the question (with its image blocks) tokenises to alone,
+    its BOS included.
 
     Returns:
       input_ids i32 (L,), pad id after the EOS.
-      attention_mask i32 (L,), 1 on the real tokens including the EOS.
-      labels i32 (L,): ``input_ids`` with the question prefix (its token count, BOS
-        included, as the original), pad and image ids (>= V) set to -100.
-      entity_mask bool (L,): answer tokens of medical entities (``matcher``, default the
-        RadFM lexicon), False where labels is -100; the loss weights them
-        ``loss.entity_weight`` (paper: 3; released code: 1, i.e. plain mean CE).
+      attention_mask i32 (L,): 1 on the BOS and the text tokens, 0 on the EOS and the
+        padding (the original writes the EOS over the first pad after the mask is made; no
+        loss depends on it, the EOS's own output predicts a padding label).
+      labels i32 (L,): ``input_ids`` with the question prefix, pad-id and image ids (>= V)
+        set to -100 (so is a text token with the pad id, as the original).
+      entity_mask bool (L,): ``entity_mask`` of the answer's medical entities (``matcher``,
+        default the RadFM lexicon; their surface text, as the original's scispaCy spans);
+        the loss weights them ``loss.entity_weight`` (paper: 3; released code: 1, i.e.
+        plain mean CE).
       question_length i32 (): the number of prefix tokens masked out of the labels.
-    Raises ValueError (prefixed with ``name`` when given) if the sequence is longer than ``max_length``, there are
-    more than ``max_images`` images, or the image blocks come out wrong.
+    Raises ValueError (prefixed with ``name`` when given) if the sequence is longer than
+    ``max_length``, there are more than ``max_images`` images, or the image blocks come out
+    wrong.
     """
     try:
         prompt = insert_images(
@@ -249,8 +320,7 @@ def encode_sample(
         )
         answer = answer.replace("•", "")
         pair = tokenize_prompt_answer(prompt, answer, tokenizer)
-        # the original masks as many tokens as the prompt alone tokenises to (BOS included)
-        question_length = len(tokenizer(prompt)["input_ids"])
+        question_length = 1 + len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         packed = pack(pair.ids, question_length, max_length, tokenizer.pad_token_id)
         check_image_tokens(pair.ids, len(positions), layout)
     except ValueError as err:
@@ -258,11 +328,9 @@ def encode_sample(
     labels = packed["labels"]
     # as the original: pad-id and image-id (>= V) labels are ignored wherever they appear
     labels[(labels == tokenizer.pad_token_id) | (labels >= layout.text_vocab_size)] = IGNORE
-    entities = np.zeros(max_length, bool)
-    entities[: len(pair.ids)] = entity_token_mask(
-        pair.offsets, _entity_spans(answer, len(prompt) + 1, matcher)
-    )
-    entities[labels == IGNORE] = False
+    packed["attention_mask"][len(pair.ids) - 1] = 0  # the EOS, as the original
+    surfaces = [answer[s:e] for s, e, _ in (matcher or EntityMatcher.default()).spans(answer)]
+    entities = entity_mask(labels, surfaces, tokenizer)
     return dict(
         input_ids=packed["input_ids"],
         attention_mask=packed["attention_mask"],
