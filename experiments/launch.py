@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import jax
 import ml_collections
@@ -125,7 +126,7 @@ def override_error(config: ml_collections.ConfigDict, overrides: Sequence[str]) 
     return None
 
 
-def _fatal(message: str) -> None:
+def _fatal(message: str) -> NoReturn:
     """Exits as absl does on a flag error, with ``message`` on one line."""
     sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
     sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
@@ -142,9 +143,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     except ValueError as e:
         _fatal(str(e))
     except (KeyError, AttributeError) as e:
-        config = flags.FLAGS["config"].parser.parse(_config_value(argv)[2])
+        found = _config_value(argv)
+        config = flags.FLAGS["config"].parser.parse(found[2]) if found else None
         overrides = [m.group(1) for m in map(_OVERRIDE.match, argv) if m]
-        _fatal(override_error(config, overrides) or f"--config: {e}")
+        _fatal((config is not None and override_error(config, overrides)) or f"--config: {e}")
     except flags.Error as e:
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
         _fatal(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}")
