@@ -104,6 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.halve_single_3d = True
     d.random_crop_2d = True
     d.skip_bad_records = False
+    # 'error': NaN/Inf voxels make a bad record; 'zero': set to 0, counted as repaired_records
+    d.nonfinite = "error"
     d.num_threads = 2
     # Paper runs read data.tasks under data.root; the tiny variant writes phantoms there.
     d.phantoms = ml_collections.ConfigDict(

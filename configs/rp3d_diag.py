@@ -100,6 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.image_size = 256
     d.depth = 32
     d.skip_bad_records = False
+    # 'error': NaN/Inf voxels make a bad record; 'zero': set to 0, counted as repaired_records
+    d.nonfinite = "error"
     d.num_threads = 2
     # Paper runs read data.root; the tiny variant writes and trains on phantoms there.
     d.phantoms = ml_collections.ConfigDict(
