@@ -114,3 +114,45 @@ def test_metrics_log_keeps_one_row_per_step(tmp_path):
     log.truncate_after(1)
     log.write(2, {"train/loss": 9.0})
     assert _rows(path) == [{"step": 1, "train/loss": 1.5}, {"step": 2, "train/loss": 9.0}]
+
+
+_LOCK_IN_PROCESS_GROUP = """
+import sys
+import jax
+jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[3]))
+from radjax.train import workdir
+try:
+    with workdir.locked(sys.argv[1]):
+        print("entered", flush=True)
+except workdir.WorkdirLockedError as e:
+    print("refused:", e, flush=True)
+"""
+
+
+def _process_group(directory) -> list[str]:
+    """Runs ``workdir.locked(directory)`` in two jax.distributed processes; their outputs."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", XLA_FLAGS="")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _LOCK_IN_PROCESS_GROUP, str(directory), str(port), str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in (0, 1)
+    ]
+    return [p.communicate(timeout=120)[0] for p in procs]
+
+
+@pytest.mark.slow
+def test_process_group_locks_through_process_0_and_all_refuse_together(tmp_path):
+    outputs = _process_group(tmp_path)
+    assert all("entered" in out for out in outputs), outputs
+    with workdir.WorkdirLock(str(tmp_path)):
+        outputs = _process_group(tmp_path)
+    assert f"in use by pid {os.getpid()}" in outputs[0], outputs
+    assert "process 0 could not lock" in outputs[1], outputs
