@@ -52,9 +52,15 @@ from radjax.data.readers import (
     require_files,
     resolve_path,
 )
-from radjax.data.tokenizers import load_tokenizer, phantom_tokenizer
+from radjax.data.tokenizers import phantom_tokenizer
 from radjax.data.transforms import resize
-from radjax.papers.radfm.text import IGNORE, ImageTokenLayout, encode_sample, register_image_tokens
+from radjax.papers.radfm.text import (
+    IGNORE,
+    ImageTokenLayout,
+    encode_sample,
+    load_radfm_tokenizer,
+    register_image_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +107,7 @@ RATIONALE_JOIN = "The Radiographic features can be summarized as follows."
 
 @functools.lru_cache(maxsize=4)
 def _text_tools(tokenizer: str, max_images: int, tokens_per_image: int):
-    base = phantom_tokenizer() if tokenizer == "phantom" else load_tokenizer(tokenizer)
+    base = phantom_tokenizer() if tokenizer == "phantom" else load_radfm_tokenizer(tokenizer)
     layout = ImageTokenLayout(len(base), max_images, tokens_per_image)
     return register_image_tokens(base, layout), layout
 

@@ -82,7 +82,7 @@ def test_encode_sample_labels_and_weights(tok_layout):
         matcher=EntityMatcher(["pleural effusion"]),
     )
     ids, labels, entities = out["input_ids"], out["labels"], out["entity_mask"]
-    n = int(out["attention_mask"].sum())
+    n = int(out["attention_mask"].sum()) + 1  # the EOS is not attended, as in the original
     q = int(out["question_length"])
     check_image_tokens(ids, 2, layout)
     assert ids[0] == tok.bos_token_id and ids[n - 1] == tok.eos_token_id
