@@ -19,11 +19,7 @@ SPLIT = flags.DEFINE_string(
     None,
     "Split to evaluate (default: every config.evals.<name>, else config.train.eval_split).",
 )
-UNTRAINED = flags.DEFINE_bool(
-    "untrained",
-    False,
-    "Evaluate the freshly initialised model (step 0) instead of the workdir's newest checkpoint.",
-)
+flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
@@ -35,7 +31,7 @@ def main(argv):
 
     try:
         loop.evaluate_checkpoint(
-            launch.CONFIG.value, launch.WORKDIR.value, SPLIT.value, untrained=UNTRAINED.value
+            launch.CONFIG.value, launch.WORKDIR.value, SPLIT.value, untrained=launch.UNTRAINED.value
         )
     except (loop.NoCheckpointError, CheckpointMismatchError, WorkdirLockedError) as e:
         sys.exit(f"experiments.evaluate: {e}")

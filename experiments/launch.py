@@ -49,7 +49,13 @@ DRY_RUN = flags.DEFINE_string(
     "Mesh shape such as 'fsdp=64,tensor=8': print the parameter count and the per-device "
     "memory of the training state on that mesh, allocate nothing, and exit.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+UNTRAINED = flags.DEFINE_bool(
+    "untrained",
+    False,
+    "Use the freshly initialised weights (what a fresh run starts from: random, or the config's "
+    "imported checkpoint) instead of a trained checkpoint (experiments.evaluate / predict).",
+)
+flags.mark_flag_as_required("config")  # --workdir: required by the launchers that need it
 
 
 def parse_mesh(text: str) -> dict[str, int]:

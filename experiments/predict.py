@@ -56,12 +56,6 @@ CHECKPOINT = flags.DEFINE_string(
     None,
     "One checkpoint step directory (.../checkpoints/<step>) instead of --workdir.",
 )
-UNTRAINED = flags.DEFINE_bool(
-    "untrained",
-    False,
-    "No checkpoint: the weights a fresh run starts from (the config's imported weights, else "
-    "random). Never implied.",
-)
 PROMPT = flags.DEFINE_string("prompt", None, "Question or instruction (generative papers).")
 MODALITY = flags.DEFINE_string(
     "modality",
@@ -69,9 +63,7 @@ MODALITY = flags.DEFINE_string(
     "Imaging modality of inputs whose header names none (NIfTI, PNG/JPEG; DICOM's Modality "
     "tag wins), for papers that take one.",
 )
-flags.mark_flags_as_required(["input", "out"])
-# --workdir is one of three weight sources here; launch marks it required (None = absent).
-flags.FLAGS.set_default("workdir", "")
+flags.mark_flags_as_required(["input", "out"])  # weights: --workdir | --checkpoint | --untrained
 
 _NIFTI = (".nii", ".nii.gz")
 _IMAGES = (".png", ".jpg", ".jpeg")
@@ -291,7 +283,7 @@ def main(argv):
             OUT.value,
             workdir=launch.WORKDIR.value,
             checkpoint=CHECKPOINT.value or "",
-            untrained=UNTRAINED.value,
+            untrained=launch.UNTRAINED.value,
             prompt=PROMPT.value,
             modality=MODALITY.value,
         )

@@ -15,6 +15,7 @@ from absl import flags
 from experiments import launch
 
 flags.adopt_module_key_flags(launch)  # --help lists --config, --workdir, --dry_run, ...
+flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
@@ -30,9 +31,14 @@ def main(argv):
             sys.exit(f"experiments.train --dry_run: {e}")
         print("\n".join(report.lines()))
         return
+    from radjax.checkpoint import CheckpointMismatchError
     from radjax.train import loop
+    from radjax.train.workdir import WorkdirLockedError
 
-    loop.train_and_evaluate(launch.CONFIG.value, launch.WORKDIR.value)
+    try:
+        loop.train_and_evaluate(launch.CONFIG.value, launch.WORKDIR.value)
+    except (CheckpointMismatchError, WorkdirLockedError) as e:
+        sys.exit(f"experiments.train: {e}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,11 @@ def train_and_evaluate_untrained(tmp_path, data_root, config: str) -> tuple[str,
     workdir, untrained_dir = tmp_path / "run", tmp_path / "untrained"
     run_launcher("experiments.train", workdir, f"--config.data.root={data_root}", config=config)
     run_launcher(
-        "experiments.evaluate", untrained_dir, f"--config.data.root={data_root}", config=config
+        "experiments.evaluate",
+        untrained_dir,
+        f"--config.data.root={data_root}",
+        "--untrained",
+        config=config,
     )
     with open(workdir / "config.json") as f:
         steps = json.load(f)["train"]["steps"]
