@@ -142,6 +142,7 @@ def run_eval(
     metrics = exp.paper.evaluate(outputs, config)
     metrics["num_examples"] = len(next(iter(outputs.values())))
     metrics["skipped_records"] = counter.count
+    metrics["repaired_records"] = counter.repaired  # data.nonfinite='zero'
     return metrics
 
 
@@ -214,6 +215,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         else:
             start, state, meta = restored
             skips.count = int(meta.get("skipped_records", 0))
+            skips.repaired = int(meta.get("repaired_records", 0))
             metrics_log.truncate_after(start)
             log.info("resumed from step %d", start)
 
@@ -229,6 +231,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
             if step % log_every == 0 or step == total:
                 values = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
                 values["train/skipped_records"] = skips.count
+                values["train/repaired_records"] = skips.repaired
                 now = time.time()
                 rate = (step - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
@@ -243,7 +246,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
                     _format_eta((total - step) / max(rate, 1e-9)),
                 )
             if step % ckpt_every == 0 or step == total:
-                ckpt.save(step, state, data_iter, meta=dict(skipped_records=skips.count))
+                counts = dict(skipped_records=skips.count, repaired_records=skips.repaired)
+                ckpt.save(step, state, data_iter, meta=counts)
             results = []
             for spec in evals:
                 if stages.due(spec, step, total):

@@ -86,6 +86,7 @@ def test_skip_bad_records_run_continues_and_reports_count(tmp_path, broken_root)
     assert all(np.isfinite(r["train/loss"]) for r in rows)
     # the two cases dropped from the index are always counted
     assert rows[-1]["train/skipped_records"] >= 2
+    assert rows[-1]["train/repaired_records"] == 0  # data.nonfinite='error': NaN is skipped
 
     # without skipping, the same data stops the run with the file and field named
     with pytest.raises(BadRecordError, match=r"train\.json.*Samples"):
