@@ -1,20 +1,6 @@
 """RadFM on a researcher's own scan: the paper's ``predict`` hook of ``experiments.predict``.
 
-Contract of a paper's ``predict`` module (found by ``radjax.registry.module(paper, "predict")``):
-
-  ``load_input(scan, config, *, prompt=None, modality=None) -> inputs``
-      ``scan``: ``experiments.predict.read_scan``'s dict: ``path``, ``reader`` ('nifti' |
-      'dicom' | 'image'), ``volume`` (``radjax.data.readers.Volume``, (I, J, K) voxels, or
-      None), ``image`` (PNG/JPEG pixels (H, W[, C]), or None), ``modality`` (DICOM tag or None).
-      ``inputs``: ``batch`` = one example as ``model.predict_fn`` reads it, every array with a
-      leading batch axis of 1, made by the paper's own data format (training and evaluation
-      preprocessing); ``view`` = f32 (D, H, W) in [0, 1], the image the model sees; ``info``
-      = JSON-able facts about the input and its preprocessing. Bad input, or an option the
-      paper does not take, raises BadRecordError naming the file and the field.
-  ``result(outputs, inputs, config) -> dict``
-      ``outputs``: ``predict_fn``'s arrays of that example (batch axis dropped, numpy).
-      Returns the JSON-able prediction; ``summary`` (list of str) goes beside ``view`` in
-      the figure.
+The hook contract (``load_input``, ``result``) is in ``experiments/predict.py``.
 
 RadFM: the scan becomes one VQA record of RadFM's task files (the image first, then the
 prompt, as the released demo and the format's deterministic path place it), loaded by
@@ -72,7 +58,7 @@ def load_input(
     prompt: str | None = None,
     modality: str | None = None,
 ) -> dict[str, Any]:
-    """One scan -> ``{batch, view, info}`` (module docstring) through the RadFM format."""
+    """One scan -> ``{batch, view, info}`` (contract: experiments/predict.py) through the RadFM format."""
     if modality is not None:
         raise BadRecordError(
             scan["path"], "modality", "RadFM reads no modality; ask about it in --prompt"

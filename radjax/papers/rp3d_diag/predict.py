@@ -1,20 +1,6 @@
 """RP3D-Diag on a researcher's own scan: the paper's ``predict`` hook of ``experiments.predict``.
 
-Contract of a paper's ``predict`` module (found by ``radjax.registry.module(paper, "predict")``):
-
-  ``load_input(scan, config, *, prompt=None, modality=None) -> inputs``
-      ``scan``: ``experiments.predict.read_scan``'s dict: ``path``, ``reader`` ('nifti' |
-      'dicom' | 'image'), ``volume`` (``radjax.data.readers.Volume``, (I, J, K) voxels, or
-      None), ``image`` (PNG/JPEG pixels (H, W[, C]), or None), ``modality`` (DICOM tag or None).
-      ``inputs``: ``batch`` = one example as ``model.predict_fn`` reads it, every array with a
-      leading batch axis of 1, made by the paper's own data format (training and evaluation
-      preprocessing); ``view`` = f32 (D, H, W) in [0, 1], the image the model sees; ``info``
-      = JSON-able facts about the input and its preprocessing. Bad input, or an option the
-      paper does not take, raises BadRecordError naming the file and the field.
-  ``result(outputs, inputs, config) -> dict``
-      ``outputs``: ``predict_fn``'s arrays of that example (batch axis dropped, numpy).
-      Returns the JSON-able prediction; ``summary`` (list of str) goes beside ``view`` in
-      the figure.
+The hook contract (``load_input``, ``result``) is in ``experiments/predict.py``.
 
 RP3D-Diag: the scan becomes one case of the RP3D-DiagDS format, one sample with one plane
 (``data.load_example`` on a record whose plane is an ``(H, W, D)`` ``.npy``, as the dataset
@@ -87,7 +73,7 @@ def load_input(
     prompt: str | None = None,
     modality: str | None = None,
 ) -> dict[str, Any]:
-    """One scan -> ``{batch, view, info}`` (module docstring) through ``data.load_example``."""
+    """One scan -> ``{batch, view, info}`` (contract: experiments/predict.py) through ``data.load_example``."""
     if prompt is not None:
         raise BadRecordError(scan["path"], "prompt", "RP3D-Diag classifies; it takes no prompt")
     name = _modality(scan, modality)
