@@ -1,9 +1,12 @@
 """The demo: trains each paper's tiny config on the embedded phantoms and writes a report.
 
 ``python -m experiments.demo --workdir runs/demo`` (what ``make demo`` runs). For every section a
-paper declares (``radjax.papers.<paper>.demo.SECTIONS``) it trains through the same loop as ``experiments.train``, evaluates the trained and an
-untrained model on the held-out split, and writes ``<workdir>/report.md`` with PNG figures.
-Re-running resumes finished parts from their checkpoints.
+paper declares (``radjax.papers.<paper>.demo.SECTIONS``) it trains through the same loop as
+``experiments.train``, evaluates the trained and an untrained model on the held-out split, and
+writes ``<workdir>/report.md`` and a self-contained ``<workdir>/report.html`` with figures:
+loss curves, trained / untrained / baseline bars per metric, ROC curves (head / medium / tail)
+where the evaluation gives them, and per generative task the input images beside the generated
+and the reference text. Re-running resumes finished parts from their checkpoints.
 """
 
 from __future__ import annotations
@@ -12,28 +15,91 @@ import importlib
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 
 from absl import app, flags
 
 from experiments import report
 from experiments.sections import Demo, demos
+from radjax import registry
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
 PAPERS = flags.DEFINE_list("papers", [], "Papers to demo (default: every paper with a demo).")
 
-
-def _samples(evaluation: dict, tasks: tuple[str, ...]) -> list[str]:
-    """Markdown: generated answers next to their references."""
-    lines = []
-    for task in tasks:
-        lines += [f"**{task}** (generated / reference):", ""]
-        for pair in evaluation.get(f"samples/{task}", []):
-            lines += [f"- generated: {pair['prediction']}", f"  reference: {pair['reference']}"]
-        lines.append("")
-    return lines
+TITLE = "radjax demo report"
+LOSS_KEYS = ("train/loss", "eval/loss")
+BASELINE = "most frequent answer"
 
 
-def _run_paper(demo: Demo, workdir: str) -> str:
+def compared(demo: Demo, trained: Mapping, untrained: Mapping) -> dict[str, Mapping]:
+    """The models a section compares: untrained, trained and, for ``demo.baseline``, the
+    trained eval's ``baseline/...`` entries."""
+    results = {"untrained": untrained, "trained": trained}
+    if demo.baseline:
+        results[BASELINE] = {
+            k[len("baseline/") :]: v for k, v in trained.items() if k.startswith("baseline/")
+        }
+    return results
+
+
+def section(
+    demo: Demo,
+    out_dir: str,
+    rows: list[dict],
+    trained: Mapping,
+    untrained: Mapping,
+    intro: str,
+    images: Callable[[str, int], list] | None = None,
+) -> list[tuple]:
+    """Report blocks of one section, its figures written to ``out_dir`` as ``<name>_*.png``.
+
+    rows: the run's metrics.jsonl; trained / untrained: eval dicts; images(task, count): the
+    inputs of a task's first samples (``sample_images`` of the paper's demo module)."""
+    name = demo.name
+    results = compared(demo, trained, untrained)
+    blocks: list[tuple] = [("heading", 2, name), ("text", intro), ("text", "")]
+
+    curve = f"{name}_loss.png"
+    report.plot_curves(rows, LOSS_KEYS, os.path.join(out_dir, curve), f"{name}: loss")
+    blocks.append(("figure", curve, f"{name}: loss curves"))
+
+    bars = f"{name}_metrics.png"
+    split_name = "task" if demo.baseline else "split"
+    report.plot_bars(
+        results,
+        demo.splits,
+        demo.metrics,
+        os.path.join(out_dir, bars),
+        f"{name}: held-out metrics per {split_name}",
+    )
+    blocks.append(("figure", bars, f"{name}: {' vs '.join(results)} per metric"))
+    if report.has_roc(trained):
+        roc = f"{name}_roc.png"
+        report.plot_roc(results, os.path.join(out_dir, roc), f"{name}: macro ROC")
+        blocks.append(("figure", roc, f"{name}: macro-averaged ROC, head / medium / tail"))
+    header, table = report.split_table(results, demo.splits, demo.metrics, split_name)
+    blocks.append(("table", header, table))
+
+    for task in demo.samples:
+        samples = trained.get(f"samples/{task}", [])
+        if not samples:
+            continue
+        panel = f"{name}_samples_{task}.png"
+        inputs = images(task, len(samples)) if images else [None] * len(samples)
+        report.plot_samples(
+            samples, inputs, os.path.join(out_dir, panel), f"{name} {task}: generated / reference"
+        )
+        blocks += [("heading", 3, f"{task} samples"), ("figure", panel, f"{name} {task} samples")]
+        for pair in samples:
+            blocks += [
+                ("text", f"- generated: {pair['prediction']}"),
+                ("text", f"  reference: {pair['reference']}"),
+            ]
+        blocks.append(("text", ""))
+    return blocks
+
+
+def _run_paper(demo: Demo, workdir: str) -> list[tuple]:
     from radjax.train import loop
 
     name = demo.name
@@ -44,44 +110,25 @@ def _run_paper(demo: Demo, workdir: str) -> str:
     logging.info("[%s] training %s:%s in %s", name, demo.module, demo.arg, run_dir)
     loop.train_and_evaluate(config, run_dir)
     trained = report.latest_eval(run_dir)
-    train_minutes = (time.time() - t0) / 60
     logging.info("[%s] evaluating the untrained model", name)
     untrained = loop.evaluate_checkpoint(
-        config, os.path.join(workdir, f"{name}_untrained"), config.train.eval_split
+        config, os.path.join(workdir, f"{name}_untrained"), config.train.eval_split, untrained=True
     )
-
-    rows = report.read_metrics(run_dir)
-    curve = f"{name}_loss.png"
-    report.plot_curve(rows, "train/loss", os.path.join(workdir, curve), f"{name}: train loss")
-    results = {"untrained": untrained, "trained": trained}
-    if demo.baseline:
-        results["most frequent answer"] = {
-            k[len("baseline/") :]: v for k, v in trained.items() if k.startswith("baseline/")
-        }
-    header, table = report.split_table(
-        results, demo.splits, demo.metrics, "task" if demo.baseline else "split"
+    minutes = (time.time() - t0) / 60
+    hook = getattr(registry.optional_module(demo.paper, "demo"), "sample_images", None)
+    split = config.train.eval_split
+    intro = (
+        f"`{demo.module}:{demo.arg}` — {config.train.steps} steps, {minutes:.1f} min (training "
+        f"+ trained and untrained evaluation). Run dir: `{run_dir}`; held-out split `{split}`."
     )
-    table_png = f"{name}_metrics.png"
-    report.plot_table(
-        header,
-        table,
-        os.path.join(workdir, table_png),
-        f"{name}: held-out {config.train.eval_split} split",
-    )
-    return "\n".join(
-        [
-            f"## {name}",
-            f"`{demo.module}:{demo.arg}` — {config.train.steps} steps, "
-            f"{train_minutes:.1f} min (training + eval). Run dir: `{run_dir}`.",
-            "",
-            f"![loss]({curve})",
-            "",
-            report.markdown_table(header, table),
-            "",
-            f"![metrics]({table_png})",
-            "",
-            *_samples(trained, demo.samples),
-        ]
+    return section(
+        demo,
+        workdir,
+        report.read_metrics(run_dir),
+        trained,
+        untrained,
+        intro,
+        (lambda task, count: hook(config, split, task, count)) if hook else None,
     )
 
 
@@ -92,20 +139,20 @@ def main(argv):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    sections = [
-        "# radjax demo report",
-        "",
-        "Tiny configs trained on the embedded synthetic phantoms (original on-disk "
-        "formats), evaluated on held-out phantoms.",
-        "",
+    blocks: list[tuple] = [
+        ("heading", 1, TITLE),
+        (
+            "text",
+            "Tiny configs trained on the embedded synthetic phantoms (original on-disk "
+            "formats), evaluated on held-out phantoms.",
+        ),
+        ("text", ""),
     ]
     for demo in demos(tuple(PAPERS.value)):
-        sections.append(_run_paper(demo, workdir))
-    path = os.path.join(workdir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(sections))
-    logging.info("report written to %s", path)
-    print(open(path).read())
+        blocks += _run_paper(demo, workdir)
+    md, page = report.write_report(blocks, workdir, TITLE)
+    logging.info("report written to %s and %s", md, page)
+    print(open(md).read())
 
 
 if __name__ == "__main__":

@@ -12,15 +12,18 @@ from radjax import registry
 class Demo:
     """One report section: a config to train, the metrics and splits (or tasks) tabled.
 
-    Papers declare theirs as dicts in ``radjax.papers.<paper>.demo.SECTIONS``."""
+    Papers declare theirs as dicts in ``radjax.papers.<paper>.demo.SECTIONS``; a demo module
+    may also define ``sample_images(config, split, task, count)`` -> the input images (f32
+    (D, H, W)) of a task's first ``count`` samples, drawn beside the generations."""
 
+    paper: str
     name: str
     module: str
     arg: str
     metrics: tuple[str, ...]
     splits: tuple[str, ...]
     baseline: bool = False  # also table the eval's "baseline/..." entries
-    samples: tuple[str, ...] = ()  # tasks whose "samples/<task>" generations are listed
+    samples: tuple[str, ...] = ()  # tasks whose "samples/<task>" generations are shown
 
 
 def demos(only: tuple[str, ...] = ()) -> list[Demo]:
@@ -29,5 +32,5 @@ def demos(only: tuple[str, ...] = ()) -> list[Demo]:
     for paper in only or registry.names():
         spec = registry.optional_module(paper, "demo")
         for section in spec.SECTIONS if spec else ():
-            out.append(Demo(module=f"configs.{paper}", **section))
+            out.append(Demo(paper=paper, module=f"configs.{paper}", **section))
     return out

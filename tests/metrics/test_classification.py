@@ -11,7 +11,7 @@ from sklearn.metrics import (
 )
 
 from radjax.metrics import classification as cls
-from radjax.papers.rp3d_diag.metrics import rp3d_metrics
+from radjax.papers.rp3d_diag.metrics import ROC_GRID, macro_roc, rp3d_metrics
 
 FPRS = (0.01, 0.05, 0.1, 0.2, 0.5)
 
@@ -77,7 +77,8 @@ def test_unscorable_and_empty_splits_are_nan_not_zero():
     assert got["tail/num_classes_scored"] == 0 and np.isnan(got["tail/auc"])
     assert got["head/num_classes_scored"] == 0 and np.isnan(got["head/recall@fpr0.01"])
     assert all(np.isfinite(v) for k, v in got.items() if k.startswith("medium/"))
-    assert len(got) == 4 * 10
+    assert len([k for k in got if not k.startswith("roc/")]) == 4 * 10
+    assert {"roc/all", "roc/medium"} <= set(got) and "roc/head" not in got  # none scorable
 
 
 def test_scores_from_logits_clips_like_the_original():
@@ -96,3 +97,26 @@ def test_bad_inputs():
         rp3d_metrics(labels * 2, scores, 1, 2)
     with pytest.raises(ValueError, match="non-finite"):
         rp3d_metrics(labels, np.where(scores > 0.5, np.nan, scores), 1, 2)
+
+
+# Two scorable classes and one constant: class 0's ROC passes (0, 0), (0, .5), (.5, .5),
+# (.5, 1), (1, 1); class 1 is separated perfectly; class 2 has no positive.
+ROC_LABELS = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0], [1, 1, 0]])
+ROC_SCORES = np.array([[0.1, 0.9, 0.5], [0.4, 0.2, 0.5], [0.35, 0.3, 0.5], [0.8, 0.7, 0.5]])
+
+
+def test_macro_roc_by_hand():
+    grid = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    class0 = [0.5, 0.5, 1.0, 1.0, 1.0]  # the vertical step at FPR 0.5 counts its top
+    np.testing.assert_allclose(macro_roc(ROC_LABELS[:, :1], ROC_SCORES[:, :1], grid), class0)
+    np.testing.assert_allclose(macro_roc(ROC_LABELS, ROC_SCORES, grid), [0.75, 0.75, 1.0, 1.0, 1.0])
+    assert macro_roc(ROC_LABELS[:, 2:], ROC_SCORES[:, 2:], grid) is None
+
+
+def test_rp3d_metrics_give_roc_curves_per_split():
+    got = rp3d_metrics(ROC_LABELS, ROC_SCORES, head_cut=1, medium_cut=2)
+    assert got["roc/fpr"] == ROC_GRID.tolist() and len(got["roc/fpr"]) == 51
+    np.testing.assert_allclose(got["roc/head"], macro_roc(ROC_LABELS[:, :1], ROC_SCORES[:, :1]))
+    np.testing.assert_allclose(got["roc/medium"], np.ones(51))
+    np.testing.assert_allclose(got["roc/all"], (np.ones(51) + got["roc/head"]) / 2)
+    assert "roc/tail" not in got  # its only class never occurs

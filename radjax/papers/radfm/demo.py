@@ -1,5 +1,11 @@
 """What ``experiments.demo`` trains for RadFM: per-task metrics against the most-frequent-answer
-baseline, and generated captions / VQA answers next to their references."""
+baseline (``disorder_named``: captions naming the study's disorder; ``distinct``: the fraction
+of distinct generations), and panels of input images beside generated and reference answers."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
 
 SECTIONS = (
     dict(
@@ -14,9 +20,28 @@ SECTIONS = (
             "entity_precision",
             "entity_recall",
             "bertscore_f1",
+            "disorder_named",
+            "distinct",
         ),
         splits=("modality", "diagnosis_closed", "diagnosis_open", "vqa", "caption", "rationale"),
         baseline=True,
-        samples=("caption", "vqa"),
+        samples=("caption", "vqa", "rationale"),
     ),
 )
+
+
+def sample_images(
+    config: ml_collections.ConfigDict, split: str, task: str, count: int
+) -> list[np.ndarray]:
+    """The first image of each of the first ``count`` evaluated ``task`` rows of ``split``, as
+    the model reads it: f32 (D, H, W) (D = 1 for 2D images), first channel.
+
+    ``radfm_report``'s samples are a task's first rows in evaluation order, which is the
+    format's (``data.radfm_batches``, train=False): 2D records, then 3D records, each in record
+    order. ``config`` must be prepared (``radjax.train.experiment.prepare_config``)."""
+    from radjax.papers.radfm import data as fmt
+
+    records = list(fmt.make_source(config.data, split))
+    order = [r for r in records if not r["is_3d"]] + [r for r in records if r["is_3d"]]
+    rows = [r for r in order if r["task"] == task][:count]
+    return [fmt.load_example(r, config.data, None)["images"][0, ..., 0] for r in rows]

@@ -8,7 +8,11 @@ greedy answers.
   BLEU-1 and BLEU-4 (nltk, cumulative weights, no smoothing), corpus BLEU-4 (sacrebleu),
   ROUGE-1/2/L F-measure (rouge-score), medical-entity precision / recall
   (``radfm_entity_scores``: ``radjax.metrics.entities`` lexicon matching in place of
-  scispaCy + UMLS) and, when asked, BERTScore F1 (bert-score with the local MiniLM).
+  scispaCy + UMLS) and, when asked, BERTScore F1 (bert-score with the local MiniLM);
+  ``distinct``, the fraction of distinct generations (1 = every study got its own text, 1 / N =
+  one text for all); for ``caption`` and ``rationale`` also ``disorder_named``, the fraction of
+  answers that name exactly the reference's disorders (``named_disorders``; none for a normal
+  study), over the phantom disorder vocabulary (``radjax.data.phantoms.anatomy.DISORDERS``).
 
 ``radfm_report`` also scores a baseline that answers every question of a task with that
 task's most frequent training answer, so a trained model can be compared with it.
@@ -16,16 +20,20 @@ task's most frequent training answer, so a trained model can be compared with it
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from radjax.data.phantoms.anatomy import DISORDERS
 from radjax.metrics import entities, text
 
 CLASSIFICATION = ("modality", "diagnosis_open", "diagnosis_closed")
 GENERATION = ("vqa", "caption", "rationale")
+NAMING = ("caption", "rationale")  # tasks whose answers name the diagnosis
+DISORDER_NAMES = tuple(d.name for d in DISORDERS[1:])  # "Normal" is the absence of a name
 SAMPLES_PER_TASK = 3
 
 
@@ -63,6 +71,28 @@ def radfm_entity_scores(
     return {"precision": prec, "recall": rec, "f1": f1}
 
 
+def named_disorders(answer: str, names: Sequence[str] = DISORDER_NAMES) -> frozenset[str]:
+    """The ``names`` that occur in ``answer`` as whole words, case and punctuation ignored."""
+    words = _words(answer)
+    return frozenset(n for n in names if _words(n) in words)
+
+
+def _words(s: str) -> str:
+    """ " a b c ": lower-cased alphanumeric runs, space-delimited (for whole-word search)."""
+    return " " + " ".join(re.findall(r"[a-z0-9]+", s.lower())) + " "
+
+
+def disorder_named(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of predictions naming exactly their reference's disorders (both none: a hit)."""
+    hits = [named_disorders(p) == named_disorders(r) for p, r in zip(predictions, references)]
+    return float(np.mean(hits))
+
+
+def distinct_fraction(predictions: Sequence[str]) -> float:
+    """Distinct strings / count: 1 when every answer differs, 1 / N when all are one."""
+    return len(set(predictions)) / len(predictions)
+
+
 def _classification(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
@@ -91,6 +121,7 @@ def _generation(
         },
         "entity_precision": float(np.mean([e["precision"] for e in entities])),
         "entity_recall": float(np.mean([e["recall"] for e in entities])),
+        "distinct": distinct_fraction(predictions),
     }
     if bertscore:
         out["bertscore_f1"] = float(np.mean(text.bertscore(predictions, references)["f1"]))
@@ -104,7 +135,10 @@ def task_metrics(
     if task in CLASSIFICATION:
         return _classification(predictions, references)
     if task in GENERATION:
-        return _generation(predictions, references, bertscore)
+        out = _generation(predictions, references, bertscore)
+        if task in NAMING:
+            out["disorder_named"] = disorder_named(predictions, references)
+        return out
     raise ValueError(f"RadFM task {task!r} is not one of {CLASSIFICATION + GENERATION}")
 
 

@@ -1,4 +1,5 @@
-"""What ``experiments.demo`` trains for RP3D-Diag and which metrics it tables."""
+"""What ``experiments.demo`` trains for RP3D-Diag and which metrics it shows (the eval's
+``roc/...`` curves give the head / medium / tail ROC figure)."""
 
 _METRICS = ("auc", "ap", "f1", "mcc", "recall@fpr0.1")
 _SPLITS = ("all", "head", "medium", "tail")

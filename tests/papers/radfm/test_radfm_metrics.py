@@ -63,3 +63,27 @@ def test_entity_scores_compare_entity_sets():
         "recall": 0.0,
         "f1": 0.0,
     }
+
+
+def test_disorder_named_and_distinct_generations_by_hand():
+    nodule = "Impression: Findings consistent with Pulmonary nodule (right upper)."
+    normal = "Finding: No focal lesion is seen.Impression: Normal study."
+    preds = [nodule, "Findings consistent with Renal cyst.", normal, nodule]
+    refs = [nodule, "Findings consistent with Hepatic cyst (right lower).", normal, normal]
+    out = radfm.radfm_report(preds, refs, ["caption"] * 4, baseline={"caption": nodule})
+    # hits: 0 (same disorder), 2 (both normal); misses: 1 (renal vs hepatic), 3 (names one)
+    assert out["caption/disorder_named"] == 0.5
+    assert out["caption/distinct"] == 0.75  # rows 0 and 3 are one text
+    assert out["baseline/caption/disorder_named"] == 0.25  # only row 0's reference is a nodule
+    assert out["baseline/caption/distinct"] == 0.25
+    vqa = radfm.radfm_report(["yes", "no", "no"], ["yes", "no", "yes"], ["vqa"] * 3)
+    assert vqa["vqa/distinct"] == pytest.approx(2 / 3) and "vqa/disorder_named" not in vqa
+    assert "modality/distinct" not in radfm.radfm_report(["CT"], ["CT"], ["modality"])
+
+
+def test_named_disorders_match_whole_names_only():
+    assert radfm.named_disorders("renal CYST, and splenic infarction.") == {
+        "Renal cyst",
+        "Splenic infarction",
+    }
+    assert radfm.named_disorders("Renal cysts; a pulmonary infarct.") == frozenset()
