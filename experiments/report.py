@@ -172,7 +172,7 @@ def plot_roc(results: Mapping[str, Mapping], path: str, title: str) -> None:
             if tpr:
                 auc = metric_value(values, split, "auc")
                 label = name if auc is None else f"{name} (AUC {auc:.3f})"
-                ax.plot(values["roc/fpr"], tpr, color=COLOURS[(i + 1) % len(COLOURS)], label=label)
+                ax.plot(values["roc/fpr"], tpr, color=COLOURS[i % len(COLOURS)], label=label)
         ax.set_title(split)
         ax.set_xlabel("false positive rate")
         ax.set_xlim(0, 1)
