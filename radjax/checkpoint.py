@@ -41,10 +41,19 @@ def array_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """``'/'``-joined leaf path (dict keys, attribute names, sequence indices) -> shape,
     for any pytree of arrays, ShapeDtypeStructs or orbax ArrayMetadata."""
     return {
-        "/".join(_key_name(k) for k in path): tuple(leaf.shape)
+        "/".join(_key_name(k) for k in path): _stored_shape(leaf)
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
         if hasattr(leaf, "shape")
     }
+
+
+def _stored_shape(leaf: Any) -> tuple[int, ...]:
+    """The shape orbax stores for ``leaf``: a typed PRNG key array (the NNX RNG streams) is
+    saved as its key data, with the implementation's trailing axis (e.g. (2,) for threefry)."""
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)
+    return tuple(leaf.shape)
 
 
 def _key_name(key: Any) -> str:

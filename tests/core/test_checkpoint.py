@@ -117,3 +117,20 @@ def test_state_that_does_not_fit_names_path_and_shapes_and_moves_nothing(tmp_pat
         ckpt.restore_latest(_params_and_opt(3, b=jnp.zeros(())))
     assert ckpt.steps() == [1, 2] and not os.path.exists(f"{directory}_unreadable")
     ckpt.close()
+
+
+def test_state_with_prng_keys_fits_its_own_checkpoint(tmp_path):
+    """Typed PRNG keys (NNX RNG streams, e.g. RadFM's dropout) are stored as key data (2,):
+    the fit check compares them as such, so a run holding them resumes."""
+    import jax
+
+    state = dict(params=jnp.ones((3,)), rng=dict(key=jax.random.key(0), count=jnp.zeros(())))
+    ckpt = Checkpointer(str(tmp_path / "ckpt"))
+    ckpt.save(1, state)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    step, restored, _ = ckpt.restore_latest(abstract)
+    assert step == 1
+    assert jax.random.key_data(restored["rng"]["key"]).tolist() == (
+        jax.random.key_data(jax.random.key(0)).tolist()
+    )
+    ckpt.close()
