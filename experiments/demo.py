@@ -15,88 +15,17 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
 
 from absl import app, flags
 
 from experiments import report
-from experiments.sections import Demo, demos
+from experiments.sections import Demo, demos, section
 from radjax import registry
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
 PAPERS = flags.DEFINE_list("papers", [], "Papers to demo (default: every paper with a demo).")
 
 TITLE = "radjax demo report"
-LOSS_KEYS = ("train/loss", "eval/loss")
-BASELINE = "most frequent answer"
-
-
-def compared(demo: Demo, trained: Mapping, untrained: Mapping) -> dict[str, Mapping]:
-    """The models a section compares: untrained, trained and, for ``demo.baseline``, the
-    trained eval's ``baseline/...`` entries."""
-    results = {"untrained": untrained, "trained": trained}
-    if demo.baseline:
-        results[BASELINE] = {
-            k[len("baseline/") :]: v for k, v in trained.items() if k.startswith("baseline/")
-        }
-    return results
-
-
-def section(
-    demo: Demo,
-    out_dir: str,
-    rows: list[dict],
-    trained: Mapping,
-    untrained: Mapping,
-    intro: str,
-    images: Callable[[str, int], list] | None = None,
-) -> list[tuple]:
-    """Report blocks of one section, its figures written to ``out_dir`` as ``<name>_*.png``.
-
-    rows: the run's metrics.jsonl; trained / untrained: eval dicts; images(task, count): the
-    inputs of a task's first samples (``sample_images`` of the paper's demo module)."""
-    name = demo.name
-    results = compared(demo, trained, untrained)
-    blocks: list[tuple] = [("heading", 2, name), ("text", intro), ("text", "")]
-
-    curve = f"{name}_loss.png"
-    report.plot_curves(rows, LOSS_KEYS, os.path.join(out_dir, curve), f"{name}: loss")
-    blocks.append(("figure", curve, f"{name}: loss curves"))
-
-    bars = f"{name}_metrics.png"
-    split_name = "task" if demo.baseline else "split"
-    report.plot_bars(
-        results,
-        demo.splits,
-        demo.metrics,
-        os.path.join(out_dir, bars),
-        f"{name}: held-out metrics per {split_name}",
-    )
-    blocks.append(("figure", bars, f"{name}: {' vs '.join(results)} per metric"))
-    if report.has_roc(trained):
-        roc = f"{name}_roc.png"
-        report.plot_roc(results, os.path.join(out_dir, roc), f"{name}: macro ROC")
-        blocks.append(("figure", roc, f"{name}: macro-averaged ROC, head / medium / tail"))
-    header, table = report.split_table(results, demo.splits, demo.metrics, split_name)
-    blocks.append(("table", header, table))
-
-    for task in demo.samples:
-        samples = trained.get(f"samples/{task}", [])
-        if not samples:
-            continue
-        panel = f"{name}_samples_{task}.png"
-        inputs = images(task, len(samples)) if images else [None] * len(samples)
-        report.plot_samples(
-            samples, inputs, os.path.join(out_dir, panel), f"{name} {task}: generated / reference"
-        )
-        blocks += [("heading", 3, f"{task} samples"), ("figure", panel, f"{name} {task} samples")]
-        for pair in samples:
-            blocks += [
-                ("text", f"- generated: {pair['prediction']}"),
-                ("text", f"  reference: {pair['reference']}"),
-            ]
-        blocks.append(("text", ""))
-    return blocks
 
 
 def _run_paper(demo: Demo, workdir: str) -> list[tuple]:

@@ -8,9 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from experiments import demo as demo_lib
 from experiments import report
-from experiments.sections import Demo
+from experiments.sections import Demo, section
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RADFM = Demo(
@@ -70,7 +69,7 @@ def test_radfm_section_writes_bars_curves_panels_and_a_self_contained_html(tmp_p
     trained = report.latest_eval(str(run))
     assert trained["step"] == 100  # newest by number, not by name
     volumes = [np.random.default_rng(0).random((4, 8, 8)), np.ones((1, 8, 8))]
-    blocks = demo_lib.section(
+    blocks = section(
         RADFM,
         str(tmp_path),
         report.read_metrics(str(run)),
@@ -104,14 +103,14 @@ def test_rp3d_section_draws_roc_curves_only_when_the_eval_has_them(tmp_path):
     grid = [0.0, 0.5, 1.0]
     trained = {"auc": 0.9, "head/auc": 0.95, "tail/auc": 0.7, "roc/fpr": grid}
     trained.update({f"roc/{s}": [0.0, 0.9, 1.0] for s in ("all", "head", "tail")})
-    blocks = demo_lib.section(RP3D, str(tmp_path), report.read_metrics(str(run)), trained, {}, "")
+    blocks = section(RP3D, str(tmp_path), report.read_metrics(str(run)), trained, {}, "")
     assert [b[1] for b in blocks if b[0] == "figure"] == [
         "diag_loss.png",
         "diag_metrics.png",
         "diag_roc.png",
     ]
     assert (tmp_path / "diag_roc.png").read_bytes().startswith(PNG)
-    no_roc = demo_lib.section(RP3D, str(tmp_path), [], {"auc": 0.9}, {}, "")
+    no_roc = section(RP3D, str(tmp_path), [], {"auc": 0.9}, {}, "")
     assert "diag_roc.png" not in [b[1] for b in no_roc if b[0] == "figure"]
 
 
