@@ -93,31 +93,28 @@ def test_skip_bad_records_run_continues_and_reports_count(tmp_path, broken_root)
         loop.train_and_evaluate(_config(root, skip=False), str(tmp_path / "strict"), mesh=mesh)
 
 
-def test_skipped_load_failures_are_counted_when_drawn(broken_root):
-    root, corrupt, nan_path, _ = broken_root
-    cfg = _config(root, skip=True).data
+def _draw_over_an_epoch(cfg) -> tuple[list[dict], pipeline.SkipCounter]:
+    """Training batches of 16 over more than one epoch (every broken file is drawn), and the
+    pipeline's counter."""
     ds, counter = pipeline.train_dataset(
         rp3d, cfg, global_batch=16, seed=0, process_index=0, process_count=1
     )
     it = iter(ds)
     n_cases = len(rp3d.make_source(cfg, "train"))
-    for _ in range(n_cases // 16 + 2):  # more than one epoch: both broken files are drawn
-        batch = next(it)
-        assert np.isfinite(batch["images"]).all()
+    return [next(it) for _ in range(n_cases // 16 + 2)], counter
+
+
+def test_skipped_load_failures_are_counted_when_drawn(broken_root):
+    batches, counter = _draw_over_an_epoch(_config(broken_root[0], skip=True).data)
+    assert all(np.isfinite(batch["images"]).all() for batch in batches)
     assert counter.count >= 2 + 2
 
 
 def test_nonfinite_voxels_zeroed_on_request_are_counted(broken_root):
-    root, corrupt, nan_path, _ = broken_root
-    cfg = _config(root, skip=True).data
+    cfg = _config(broken_root[0], skip=True).data
     cfg.nonfinite = "zero"
-    ds, counter = pipeline.train_dataset(
-        rp3d, cfg, global_batch=16, seed=0, process_index=0, process_count=1
-    )
-    it = iter(ds)
-    n_cases = len(rp3d.make_source(cfg, "train"))
-    for _ in range(n_cases // 16 + 2):  # more than one epoch: both broken files are drawn
-        batch = next(it)
+    batches, counter = _draw_over_an_epoch(cfg)
+    for batch in batches:
         assert np.isfinite(batch["images"]).all() and pipeline.REPAIRED not in batch
     assert counter.repaired >= 1  # the NaN case, now loaded
     assert counter.count >= 2  # the two cases left out of the index are still skipped
