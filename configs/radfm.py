@@ -13,6 +13,14 @@ Variants (``--config configs/radfm.py:<arg>``):
               marker embeddings train for n steps (``optim.delay``).
   ``tasks=<a>+<b>``  train and evaluate only these phantom tasks (``data.phantom_tasks``),
               e.g. ``tiny,tasks=modality+caption``.
+  ``stage=lesions``  with ``tiny``: the first stage of the tiny recipe, 2000 steps on the 2D
+              diagnosis tasks (``LESION_TASKS``) only; the default ``stage=all`` trains every
+              task and starts from the lesion stage's workdir (``--config.init_from.workdir``;
+              ``make demo`` chains the two). Why two stages: trained from scratch on all six
+              tasks the tiny model learns the modality, anatomy and report wording but not the
+              lesion (held-out diagnosis at the most-frequent-answer baseline after 3000 and
+              6000 steps); the 2D diagnosis tasks alone make the vision path read it, and the
+              all-task stage then names the disorder in the 3D reports too (radfm/README.md).
   Phantoms (``data.phantoms.enabled``): on in ``tiny``, off otherwise (``data.tasks`` and
   ``data.root`` name the task files).
 """
@@ -24,10 +32,28 @@ import ml_collections
 from configs.common import add_stage_fields, given, parse_arg
 from radjax.papers.radfm.phantoms import TASKS as PHANTOM_TASKS
 
+STAGES = ("all", "lesions")
+# The tiny recipe's first stage: the 2D studies' open and closed diagnosis.
+LESION_TASKS = ("diagnosis_open", "diagnosis_closed")
+LESION_STEPS = 2000
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    a = parse_arg(arg, tiny=False, paper=False, entity_weight=1.0, freeze_llm_steps=0, tasks="")
+    a = parse_arg(
+        arg,
+        choices=dict(stage=STAGES),
+        tiny=False,
+        paper=False,
+        entity_weight=1.0,
+        freeze_llm_steps=0,
+        tasks="",
+        stage="all",
+    )
+    if a.stage != "all" and not a.tiny:
+        raise ValueError(f"config arg stage={a.stage} is a stage of the tiny recipe: add tiny")
     tasks = tuple(filter(None, a.tasks.split("+")))
+    if a.stage == "lesions" and not tasks:
+        tasks = LESION_TASKS
     unknown = [t for t in tasks if t not in PHANTOM_TASKS]
     if unknown:
         raise ValueError(
@@ -151,6 +177,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         _tiny(c)
         if "entity_weight" in given(arg):  # an explicit argument beats the tiny choice
             c.loss.entity_weight = a.entity_weight
+        if a.stage == "lesions":
+            c.train.steps = c.train.eval_every = c.checkpoint.every = LESION_STEPS
     return c
 
 

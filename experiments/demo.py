@@ -11,7 +11,6 @@ and the reference text. Re-running resumes finished parts from their checkpoints
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import time
@@ -19,7 +18,7 @@ import time
 from absl import app, flags
 
 from experiments import report
-from experiments.sections import Demo, demos, section
+from experiments.sections import Demo, config_label, demos, section, stage_runs
 from radjax import registry
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
@@ -31,13 +30,12 @@ TITLE = "radjax demo report"
 def _run_paper(demo: Demo, workdir: str) -> list[tuple]:
     from radjax.train import loop
 
-    name = demo.name
-    config = importlib.import_module(demo.module).get_config(demo.arg)
-    config.data.root = os.path.join(workdir, "data", config.paper)
-    run_dir = os.path.join(workdir, name)
     t0 = time.time()
-    logging.info("[%s] training %s:%s in %s", name, demo.module, demo.arg, run_dir)
-    loop.train_and_evaluate(config, run_dir)
+    runs = stage_runs(demo, workdir)
+    for name, run_dir, config in runs:
+        logging.info("[%s] training %s in %s", name, config_label(demo, name), run_dir)
+        loop.train_and_evaluate(config, run_dir)
+    name, run_dir, config = runs[-1]
     trained = report.latest_eval(run_dir)
     logging.info("[%s] evaluating the untrained model", name)
     untrained = loop.evaluate_checkpoint(
@@ -46,9 +44,12 @@ def _run_paper(demo: Demo, workdir: str) -> list[tuple]:
     minutes = (time.time() - t0) / 60
     hook = getattr(registry.optional_module(demo.paper, "demo"), "sample_images", None)
     split = config.train.eval_split
+    trained_as = " then ".join(
+        f"`{config_label(demo, n)}` ({c.train.steps} steps)" for n, _, c in runs
+    )
     intro = (
-        f"`{demo.module}:{demo.arg}` — {config.train.steps} steps, {minutes:.1f} min (training "
-        f"+ trained and untrained evaluation). Run dir: `{run_dir}`; held-out split `{split}`."
+        f"{trained_as} — {minutes:.1f} min (training + trained and untrained evaluation). "
+        f"Run dir: `{run_dir}`; held-out split `{split}`."
     )
     return section(
         demo,

@@ -5,8 +5,11 @@ flags, so tests and other tools can import them)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from collections.abc import Callable, Mapping
+
+import ml_collections
 
 from experiments import report
 from radjax import registry
@@ -18,7 +21,9 @@ class Demo:
 
     Papers declare theirs as dicts in ``radjax.papers.<paper>.demo.SECTIONS``; a demo module
     may also define ``sample_images(config, split, task, count)`` -> the input images (f32
-    (D, H, W)) of a task's first ``count`` samples, drawn beside the generations."""
+    (D, H, W)) of a task's first ``count`` samples, drawn beside the generations.
+    ``stages`` = ((name, arg), ...): configs trained first, in order, each starting from the
+    previous one's workdir (``init_from``); the section's own ``arg`` is the last stage."""
 
     paper: str
     name: str
@@ -28,6 +33,29 @@ class Demo:
     splits: tuple[str, ...]
     baseline: bool = False  # also table the eval's "baseline/..." entries
     samples: tuple[str, ...] = ()  # tasks whose "samples/<task>" generations are shown
+    stages: tuple[tuple[str, str], ...] = ()  # (name, arg) of the stages trained before
+
+
+def config_label(demo: Demo, name: str) -> str:
+    """``configs.<paper>:<arg>`` of the run ``name`` (a stage or the section itself)."""
+    arg = dict(demo.stages).get(name, demo.arg)
+    return f"{demo.module}:{arg}"
+
+
+def stage_runs(demo: Demo, workdir: str) -> list[tuple[str, str, ml_collections.ConfigDict]]:
+    """[(name, run_dir, config)] the demo trains, in order: ``demo.stages`` and then the
+    section's own config, every one on the paper's data under ``<workdir>/data/<paper>`` and
+    each after the first starting from the previous run's workdir (``init_from.workdir``)."""
+    module = importlib.import_module(demo.module)
+    runs, previous = [], ""
+    for name, arg in (*demo.stages, (demo.name, demo.arg)):
+        config = module.get_config(arg)
+        config.data.root = os.path.join(workdir, "data", config.paper)
+        if previous:
+            config.init_from.workdir = previous
+        previous = os.path.join(workdir, name)
+        runs.append((name, previous, config))
+    return runs
 
 
 def demos(only: tuple[str, ...] = ()) -> list[Demo]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import report
-from experiments.sections import Demo, section
+from experiments.sections import Demo, config_label, demos, section, stage_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RADFM = Demo(
@@ -124,3 +124,34 @@ def test_metric_values_and_mid_slices():
     assert report.mid_slices(volume[:1]).shape == (2, 3)
     with pytest.raises(ValueError, match="block kind"):
         report.to_markdown([("video", "x")])
+
+
+def test_demo_stages_chain_each_run_onto_the_previous_workdir(tmp_path):
+    """RadFM's demo trains the lesion stage (2D diagnosis tasks only) first, then every task
+    starting from the lesion stage's workdir, all on one data root."""
+    (section_demo,) = demos(("radfm",))
+    runs = stage_runs(section_demo, str(tmp_path))
+    assert [name for name, _, _ in runs] == ["radfm_lesions", "radfm"]
+    (_, lesion_dir, lesions), (_, final_dir, final) = runs
+    assert lesions.data.phantom_tasks == ("diagnosis_open", "diagnosis_closed")
+    assert lesions.init_from.workdir == ""
+    assert final.data.phantom_tasks == ()  # every task
+    assert final.init_from.workdir == lesion_dir == str(tmp_path / "radfm_lesions")
+    assert final_dir == str(tmp_path / "radfm")
+    assert lesions.data.root == final.data.root == str(tmp_path / "data" / "radfm")
+    assert config_label(section_demo, "radfm_lesions") == "configs.radfm:tiny,stage=lesions"
+    # a one-stage section trains only its own config, from scratch
+    (only,) = stage_runs(RP3D, str(tmp_path))
+    assert only[0] == "diag" and only[2].init_from.workdir == ""
+
+
+def test_radfm_stage_argument_needs_the_tiny_recipe():
+    from configs import radfm
+
+    with pytest.raises(ValueError, match="stage=lesions is a stage of the tiny recipe"):
+        radfm.get_config("stage=lesions")
+    with pytest.raises(ValueError, match="choose one of all, lesions"):
+        radfm.get_config("tiny,stage=warm")
+    assert radfm.get_config("tiny,stage=lesions,tasks=diagnosis_open").data.phantom_tasks == (
+        "diagnosis_open",
+    )

@@ -1,6 +1,7 @@
 """What ``experiments.demo`` trains for RadFM: per-task metrics against the most-frequent-answer
 baseline (``disorder_named``: captions naming the study's disorder; ``distinct``: the fraction
-of distinct generations), and panels of input images beside generated and reference answers."""
+of distinct generations), and panels of input images beside generated and reference answers.
+Trained in two stages: the 2D diagnosis tasks, then every task from there."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ SECTIONS = (
     dict(
         name="radfm",
         arg="tiny",
+        # The tiny recipe (configs/radfm.py, stage=): lesion reading first, then every task.
+        stages=(("radfm_lesions", "tiny,stage=lesions"),),
         metrics=(
             "accuracy",
             "macro_f1",
