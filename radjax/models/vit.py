@@ -15,8 +15,11 @@ Position embeddings (``posemb``):
   each (uniform[0, 1) init), concatenated and added to the patches (``AxialPosEmb``).
 * ``'learned'``: one learned (N, width) table over the patch tokens (MONAI ``ViT``,
   ``pos_embed_type='learnable'``); a CLS token is prepended after it (not embedded).
-* ``'clip'``: CLIP: the CLS token (``class_embedding``) is prepended first and the learned
-  table covers 1 + N tokens; requires ``cls_token``.
+* ``'clip'``: CLIP and EVA: the CLS token (``class_embedding`` / ``cls_token``) is prepended
+  first and the learned table covers 1 + N tokens; requires ``cls_token``.
+
+``qkv_bias``: ``True`` (q, k and v projections biased), ``False`` (none), or ``'qv'`` (EVA /
+BEiT: q and v biased, k not; ``attn/key`` then has no ``bias`` parameter).
 
 ``select_layer`` returns the hidden states after that many blocks, indexed as
 transformers' ``hidden_states`` (0 = embeddings after the pre-norm, -1 = last block,
@@ -27,6 +30,7 @@ the CLS token, ``'gap'`` (B, width) the mean of the patch tokens.
 Parameters: ``patch_embed_{3d,2d}/{norm_in,proj,norm_out}``, ``cls_token`` (width,),
 ``pos_embed/{row,col,dep}_embed`` or ``pos_embed/embedding``, ``pre_norm``,
 ``encoder/layers/<i>/{norm1,attn/{query,key,value,out},norm2,mlp/{fc1,fc2}}``, ``norm``.
+The EVA ViT-g of BLIP-2 / Uni-Med is ``radjax.convert.eva_vit.vit_config()``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from radjax.nn.linear import torch_linear_init
+from radjax.nn.linear import linear, torch_linear_init
 from radjax.nn.norms import layer_norm
 from radjax.nn.patch_embed import PatchEmbed, grid_size
 from radjax.nn.transformer import Encoder, gelu_exact, quick_gelu
@@ -49,6 +53,7 @@ ACTIVATIONS = {"gelu": gelu_exact, "quick_gelu": quick_gelu}
 POSEMBS = ("axial3", "learned", "clip")
 POOL_TYPES = ("none", "cls", "gap")
 INPUTS = ("3d", "2d")
+QKV_BIASES = (True, False, "qv")
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -78,7 +83,7 @@ class ViTConfig:
     pre_norm: bool = False  # LayerNorm after the position embedding (CLIP pre_layrnorm)
     final_norm: bool = True
     activation: str = "gelu"  # exact GELU; 'quick_gelu' for CLIP
-    qkv_bias: bool = True
+    qkv_bias: bool | str = True  # 'qv': q and v biased, k not (EVA)
     layer_norm_eps: float = 1e-5
     dropout: float = 0.0  # attention, MLP and residual dropout
     emb_dropout: float = 0.0  # after the position embedding
@@ -93,6 +98,10 @@ class ViTConfig:
             (self.pool_type in POOL_TYPES, f"pool_type {self.pool_type!r} not in {POOL_TYPES}"),
             (self.activation in ACTIVATIONS, f"activation {self.activation!r} not supported"),
             (bool(self.inputs) and set(self.inputs) <= set(INPUTS), f"inputs {self.inputs}"),
+            (
+                isinstance(self.qkv_bias, bool) or self.qkv_bias == "qv",
+                f"qkv_bias {self.qkv_bias!r} not in {QKV_BIASES}",
+            ),
             (self.cls_token or self.posemb != "clip", "posemb 'clip' needs cls_token"),
             (self.cls_token or self.pool_type != "cls", "pool_type 'cls' needs cls_token"),
             (self.posemb != "axial3" or self.width % 3 == 0, "axial3 needs width % 3 == 0"),
@@ -232,10 +241,22 @@ class ViT(nnx.Module):
             norm=norm,
             activation=ACTIVATIONS[cfg.activation],
             dropout=cfg.dropout,
-            qkv_bias=cfg.qkv_bias,
+            qkv_bias=bool(cfg.qkv_bias),
             kernel_init=torch_linear_init,
             dtype=dtype,
         )
+        if cfg.qkv_bias == "qv":  # the shared attention biases q, k and v alike: unbias k
+            for layer in self.encoder.layers:
+                key = layer.attn.key
+                layer.attn.key = linear(
+                    key.in_features,
+                    key.out_features,
+                    ("embed", "heads"),
+                    use_bias=False,
+                    init=torch_linear_init,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
         self.norm = norm(cfg.width, rngs=rngs) if cfg.final_norm else None
 
     def _patches(self, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
