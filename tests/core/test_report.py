@@ -127,13 +127,13 @@ def test_metric_values_and_mid_slices():
 
 
 def test_demo_stages_chain_each_run_onto_the_previous_workdir(tmp_path):
-    """RadFM's demo trains the lesion stage (2D diagnosis tasks only) first, then every task
+    """RadFM's demo trains the lesion stage (2D open diagnosis only) first, then every task
     starting from the lesion stage's workdir, all on one data root."""
     (section_demo,) = demos(("radfm",))
     runs = stage_runs(section_demo, str(tmp_path))
     assert [name for name, _, _ in runs] == ["radfm_lesions", "radfm"]
     (_, lesion_dir, lesions), (_, final_dir, final) = runs
-    assert lesions.data.phantom_tasks == ("diagnosis_open", "diagnosis_closed")
+    assert lesions.data.phantom_tasks == ("diagnosis_open",)
     assert lesions.init_from.workdir == ""
     assert final.data.phantom_tasks == ()  # every task
     assert final.init_from.workdir == lesion_dir == str(tmp_path / "radfm_lesions")
@@ -152,6 +152,6 @@ def test_radfm_stage_argument_needs_the_tiny_recipe():
         radfm.get_config("stage=lesions")
     with pytest.raises(ValueError, match="choose one of all, lesions"):
         radfm.get_config("tiny,stage=warm")
-    assert radfm.get_config("tiny,stage=lesions,tasks=diagnosis_open").data.phantom_tasks == (
-        "diagnosis_open",
-    )
+    lesions = radfm.get_config("tiny,stage=lesions,tasks=diagnosis_open+diagnosis_closed")
+    assert lesions.data.phantom_tasks == ("diagnosis_open", "diagnosis_closed")
+    assert lesions.train.steps == radfm.LESION_STEPS

@@ -1,7 +1,7 @@
 """What ``experiments.demo`` trains for RadFM: per-task metrics against the most-frequent-answer
 baseline (``disorder_named``: captions naming the study's disorder; ``distinct``: the fraction
 of distinct generations), and panels of input images beside generated and reference answers.
-Trained in two stages: the 2D diagnosis tasks, then every task from there."""
+Trained in two stages: the 2D open diagnosis, then every task from there."""
 
 from __future__ import annotations
 

@@ -69,6 +69,7 @@ PATIENT = "Phantom patient."
 PRESENTATION = "Synthetic phantom case."
 
 _P_NORMAL = 0.25
+_P_ASK_TRUE = 0.5 / (1 - _P_NORMAL)  # closed diagnosis: P(yes) = 0.5
 _DEPTH_STEP = 4  # RadFM's frame patch size: depths are multiples of it
 _RADIUS_RANGE = (0.07, 0.12)  # lesion radius as a fraction of the image size
 # anatomy background region of a disorder, by the first word of its name (the organ).
@@ -318,8 +319,10 @@ def _vqa(study: Study, rng: np.random.Generator) -> tuple[str, str]:
 
 
 def _closed_diagnosis(study: Study, rng: np.random.Generator) -> tuple[str, int]:
-    """(disease, 0/1): the true disorder half the time when abnormal, else another one."""
-    if study.disorder and rng.random() < 0.5:
+    """(disease, 0/1): the true disorder with ``_P_ASK_TRUE`` when abnormal, else another one,
+    so that about half of the questions are answered "yes" (a "no"-heavy set would let
+    "always no" look like reading the image)."""
+    if study.disorder and rng.random() < _P_ASK_TRUE:
         return diagnosis_name(study), 1
     others = [i for i in range(1, len(DISORDERS)) if i != study.disorder]
     return DISORDERS[int(rng.choice(others))].name, 0

@@ -196,6 +196,8 @@ def test_diagnosis_labels_are_disorder_names_and_closed_labels_agree(root):
     assert set(open_rows.values()) <= NAMES and "Normal" in open_rows.values()
     closed = _csv(root, "diagnosis_closed_train.csv")[1]
     assert {r["label"] for r in closed} == {"0", "1"}
+    positives = sum(r["label"] == "1" for r in closed) / len(closed)
+    assert 0.3 < positives < 0.7, positives  # about half "yes": "always no" is no baseline
     for r in closed:
         assert r["disease"] in NAMES - {"Normal"}
         assert r["label"] == str(int(r["disease"] == open_rows[r["image_path"]]))
