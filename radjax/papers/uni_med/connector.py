@@ -36,7 +36,11 @@ lines 162-240) from the point after ``ln_vision`` and the CLS drop:
    the original every expert runs densely on every token (``dispatch=False``). With
    ``dispatch=True`` (sparse and hard routing) tokens are sorted by expert and only the
    selected (token, expert) pairs are computed (``jax.lax.ragged_dot`` grouped matmuls):
-   the same outputs up to float summation order, k / E of the expert FLOPs.
+   the same outputs up to float summation order, k / E of the dense expert FLOPs where the
+   backend has a grouped matmul (TPU and GPU lower ``ragged_dot`` to XLA's ragged dot; on
+   GPU ``jax_ragged_dot_use_gpu_pallas_triton_lowering`` selects a Pallas kernel). On CPU,
+   JAX expands ``ragged_dot`` into a masked dense product (E times the grouped FLOPs), so
+   there the dispatch path is correct but not faster.
 
 Beyond the original: an optional load-balancing loss (``aux_loss_weight``, default 0 = off,
 as released; see ``load_balancing_loss``).
