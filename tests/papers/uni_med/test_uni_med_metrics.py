@@ -37,4 +37,4 @@ def test_report_metrics():
     assert u["f1"] == pytest.approx(
         sum(text.token_f1(p, r)[0] for p, r in zip(PREDS, REFS)) / len(PREDS)
     )
-    assert set(u) == {"bleu4", "rouge1", "rouge2", "rougeL", "f1"}
+    assert set(u) == {"count", "bleu4", "rouge1", "rouge2", "rougeL", "f1"}
