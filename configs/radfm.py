@@ -13,14 +13,16 @@ Variants (``--config configs/radfm.py:<arg>``):
               marker embeddings train for n steps (``optim.delay``).
   ``tasks=<a>+<b>``  train and evaluate only these phantom tasks (``data.phantom_tasks``),
               e.g. ``tiny,tasks=modality+caption``.
-  ``stage=lesions``  with ``tiny``: the first stage of the tiny recipe, 3000 steps on the 2D
-              open diagnosis task (``LESION_TASKS``) only; the default ``stage=all`` trains every
-              task and starts from the lesion stage's workdir (``--config.init_from.workdir``;
-              ``make demo`` chains the two). Why two stages: trained from scratch on all six
-              tasks the tiny model learns the modality, anatomy and report wording but not the
-              lesion (held-out diagnosis at the most-frequent-answer baseline after 3000 and
-              6000 steps); the 2D open diagnosis alone makes the vision path read it, and the
-              all-task stage then names the disorder in the 3D reports too (radfm/README.md).
+  ``stage=lesions|diagnosis|all``  with ``tiny``: the stages of the tiny recipe, each
+              starting from the previous one's workdir (``--config.init_from.workdir``;
+              ``make demo`` chains them): ``lesions`` 3000 steps of the 2D open diagnosis,
+              ``diagnosis`` 1000 steps of open + closed diagnosis, ``all`` (the default) every
+              task. Why: trained from scratch on all six tasks the tiny model learns the
+              modality, anatomy and report wording but not the lesion (held-out diagnosis at
+              the most-frequent-answer baseline after 3000 and 6000 steps; so does open +
+              closed diagnosis from scratch); the open diagnosis alone makes the vision path
+              read it, the yes/no question is then learnt in 1000 steps, and the all-task stage
+              names the disorder in the 3D reports too (radfm/README.md, "The tiny recipe").
   Phantoms (``data.phantoms.enabled``): on in ``tiny``, off otherwise (``data.tasks`` and
   ``data.root`` name the task files).
 """
@@ -32,11 +34,14 @@ import ml_collections
 from configs.common import add_stage_fields, given, parse_arg
 from radjax.papers.radfm.phantoms import TASKS as PHANTOM_TASKS
 
-STAGES = ("all", "lesions")
-# The tiny recipe's first stage: the 2D studies' open diagnosis (the disorder's name is a
-# 12-way answer; adding the yes/no closed task halved what the stage taught in 2000 steps).
-LESION_TASKS = ("diagnosis_open",)
-LESION_STEPS = 3000
+STAGES = ("all", "lesions", "diagnosis")
+# The tiny recipe's stages before ``all``: (phantom tasks, steps). ``lesions``: the 2D studies'
+# open diagnosis (a 12-way answer naming the disorder; with the yes/no closed task beside it
+# from scratch neither is learnt in 3000 steps); ``diagnosis``: open + closed.
+TINY_STAGES = {
+    "lesions": (("diagnosis_open",), 3000),
+    "diagnosis": (("diagnosis_open", "diagnosis_closed"), 1000),
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -53,8 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if a.stage != "all" and not a.tiny:
         raise ValueError(f"config arg stage={a.stage} is a stage of the tiny recipe: add tiny")
     tasks = tuple(filter(None, a.tasks.split("+")))
-    if a.stage == "lesions" and not tasks:
-        tasks = LESION_TASKS
+    if a.stage != "all" and not tasks:
+        tasks = TINY_STAGES[a.stage][0]
     unknown = [t for t in tasks if t not in PHANTOM_TASKS]
     if unknown:
         raise ValueError(
@@ -178,8 +183,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         _tiny(c)
         if "entity_weight" in given(arg):  # an explicit argument beats the tiny choice
             c.loss.entity_weight = a.entity_weight
-        if a.stage == "lesions":
-            c.train.steps = c.train.eval_every = c.checkpoint.every = LESION_STEPS
+        if a.stage != "all":
+            steps = TINY_STAGES[a.stage][1]
+            c.train.steps = c.train.eval_every = c.checkpoint.every = steps
+            c.data.max_length = 80  # the longest diagnosis prompt + answer: 53 tokens
     return c
 
 

@@ -43,6 +43,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("act_spatial", None),
     ("act_channels", None),
     ("act_classes", None),
+    ("act_expert", "expert"),
 )
 
 

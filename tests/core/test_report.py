@@ -127,19 +127,22 @@ def test_metric_values_and_mid_slices():
 
 
 def test_demo_stages_chain_each_run_onto_the_previous_workdir(tmp_path):
-    """RadFM's demo trains the lesion stage (2D open diagnosis only) first, then every task
-    starting from the lesion stage's workdir, all on one data root."""
+    """RadFM's demo trains the lesion stage (2D open diagnosis only), then open + closed
+    diagnosis, then every task, each starting from the previous workdir, all on one root."""
     (section_demo,) = demos(("radfm",))
     runs = stage_runs(section_demo, str(tmp_path))
-    assert [name for name, _, _ in runs] == ["radfm_lesions", "radfm"]
-    (_, lesion_dir, lesions), (_, final_dir, final) = runs
+    assert [name for name, _, _ in runs] == ["radfm_lesions", "radfm_diagnosis", "radfm"]
+    (_, lesion_dir, lesions), (_, diagnosis_dir, diagnosis), (_, final_dir, final) = runs
     assert lesions.data.phantom_tasks == ("diagnosis_open",)
-    assert lesions.init_from.workdir == ""
+    assert diagnosis.data.phantom_tasks == ("diagnosis_open", "diagnosis_closed")
     assert final.data.phantom_tasks == ()  # every task
-    assert final.init_from.workdir == lesion_dir == str(tmp_path / "radfm_lesions")
+    assert lesions.init_from.workdir == ""
+    assert diagnosis.init_from.workdir == lesion_dir == str(tmp_path / "radfm_lesions")
+    assert final.init_from.workdir == diagnosis_dir == str(tmp_path / "radfm_diagnosis")
     assert final_dir == str(tmp_path / "radfm")
-    assert lesions.data.root == final.data.root == str(tmp_path / "data" / "radfm")
+    assert {c.data.root for _, _, c in runs} == {str(tmp_path / "data" / "radfm")}
     assert config_label(section_demo, "radfm_lesions") == "configs.radfm:tiny,stage=lesions"
+    assert config_label(section_demo, "radfm") == "configs.radfm:tiny"
     # a one-stage section trains only its own config, from scratch
     (only,) = stage_runs(RP3D, str(tmp_path))
     assert only[0] == "diag" and only[2].init_from.workdir == ""
@@ -150,8 +153,8 @@ def test_radfm_stage_argument_needs_the_tiny_recipe():
 
     with pytest.raises(ValueError, match="stage=lesions is a stage of the tiny recipe"):
         radfm.get_config("stage=lesions")
-    with pytest.raises(ValueError, match="choose one of all, lesions"):
+    with pytest.raises(ValueError, match="choose one of all, lesions, diagnosis"):
         radfm.get_config("tiny,stage=warm")
     lesions = radfm.get_config("tiny,stage=lesions,tasks=diagnosis_open+diagnosis_closed")
     assert lesions.data.phantom_tasks == ("diagnosis_open", "diagnosis_closed")
-    assert lesions.train.steps == radfm.LESION_STEPS
+    assert lesions.train.steps == radfm.TINY_STAGES["lesions"][1] == 3000

@@ -1,7 +1,7 @@
 """What ``experiments.demo`` trains for RadFM: per-task metrics against the most-frequent-answer
 baseline (``disorder_named``: captions naming the study's disorder; ``distinct``: the fraction
 of distinct generations), and panels of input images beside generated and reference answers.
-Trained in two stages: the 2D open diagnosis, then every task from there."""
+Trained in three stages: the 2D open diagnosis, open + closed diagnosis, then every task."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ SECTIONS = (
         name="radfm",
         arg="tiny",
         # The tiny recipe (configs/radfm.py, stage=): lesion reading first, then every task.
-        stages=(("radfm_lesions", "tiny,stage=lesions"),),
+        stages=(
+            ("radfm_lesions", "tiny,stage=lesions"),
+            ("radfm_diagnosis", "tiny,stage=diagnosis"),
+        ),
         metrics=(
             "accuracy",
             "macro_f1",

@@ -341,9 +341,9 @@ class Experts(nnx.Module):
         dtype = self.dtype or x.dtype
         h = self.fc1.shared(x.astype(dtype))  # (B, T, E, D)
         if self.kind == "mlp":
-            h = shard_act(h, ("act_batch", "act_length", "expert", "act_mlp"))
+            h = shard_act(h, ("act_batch", "act_length", "act_expert", "act_mlp"))
             h = self.fc2.per_expert(gelu_exact(h))
-        h = shard_act(h, ("act_batch", "act_length", "expert", "act_embed"))
+        h = shard_act(h, ("act_batch", "act_length", "act_expert", "act_embed"))
         out = jnp.einsum("bted,bte->btd", h, weights.astype(h.dtype))
         return shard_act(out, ("act_batch", "act_length", "act_embed"))
 
