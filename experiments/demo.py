@@ -38,8 +38,10 @@ def _run_paper(demo: Demo, workdir: str) -> list[tuple]:
     name, run_dir, config = runs[-1]
     trained = report.latest_eval(run_dir)
     logging.info("[%s] evaluating the untrained model", name)
+    fresh = config.copy_and_resolve_references()
+    fresh.init_from.workdir = ""  # untrained = a fresh init, not the previous stage
     untrained = loop.evaluate_checkpoint(
-        config, os.path.join(workdir, f"{name}_untrained"), config.train.eval_split, untrained=True
+        fresh, os.path.join(workdir, f"{name}_untrained"), config.train.eval_split, untrained=True
     )
     minutes = (time.time() - t0) / 60
     hook = getattr(registry.optional_module(demo.paper, "demo"), "sample_images", None)
@@ -58,7 +60,7 @@ def _run_paper(demo: Demo, workdir: str) -> list[tuple]:
         trained,
         untrained,
         intro,
-        (lambda task, count: hook(config, split, task, count)) if hook else None,
+        (lambda task, rows: hook(config, split, task, rows)) if hook else None,
     )
 
 

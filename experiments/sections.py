@@ -20,8 +20,8 @@ class Demo:
     """One report section: a config to train, the metrics and splits (or tasks) tabled.
 
     Papers declare theirs as dicts in ``radjax.papers.<paper>.demo.SECTIONS``; a demo module
-    may also define ``sample_images(config, split, task, count)`` -> the input images (f32
-    (D, H, W)) of a task's first ``count`` samples, drawn beside the generations.
+    may also define ``sample_images(config, split, task, rows)`` -> the input images (f32
+    (D, H, W)) of a task's samples (their ``row`` positions), drawn beside the generations.
     ``stages`` = ((name, arg), ...): configs trained first, in order, each starting from the
     previous one's workdir (``init_from``); the section's own ``arg`` is the last stage."""
 
@@ -90,12 +90,13 @@ def section(
     trained: Mapping,
     untrained: Mapping,
     intro: str,
-    images: Callable[[str, int], list] | None = None,
+    images: Callable[[str, list[int]], list] | None = None,
 ) -> list[tuple]:
     """Report blocks of one section, its figures written to ``out_dir`` as ``<name>_*.png``.
 
-    rows: the run's metrics.jsonl; trained / untrained: eval dicts; images(task, count): the
-    inputs of a task's first samples (``sample_images`` of the paper's demo module)."""
+    rows: the run's metrics.jsonl; trained / untrained: eval dicts; images(task, rows): the
+    inputs of a task's samples at those ``row`` positions (``sample_images`` of the paper's
+    demo module; a sample without ``row`` is at its own position)."""
     name = demo.name
     results = compared(demo, trained, untrained)
     blocks: list[tuple] = [("heading", 2, name), ("text", intro), ("text", "")]
@@ -126,7 +127,8 @@ def section(
         if not samples:
             continue
         panel = f"{name}_samples_{task}.png"
-        inputs = images(task, len(samples)) if images else [None] * len(samples)
+        positions = [s.get("row", i) for i, s in enumerate(samples)]
+        inputs = images(task, positions) if images else [None] * len(samples)
         report.plot_samples(
             samples, inputs, os.path.join(out_dir, panel), f"{name} {task}: generated / reference"
         )

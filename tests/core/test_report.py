@@ -76,7 +76,7 @@ def test_radfm_section_writes_bars_curves_panels_and_a_self_contained_html(tmp_p
         trained,
         {"diagnosis_open/accuracy": 0.0, "caption/bleu4": 0.0},
         "intro **text**",
-        lambda task, count: volumes[:count],
+        lambda task, rows: [volumes[i] for i in rows],
     )
     md_path, html_path = report.write_report([("heading", 1, "t"), *blocks], str(tmp_path), "t")
     figures = [b[1] for b in blocks if b[0] == "figure"]

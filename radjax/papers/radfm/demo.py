@@ -37,17 +37,18 @@ SECTIONS = (
 
 
 def sample_images(
-    config: ml_collections.ConfigDict, split: str, task: str, count: int
+    config: ml_collections.ConfigDict, split: str, task: str, rows: list[int]
 ) -> list[np.ndarray]:
-    """The first image of each of the first ``count`` evaluated ``task`` rows of ``split``, as
-    the model reads it: f32 (D, H, W) (D = 1 for 2D images), first channel.
+    """The first image of the ``task`` rows at positions ``rows`` (a sample's ``row``) of the
+    evaluated ``split``, as the model reads it: f32 (D, H, W) (D = 1 for 2D images), first
+    channel.
 
-    ``radfm_report``'s samples are a task's first rows in evaluation order, which is the
+    A sample's ``row`` is its position among the task's rows in evaluation order, which is the
     format's (``data.radfm_batches``, train=False): 2D records, then 3D records, each in record
     order. ``config`` must be prepared (``radjax.train.experiment.prepare_config``)."""
     from radjax.papers.radfm import data as fmt
 
     records = list(fmt.make_source(config.data, split))
     order = [r for r in records if not r["is_3d"]] + [r for r in records if r["is_3d"]]
-    rows = [r for r in order if r["task"] == task][:count]
-    return [fmt.load_example(r, config.data, None)["images"][0, ..., 0] for r in rows]
+    task_rows = [r for r in order if r["task"] == task]
+    return [fmt.load_example(task_rows[i], config.data, None)["images"][0, ..., 0] for i in rows]

@@ -29,6 +29,7 @@ import numpy as np
 
 from radjax.data.phantoms.anatomy import DISORDERS
 from radjax.metrics import entities, text
+from radjax.metrics.samples import spread_samples
 
 CLASSIFICATION = ("modality", "diagnosis_open", "diagnosis_closed")
 GENERATION = ("vqa", "caption", "rationale")
@@ -151,8 +152,10 @@ def radfm_report(
     bertscore: bool = False,
 ) -> dict[str, Any]:
     """Metrics per task as ``"<task>/<metric>"`` (and ``"baseline/<task>/<metric>"`` for the
-    most-frequent-answer baseline), ``"<task>/count"``, and ``"samples/<task>"``: the first
-    few (prediction, reference) pairs."""
+    most-frequent-answer baseline), ``"<task>/count"``, and ``"samples/<task>"``: a few
+    (prediction, reference) pairs at rows spread evenly over the task's rows (``spread_samples``;
+    ``row`` = the position among the task's rows in evaluation order), so the report shows
+    different studies rather than the split's first few."""
     if not len(predictions) == len(references) == len(tasks):
         raise ValueError(
             f"{len(predictions)} predictions, {len(references)} references and {len(tasks)} tasks"
@@ -178,8 +181,5 @@ def radfm_report(
                     for k, v in task_metrics(task, constant, refs, bertscore=bertscore).items()
                 }
             )
-        out[f"samples/{task}"] = [
-            {"prediction": p, "reference": r}
-            for p, r in zip(preds[:SAMPLES_PER_TASK], refs[:SAMPLES_PER_TASK])
-        ]
+        out[f"samples/{task}"] = spread_samples(preds, refs, SAMPLES_PER_TASK)
     return out

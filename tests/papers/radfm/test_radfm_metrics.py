@@ -34,7 +34,7 @@ def test_report_scores_each_task_and_the_baseline():
     assert (
         out["diagnosis_closed/accuracy"] == 0.0 and "baseline/diagnosis_closed/accuracy" not in out
     )
-    assert out["samples/caption"] == [{"prediction": preds[3], "reference": refs[3]}]
+    assert out["samples/caption"] == [{"prediction": preds[3], "reference": refs[3], "row": 0}]
     with pytest.raises(ValueError, match="not one of"):
         radfm.task_metrics("segmentation", ["a"], ["a"])
     with pytest.raises(ValueError, match="2 predictions, 1 references"):
