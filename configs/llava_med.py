@@ -231,4 +231,4 @@ def _tiny(c: ml_collections.ConfigDict, stage: int) -> None:
     o.warmup_ratio = 0.05
     c.checkpoint.every = TINY_STEPS[stage]
     c.eval.batch_size = 8
-    c.eval.max_new_tokens = 24  # the longest answer + "\n###" in the phantom tokenizer: 18
+    c.eval.max_new_tokens = 24  # the longest answer + "\n###": 22 phantom tokens

@@ -84,7 +84,7 @@ CAPTION_INSTRUCTIONS = (
 Q_MODALITY = ("What imaging modality is used?", "Which modality is this image?")
 Q_REGION = ("Which part of the body is shown?", "What body region is imaged?")
 Q_LESION = ("Is there a lesion?", "Is a lesion visible?")
-Q_IS_MODALITY = "Is this a {modality} image?"
+Q_IS_MODALITY = "Is this {article} {modality} image?"
 Q_SIDE = ("Which side is the lesion on?",)
 Q_KIND = ("What kind of lesion is seen?",)
 Q_IS_SIDE = "Is the lesion on the {side} side?"
@@ -230,6 +230,11 @@ def _article(word: str) -> str:
     return "an" if word[0].lower() in "aeiou" or word in ("MRI", "X-ray") else "a"
 
 
+def _in_text(modality: str) -> str:
+    """The modality inside a sentence: ``ultrasound`` lower case, the others as named."""
+    return modality.lower() if modality == "Ultrasound" else modality
+
+
 def caption(study: Study, size: int) -> str:
     """Stage-1 caption: ``"X-ray of the chest: A 27 mm bright round nodule in the right upper
     region."`` or ``"... : no lesion."``."""
@@ -251,7 +256,7 @@ def _qa_pairs(study: Study, rng: np.random.Generator) -> list[tuple[str, str, st
             "modality",
             "OPEN",
             modality_word(study),
-            f"This is {_article(study.modality)} {study.modality} image.",
+            f"This is {_article(study.modality)} {_in_text(study.modality)} image.",
         ),
         ("region", "OPEN", region, f"The image shows the {region}."),
         ("lesion", "CLOSED", *yes(study.has_lesion)),
@@ -273,7 +278,7 @@ def question_text(kind: str, rng: np.random.Generator | None = None) -> str:
     ``rng`` None: the first phrasing (the VQA files'), else a random one."""
     name, _, subject = kind.partition(":")
     if name == "is_modality":
-        return Q_IS_MODALITY.format(modality=subject)
+        return Q_IS_MODALITY.format(article=_article(subject), modality=_in_text(subject))
     if name == "is_side":
         return Q_IS_SIDE.format(side=subject)
     pool = {"modality": Q_MODALITY, "region": Q_REGION, "lesion": Q_LESION}.get(name)

@@ -1,0 +1,46 @@
+"""What ``experiments.demo`` trains for LLaVA-Med: the two-stage recipe on the phantoms (stage 1
+alignment: projector + image markers; stage 2 instruction tuning from stage 1's workdir),
+then the VQA test split scored as the paper (closed accuracy in its three published
+variants, open recall) against the most-frequent-answer baseline, with sample answers."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+SECTIONS = (
+    dict(
+        name="llava_med",
+        arg="tiny",
+        stages=(("llava_med_align", "tiny,stage=1"),),
+        metrics=(
+            "accuracy",
+            "accuracy_pr35",
+            "accuracy_pre_pr35",
+            "recall",
+            "f1",
+            "bleu_1",
+        ),
+        splits=("closed", "open"),
+        baseline=True,
+        samples=("closed", "open"),
+    ),
+)
+
+
+def sample_images(
+    config: ml_collections.ConfigDict, split: str, task: str, count: int
+) -> list[np.ndarray]:
+    """The images of the first ``count`` ``task`` (``closed`` / ``open``) items of the VQA
+    ``split``, f32 (1, H, W) in [0, 1] (first channel): ``evaluate``'s samples are the first
+    items of each answer type in file order, the single-process evaluation order."""
+    from radjax.data.readers import read_image
+    from radjax.papers.llava_med import data as fmt
+
+    want = "CLOSED" if task == "closed" else "OPEN"
+    rows = [r for r in fmt.make_source(config.data, split) if r["answer_type"] == want][:count]
+    out = []
+    for r in rows:
+        pixels = read_image(r["image"]).astype(np.float32) / 255.0
+        out.append((pixels if pixels.ndim == 2 else pixels[..., 0])[None])
+    return out
