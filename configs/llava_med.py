@@ -37,7 +37,7 @@ CONVERSATIONS = {
     2: ("llava_med_instruct_60k_inline_mention.json", "instruct.json"),
 }
 # The tiny recipe's steps and learning rates per stage (see _tiny).
-TINY_STEPS = {1: 150, 2: 900}
+TINY_STEPS = {1: 100, 2: 800}
 TINY_LR = {1: 2e-3, 2: 1e-3}
 
 
@@ -144,7 +144,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.skip_bad_records = False
     d.num_threads = 2
     d.phantoms = ml_collections.ConfigDict(
-        dict(enabled=False, num_train=600, num_test=48, seed=0, image_size=32, vqa_per_image=2)
+        dict(enabled=False, num_train=600, num_test=96, seed=0, image_size=32, vqa_per_image=2)
     )
 
     # ---- training ----
@@ -231,4 +231,4 @@ def _tiny(c: ml_collections.ConfigDict, stage: int) -> None:
     o.warmup_ratio = 0.05
     c.checkpoint.every = TINY_STEPS[stage]
     c.eval.batch_size = 8
-    c.eval.max_new_tokens = 24  # the longest answer + "\n###": 22 phantom tokens
+    c.eval.max_new_tokens = 28  # the longest answer + "\n###": 25 phantom tokens

@@ -251,16 +251,17 @@ def _qa_pairs(study: Study, rng: np.random.Generator) -> list[tuple[str, str, st
     others = [m for m in MODALITIES if m != study.modality]
     shown = study.modality if rng.random() < 0.5 else str(rng.choice(others))
     yes = lambda ok: ("yes", "Yes.") if ok else ("no", "No.")
+    said_modality = f"This is {_article(study.modality)} {_in_text(study.modality)} image"
     pairs = [
-        (
-            "modality",
-            "OPEN",
-            modality_word(study),
-            f"This is {_article(study.modality)} {_in_text(study.modality)} image.",
-        ),
+        ("modality", "OPEN", modality_word(study), said_modality + "."),
         ("region", "OPEN", region, f"The image shows the {region}."),
         ("lesion", "CLOSED", *yes(study.has_lesion)),
-        (f"is_modality:{shown}", "CLOSED", *yes(shown == study.modality)),
+        (
+            f"is_modality:{shown}",
+            "CLOSED",
+            "yes" if shown == study.modality else "no",
+            f"{said_modality}, so {'yes' if shown == study.modality else 'no'}.",
+        ),
     ]
     if study.has_lesion:
         noun = LESION_NOUNS[study.kind]
@@ -268,7 +269,13 @@ def _qa_pairs(study: Study, rng: np.random.Generator) -> list[tuple[str, str, st
         pairs += [
             ("side", "OPEN", study.side, f"The lesion is on the {study.side} side."),
             ("kind", "OPEN", noun, f"It is {_article(noun)} {noun}."),
-            (f"is_side:{asked}", "CLOSED", *yes(asked == study.side)),
+            (
+                f"is_side:{asked}",
+                "CLOSED",
+                "yes" if asked == study.side else "no",
+                f"The lesion is on the {study.side} side, so "
+                f"{'yes' if asked == study.side else 'no'}.",
+            ),
         ]
     return pairs
 
