@@ -24,8 +24,8 @@ Every answer follows from the image: a study is normal or shows one lesion (``KI
 cyst, ring-enhancing lesion, calcification) in one quadrant (``anatomy.LOCATIONS``, the
 patient's right on the image's left), its centre jittered, its box the tight box of the drawn
 mask scaled to the written W x H. SLAKE questions: the modality (OPEN: CT / MRI / X-Ray, each
-with its own look), whether a named lesion kind is present (CLOSED; P(yes) = 1/2 over the
-split), and for an abnormal study where the lesion is (OPEN: "right upper", ...) and whether it
+with its own look), whether there is a lesion (CLOSED; asked of every normal study and of a
+third of the abnormal ones, so P(yes) = 1/2), and for an abnormal study where the lesion is (OPEN: "right upper", ...) and whether it
 is in the upper half (CLOSED). Detections: the lesion, named by its kind. MIMIC reports state
 the lesion kind, its size in mm and its quadrant (or no lesion). MedMNIST labels are the body
 section (chest / abdomen / head / spine) of a CT-like slice.
@@ -64,7 +64,7 @@ MEDMNIST_FLAG = "phantommnist"
 MEDMNIST_LABELS = ("chest", "abdomen", "head", "spine")
 MEDMNIST_QUESTION = "Which category does this CT image belong to: abdomen, chest, head, or spine?"
 _P_NORMAL = 0.25
-_P_ASK_TRUE = 0.5 / (1 - _P_NORMAL)  # "Is there a <kind>?": P(yes) = 1/2
+_P_ASK_PRESENCE = _P_NORMAL / (1 - _P_NORMAL)  # "Is there a lesion?": P(yes) = 1/2
 _RADIUS = (0.09, 0.14)  # lesion radius, fraction of the render size
 _JITTER = 0.06  # centre jitter around the quadrant centre, fraction
 
@@ -157,18 +157,14 @@ def size_mm(study: Study) -> int:
 
 
 def _questions(study: Study, rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """(question, answer, answer_type) answerable from the image."""
-    asked = study.kind
-    if asked is None or rng.random() >= _P_ASK_TRUE:
-        asked = str(rng.choice([k for k in KINDS if k != study.kind]))
-    out = [
-        ("What modality is used to take this image?", study.modality, "OPEN"),
-        (
-            f"Is there a {KINDS[asked]} in this image?",
-            "Yes" if asked == study.kind else "No",
-            "CLOSED",
-        ),
-    ]
+    """(question, answer, answer_type) answerable from the image: the modality (OPEN); for
+    every normal study and a third of the abnormal ones whether there is a lesion (CLOSED,
+    so P(yes) = 1/2); for an abnormal study where the lesion is (OPEN) and whether it is in
+    the upper half (CLOSED)."""
+    out = [("What modality is used to take this image?", study.modality, "OPEN")]
+    if study.kind is None or rng.random() < _P_ASK_PRESENCE:
+        answer = "No" if study.kind is None else "Yes"
+        out.append(("Is there a lesion in this image?", answer, "CLOSED"))
     if study.kind is not None:
         name = KINDS[study.kind]
         out.append((f"Where is the {name}?", study.location, "OPEN"))
