@@ -1,4 +1,6 @@
-"""Uni-Med: a Connector-MoE between the vision encoder and the LLM (spec mllm.md §4).
+"""Uni-Med: EVA ViT-g -> a Connector-MoE routed per task -> LLaMA-2 with LoRA (spec mllm.md §4).
 
-So far the package holds only the paper's evaluation protocol (``metrics``); its model,
-data format and demo come with its issue."""
+The paper contract: ``model`` (build_model, loss_fn, predict_fn, evaluate, pretrained_params),
+``data`` (SLAKE / MIMIC-CXR / MedMNIST formats), ``phantoms``, ``metrics``, ``demo``; the
+connector (``connector``) and its checkpoint converter (``convert``). README.md says what
+follows the original code and what does not."""
