@@ -223,16 +223,18 @@ def _llm_from_dir(config: ml_collections.ConfigDict, decoder_cfg: DecoderConfig)
     return {f"lang_model/{k}": v for k, v in values.items()}
 
 
-def pretrained(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """What ``model.pretrained_params`` returns: ``model.clip_dir`` -> ``vision/``;
+def pretrained(
+    config: ml_collections.ConfigDict,
+    decoder_cfg: DecoderConfig,
+    start: int | None,
+    end: int | None,
+) -> dict[str, np.ndarray]:
+    """What ``model.pretrained_params`` returns (``decoder_cfg`` the model's decoder, ``start``
+    / ``end`` the v1.0 marker ids or None): ``model.clip_dir`` -> ``vision/``;
     ``model.llm_dir`` -> ``lang_model/`` (vocabulary grown; v1.0 markers from the grown start
     / end rows); ``model.checkpoint`` (with ``checkpoint_is_delta``: added onto
     ``llm_dir``'s weights first) -> whatever it holds, replacing the above. {} if none."""
-    from radjax.papers.llava_med.model import _optional_id, decoder_config
-
     m = config.model
-    decoder_cfg = decoder_config(m)
-    start, end = _optional_id(m.start_id), _optional_id(m.end_id)
     values: dict[str, np.ndarray] = {}
     if m.get("clip_dir", ""):
         values.update(clip_params(load_state_dict(m.clip_dir)))

@@ -168,7 +168,10 @@ def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, np.ndarray
     ``model.checkpoint_is_delta`` added onto ``llm_dir``). None set: {}."""
     from radjax.papers.llava_med import convert
 
-    return convert.pretrained(config)
+    m = config.model
+    return convert.pretrained(
+        config, decoder_config(m), _optional_id(m.start_id), _optional_id(m.end_id)
+    )
 
 
 # ----------------------------------------------------------------------------- steps

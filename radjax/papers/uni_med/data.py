@@ -336,7 +336,7 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
     phantoms are on), ``data.num_image_tokens`` (the connector's T for the ViT's patches),
     ``data.eval_batch_size`` (= ``eval.batch_size``), ``model.llm.vocab_size`` (when 0: the
     tokenizer's size) and ``model.bos/eos/pad_token_id``."""
-    from radjax.papers.uni_med.model import connector_config, vit_config
+    from radjax.papers.uni_med.sizes import connector_config, vit_config
 
     d, m = config.data, config.model
     if not d.get("tasks"):

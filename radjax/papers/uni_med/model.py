@@ -43,6 +43,7 @@ from radjax.models.vit import ViT, ViTConfig
 from radjax.models.vlm import ImageTokens, VisionLanguageModel, splice_features
 from radjax.papers.uni_med.connector import ConnectorConfig, ConnectorMoE, ConnectorOutput
 from radjax.papers.uni_med.data import IMAGE_PLACEHOLDER
+from radjax.papers.uni_med.sizes import connector_config, decoder_config, vit_config
 from radjax.train import generation, lm_loss, vlm_steps
 
 
@@ -124,36 +125,6 @@ class UniMed(VisionLanguageModel):
         """(B, L) ids, images, (B,) task ids, (B, L) mask -> (B, L, V) f32 logits."""
         embeds, _ = self.embed(input_ids, images, task_id)
         return self.lang_model(inputs_embeds=embeds, attention_mask=attention_mask)
-
-
-# ----------------------------------------------------------------------------- config
-
-
-def vit_config(m: ml_collections.ConfigDict) -> ViTConfig:
-    """``model.vision``: the original ``VisionTransformer`` arguments (``create_eva_vit_g``'s
-    by default; ``norm_eps``), plus ``dtype`` / ``remat``."""
-    args = dict(m.vision.to_dict())
-    overrides = {k: args.pop(k) for k in ("dtype", "remat") if k in args}
-    return eva_vit.vit_config(args, **overrides)
-
-
-def connector_config(m: ml_collections.ConfigDict) -> ConnectorConfig:
-    """``model.connector`` (ConnectorConfig fields; vision / LLM widths from the tower and the
-    LLM)."""
-    fields = dict(m.connector.to_dict())
-    if "tasks" in fields:
-        fields["tasks"] = tuple(fields["tasks"])
-    dtype = fields.pop("dtype", None)
-    return ConnectorConfig(
-        vision_dim=int(m.vision.embed_dim),
-        llm_dim=int(m.llm.hidden_size),
-        dtype=jnp.dtype(dtype) if dtype else None,
-        **fields,
-    )
-
-
-def decoder_config(m: ml_collections.ConfigDict) -> DecoderConfig:
-    return DecoderConfig(**m.llm.to_dict())
 
 
 def build_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> UniMed:
