@@ -314,9 +314,9 @@ def test_evaluate_reports_tasks_baselines_and_routing(tmp_path):
     experiment.prepare_config(c)
     tok = D.tokenizer(c.data)
     n = 5
-    labels = np.full((n, 8), IGNORE, np.int32)
+    labels = np.full((n, 24), IGNORE, np.int32)
     answers = ["yes", "{<10><10><60><60>}", "cyst", "no lesion", "chest"]
-    generated = np.full((n, 12), c.model.pad_token_id, np.int32)
+    generated = np.full((n, 28), c.model.pad_token_id, np.int32)
     for i, a in enumerate(answers):
         ids = tok(a, add_special_tokens=False)["input_ids"] + [c.model.eos_token_id]
         labels[i, : len(ids)] = ids
