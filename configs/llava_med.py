@@ -144,7 +144,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.skip_bad_records = False
     d.num_threads = 2
     d.phantoms = ml_collections.ConfigDict(
-        dict(enabled=False, num_train=600, num_test=96, seed=0, image_size=32, vqa_per_image=2)
+        dict(enabled=False, num_train=600, num_test=96, seed=0, image_size=32, vqa_open_per_image=2)
     )
 
     # ---- training ----
@@ -229,6 +229,9 @@ def _tiny(c: ml_collections.ConfigDict, stage: int) -> None:
     t.eval_every = 0 if stage == 1 else TINY_STEPS[stage]
     o.lr = TINY_LR[stage]
     o.warmup_ratio = 0.05
+    # constant after the warmup: the short tiny runs learn the closed questions sooner than
+    # under the paper's cosine (held-out closed accuracy 0.67 vs 0.57 after 300-400 steps)
+    o.schedule = "constant"
     c.checkpoint.every = TINY_STEPS[stage]
     c.eval.batch_size = 8
     c.eval.max_new_tokens = 28  # the longest answer + "\n###": 25 phantom tokens

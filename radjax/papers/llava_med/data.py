@@ -128,7 +128,7 @@ def ensure_data(data_cfg: ml_collections.ConfigDict) -> None:
                 p.num_test,
                 seed=p.get("seed", 0),
                 image_size=p.get("image_size", 32),
-                vqa_per_image=p.get("vqa_per_image", 2),
+                vqa_open_per_image=p.get("vqa_open_per_image", 2),
             ),
             "LLaVA-Med conversation / VQA JSON files",
         )

@@ -10,8 +10,9 @@ and a VQA-RAD-like ``test.json``, all about 2D images drawn from the shared phan
   instruct.json      stage 2 (``llava_med_instruct_60k_inline_mention.json``): one record a
                      train image, 2-3 question / answer rounds (human, gpt, human, gpt, ...;
                      ``<image>`` in the first question), answers in short sentences
-  vqa/train.json     VQA items (``data_RAD/train.json``) about the train images
-  vqa/test.json      VQA items about the held-out test images (``data_RAD/test.json``):
+  vqa/train.json     VQA items (``data_RAD/train.json``) about the train images: two OPEN and
+                     two CLOSED (lesion presence, "is this a <modality> image?") an image
+  vqa/test.json      the same about the held-out test images (``data_RAD/test.json``):
                      ``{"id", "image", "conversations": [human "<image>\\n{question}", gpt
                      "{answer}"], "answer_type": "OPEN" | "CLOSED"}``
 
@@ -315,18 +316,20 @@ def instruct_record(i: int, image: str, study: Study, rng) -> dict:
     return {"id": f"instruct_{i:05d}", "image": image, "conversations": _turns(rounds)}
 
 
-def vqa_records(first_id: int, image: str, study: Study, rng, per_image: int) -> list[dict]:
-    """``per_image`` VQA items about the study, half OPEN and half CLOSED (as far as the
-    study allows), each in the fixed VQA phrasing."""
+VQA_CLOSED = ("lesion", "is_modality")  # asked about every image
+
+
+def vqa_records(first_id: int, image: str, study: Study, rng, open_per_image: int) -> list[dict]:
+    """VQA items about the study in the fixed VQA phrasing: the CLOSED questions of
+    ``VQA_CLOSED`` (is there a lesion; is this a <modality> image, the true one half of the
+    time) and ``open_per_image`` OPEN ones drawn from modality, body part and, with a lesion,
+    side and kind. (The side yes / no question stays in the instructions only: the tiny
+    model does not learn to compare the asked side with the one it reads.)"""
     pairs = _qa_pairs(study, rng)
+    closed = [p for p in pairs if p[0].split(":")[0] in VQA_CLOSED]
     opened = [p for p in pairs if p[1] == "OPEN"]
-    closed = [p for p in pairs if p[1] == "CLOSED"]
-    picked = []
-    for k in range(per_image):
-        group = (opened, closed)[k % 2] or opened or closed
-        picked.append(group.pop(int(rng.integers(len(group)))))
-        if not (opened or closed):
-            break
+    picks = rng.permutation(len(opened))[:open_per_image]
+    items = [opened[k] for k in sorted(picks)] + closed
     return [
         {
             "id": first_id + j,
@@ -334,7 +337,7 @@ def vqa_records(first_id: int, image: str, study: Study, rng, per_image: int) ->
             "conversations": _turns([(question_text(kind), answer)]),
             "answer_type": answer_type,
         }
-        for j, (kind, answer_type, answer, _) in enumerate(picked)
+        for j, (kind, answer_type, answer, _) in enumerate(items)
     ]
 
 
@@ -356,13 +359,14 @@ def write_llava_med_phantoms(
     *,
     seed: int = 0,
     image_size: int = 32,
-    vqa_per_image: int = 2,
+    vqa_open_per_image: int = 2,
 ) -> dict:
     """Writes the deterministic synthetic LLaVA-Med files under ``root`` (module docstring).
 
     Args:
       num_train, num_test: images of each split (alignment and instruction records: one a
-        train image; VQA items: ``vqa_per_image`` an image of each split).
+        train image; VQA items: ``vqa_open_per_image`` OPEN and the ``VQA_CLOSED`` items an
+        image of each split).
       seed: the same seed writes byte-identical files.
       image_size: H = W of every PNG.
     Returns:
@@ -383,7 +387,7 @@ def write_llava_med_phantoms(
             gray = render(study, image_size, rng_img)
             Image.fromarray(np.stack([gray] * 3, axis=-1)).save(root / IMAGE_FOLDER / image)
             vqa = out["vqa_train" if split == "train" else "vqa_test"]
-            vqa += vqa_records(len(vqa), image, study, rng_vqa, vqa_per_image)
+            vqa += vqa_records(len(vqa), image, study, rng_vqa, vqa_open_per_image)
             if split == "train":
                 out["alignment"].append(alignment_record(i, image, study, image_size, rng_text))
                 out["instruct"].append(instruct_record(i, image, study, rng_text))

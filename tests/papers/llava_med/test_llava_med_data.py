@@ -71,10 +71,10 @@ def test_complete_config_follows_the_tower(root, config):
 
 def test_sources_hold_the_conversations_and_the_vqa_items(config):
     train, test = D.make_source(config.data, "train"), D.make_source(config.data, "test")
-    assert len(train) == 24 and len(test) == 16
+    assert len(train) == 24 and len(test) == 32  # 8 images, 2 OPEN + 2 CLOSED items each
     assert {r["kind"] for r in train} == {"conversation"}
     assert {r["kind"] for r in test} == {"vqa"}
-    assert [r["index"] for r in test] == list(range(16))
+    assert [r["index"] for r in test] == list(range(32))
     assert {r["answer_type"] for r in test} == {"OPEN", "CLOSED"}
     with pytest.raises(ValueError, match="no data file for split 'val'"):
         D.make_source(config.data, "val")
@@ -220,8 +220,9 @@ def test_unreadable_image_and_empty_answer(own_root):
     config = _config(own_root)
     records = D.make_source(config.data, "test")
     (own_root / "images" / "test" / "img_00001.png").write_bytes(b"not a png")
-    with pytest.raises(BadRecordError, match=r"test.json: \[2\]\.image: .*not a readable image"):
-        D.load_example(records[2], config.data, None)
+    assert records[4]["image"].endswith("img_00001.png")
+    with pytest.raises(BadRecordError, match=r"test.json: \[4\]\.image: .*not a readable image"):
+        D.load_example(records[4], config.data, None)
     path = own_root / "vqa" / "test.json"
     items = json.loads(path.read_text())
     items[1]["conversations"][1]["value"] = " "

@@ -30,8 +30,8 @@ def test_summary_counts_and_files(written):
     assert summary["counts"] == {
         "alignment": N_TRAIN,
         "instruct": N_TRAIN,
-        "vqa_train": 2 * N_TRAIN,
-        "vqa_test": 2 * N_TEST,
+        "vqa_train": 4 * N_TRAIN,
+        "vqa_test": 4 * N_TEST,
     }
     assert all((root / f).is_file() for f in summary["files"])
     assert len(list((root / IMAGE_FOLDER / "test").glob("*.png"))) == N_TEST
@@ -57,11 +57,11 @@ def test_vqa_files_read_and_hold_balanced_closed_answers(written):
     folder = root / IMAGE_FOLDER
     for key, split, n in (("vqa_train", "train", N_TRAIN), ("vqa_test", "test", N_TEST)):
         items = R.read_vqa(root / FILES[key], image_folder=folder)
-        assert len(items) == 2 * n and len({i.id for i in items}) == 2 * n
+        assert len(items) == 4 * n and len({i.id for i in items}) == 4 * n
         assert {i.image.split("/")[0] for i in items} == {split}
         closed = [i.answer for i in items if i.answer_type == "CLOSED"]
         opened = [i.answer for i in items if i.answer_type == "OPEN"]
-        assert len(closed) == len(opened) == n  # one of each an image
+        assert len(closed) == len(opened) == 2 * n  # two of each an image
         assert set(closed) == {"yes", "no"}
         assert 0.35 < np.mean([a == "yes" for a in closed]) < 0.65
         assert all(1 <= len(a.split()) <= 2 for a in opened)  # VQA-RAD-style phrases
