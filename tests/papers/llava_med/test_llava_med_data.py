@@ -207,12 +207,16 @@ def test_missing_image_names_file_and_field(own_root):
     assert len(source) == 23 and len(source.skipped_records) == 1
 
 
-def test_conversation_without_image_token_is_refused(own_root):
+def test_conversation_without_or_with_two_image_tokens_is_refused(own_root):
     path = own_root / "instruct.json"
     records = json.loads(path.read_text())
     records[0]["conversations"][0]["value"] = "What is shown?"
     _write(path, records)
     with pytest.raises(BadRecordError, match=r"\[0\]\.conversations: no <image> token"):
+        D.make_source(_config(own_root).data, "train")
+    records[0]["conversations"][0]["value"] = "<image>\nThis <image> and that?"
+    _write(path, records)
+    with pytest.raises(BadRecordError, match=r"\[0\]\.conversations: 2 <image> tokens but one"):
         D.make_source(_config(own_root).data, "train")
 
 
