@@ -36,26 +36,27 @@ SECTIONS = (
 
 
 def sample_images(
-    config: ml_collections.ConfigDict, split: str, task: str, count: int
+    config: ml_collections.ConfigDict, split: str, task: str, rows: list[int]
 ) -> list[np.ndarray]:
-    """The images of the first ``count`` evaluated ``task`` rows of ``split`` as the model
-    sees their geometry (bicubic squash to ``data.image_size``), f32 (1, H, W) in [0, 1].
+    """The images of the ``task`` rows at positions ``rows`` (a sample's ``row``) of the
+    evaluated ``split``, with the geometry the model sees (bicubic squash to
+    ``data.image_size``), f32 (1, H, W) in [0, 1].
 
-    ``uni_med_report``'s samples are a task's first rows in evaluation order: the format's
-    (``data.batches``, train=False) walks the datasets in sorted name order, each in record
-    order, so a task's first rows are its dataset's first records. ``config`` must be
-    prepared (``radjax.train.experiment.prepare_config``)."""
+    A sample's ``row`` is its position among the task's rows in evaluation order, the
+    format's (``data.batches``, train=False): datasets in sorted name order, each in record
+    order. ``config`` must be prepared (``radjax.train.experiment.prepare_config``)."""
     from PIL import Image
 
     from radjax.papers.uni_med import data as fmt
 
-    rows = sorted(
+    task_rows = sorted(
         (r for r in fmt.make_source(config.data, split) if r["task"] == task),
         key=lambda r: (r["dataset"], r["index"]),
-    )[:count]
+    )
     size = int(config.data.image_size)
     out = []
-    for r in rows:
-        image = fmt.load_image(r).convert("L").resize((size, size), Image.Resampling.BICUBIC)
+    for i in rows:
+        image = fmt.load_image(task_rows[i]).convert("L")
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
         out.append((np.asarray(image, np.float32) / 255.0)[None])
     return out

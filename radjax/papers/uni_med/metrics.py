@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from radjax.metrics import text
+from radjax.metrics.samples import spread_samples
 
 SAMPLES_PER_TASK = 3
 
@@ -225,7 +226,8 @@ def uni_med_report(
     ``"vqa_open"`` / ``"vqa_closed"`` for the two VQA answer types; REC's entry is a box string
     on the 0-100 grid, e.g. a fixed centre box), ``"<task>/routing_e<k>"``: the mean routing
     weight of expert k over the task's samples (``routing`` (N, E), each sample's token-mean),
-    and ``"samples/<task>"``: the first (prediction, reference) pairs."""
+    and ``"samples/<task>"``: a few (prediction, reference, row) triples at rows spread over
+    the task's rows (``radjax.metrics.samples.spread_samples``)."""
     n = len(predictions)
     if not n == len(references) == len(tasks):
         raise ValueError(f"{n} predictions, {len(references)} references, {len(tasks)} tasks")
@@ -256,8 +258,5 @@ def uni_med_report(
         if routing is not None:
             for k, w in enumerate(np.asarray(routing)[idx].mean(axis=0)):
                 out[f"{task}/routing_e{k}"] = float(w)
-        out[f"samples/{task}"] = [
-            {"prediction": p, "reference": r}
-            for p, r in zip(preds[:SAMPLES_PER_TASK], refs[:SAMPLES_PER_TASK])
-        ]
+        out[f"samples/{task}"] = spread_samples(preds, refs, SAMPLES_PER_TASK)
     return out
