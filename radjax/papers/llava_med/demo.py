@@ -29,18 +29,18 @@ SECTIONS = (
 
 
 def sample_images(
-    config: ml_collections.ConfigDict, split: str, task: str, count: int
+    config: ml_collections.ConfigDict, split: str, task: str, rows: list[int]
 ) -> list[np.ndarray]:
-    """The images of the first ``count`` ``task`` (``closed`` / ``open``) items of the VQA
-    ``split``, f32 (1, H, W) in [0, 1] (first channel): ``evaluate``'s samples are the first
-    items of each answer type in file order, the single-process evaluation order."""
+    """The images of the ``task`` (``closed`` / ``open``) items at positions ``rows`` (a
+    sample's ``row``: its position among the split's items of that answer type, in file
+    order, the single-process evaluation order), f32 (1, H, W) in [0, 1], first channel."""
     from radjax.data.readers import read_image
     from radjax.papers.llava_med import data as fmt
 
     want = "CLOSED" if task == "closed" else "OPEN"
-    rows = [r for r in fmt.make_source(config.data, split) if r["answer_type"] == want][:count]
+    items = [r for r in fmt.make_source(config.data, split) if r["answer_type"] == want]
     out = []
-    for r in rows:
-        pixels = read_image(r["image"]).astype(np.float32) / 255.0
+    for i in rows:
+        pixels = read_image(items[i]["image"]).astype(np.float32) / 255.0
         out.append((pixels if pixels.ndim == 2 else pixels[..., 0])[None])
     return out

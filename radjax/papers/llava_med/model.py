@@ -277,7 +277,9 @@ def evaluate(outputs: dict[str, np.ndarray], config: ml_collections.ConfigDict) 
     """Decoded answers scored as the paper (``vqa_report``), the same for the
     most-frequent-answer baseline (each question's most frequent answer in
     ``data.baseline_file``) as ``"baseline/..."``, and ``"samples/closed"`` /
-    ``"samples/open"``: the first ``eval.samples`` (question, prediction, reference)."""
+    ``"samples/open"``: ``eval.samples`` (question, prediction, reference, row) spread over
+    the answer type's items (``row``: the position among them, in evaluation order)."""
+    from radjax.metrics.samples import sample_rows
     from radjax.papers.llava_med import data as fmt
 
     d = config.data
@@ -295,14 +297,15 @@ def evaluate(outputs: dict[str, np.ndarray], config: ml_collections.ConfigDict) 
         )
     n = int(config.eval.get("samples", 4))
     for group, want in (("closed", True), ("open", False)):
-        rows = [i for i, c in enumerate(closed) if c == want][:n]
+        items = [i for i, c in enumerate(closed) if c == want]
         out[f"samples/{group}"] = [
             dict(
-                question=questions[i].replace("<image>", "").strip(),
-                prediction=predictions[i],
-                reference=references[i],
+                question=questions[items[k]].replace("<image>", "").strip(),
+                prediction=predictions[items[k]],
+                reference=references[items[k]],
+                row=k,
             )
-            for i in rows
+            for k in sample_rows(len(items), n)
         ]
     out["distinct"] = len(set(predictions)) / max(1, len(predictions))
     return out

@@ -204,7 +204,19 @@ def test_evaluate_scores_decoded_answers_and_the_baseline(root):
     assert out["closed/count"] + out["open/count"] == len(rows)
     assert 0.0 <= out["baseline/closed/accuracy"] <= 1.0 and "baseline/open/recall" in out
     assert out["samples/closed"][0]["prediction"] in ("Yes.", "No.")
-    assert {"question", "prediction", "reference"} == set(out["samples/open"][0])
+    assert {"question", "prediction", "reference", "row"} == set(out["samples/open"][0])
+    # a sample's row is its position among the answer type's items: the demo's image hook
+    from radjax.papers.llava_med.demo import sample_images
+
+    for group, kind in (("closed", "CLOSED"), ("open", "OPEN")):
+        items = [r for r in source if r["answer_type"] == kind]
+        samples = out[f"samples/{group}"]
+        assert len(samples) == min(len(items), config.eval.samples)
+        for sample in samples:
+            assert items[sample["row"]]["answer"] == sample["reference"]
+            assert items[sample["row"]]["question"].endswith(sample["question"])
+        images = sample_images(config, "test", group, [s["row"] for s in samples])
+        assert [im.shape for im in images] == [(1, 32, 32)] * len(samples)
 
 
 def test_build_model_needs_the_data_fields():
