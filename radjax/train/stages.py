@@ -206,10 +206,13 @@ def read_source(init_from: Mapping, wanted: Mapping[str, str]) -> dict[str, np.n
     (after renames, '/'-joined without the state part); returns {model path: array} for
     those found (as numpy, read on every process)."""
     import orbax.checkpoint as ocp
+    from etils import epath
 
     state_dir = source_state_dir(init_from)
     checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(state_dir).item_metadata.tree
+    # the handler reads the item's own metadata (the checkpointer would also look for a
+    # step-level _CHECKPOINT_METADATA inside ``state`` and warn that it is missing)
+    tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
     # Every source leaf under trainable / frozen / rest, keyed by its path without the part
     # and the Variable's trailing 'value' key.
     index = {}
