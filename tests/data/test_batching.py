@@ -4,6 +4,8 @@ Records are dicts ``{"n": i, "size": 2 | 3}``: bucket = size, a loaded row is
 ``x`` f32 (size,) = i + a draw from its rng, and a bucket's batches stack rows of that size.
 """
 
+import pickle
+
 import ml_collections
 import numpy as np
 import pytest
@@ -120,3 +122,79 @@ def test_bad_records_raise_or_are_counted():
     assert [int(b["skipped"]) for b in batches] == [1, 0, 0, 0, 1]
     assert batches[0]["n"].tolist() == [0, -1] and batches[0]["valid"].tolist() == [True, False]
     assert not batches[-1]["valid"].any()
+
+
+def _weighted_source():
+    # bucket 2: 40 records, bucket 3: 9 records (5 full batches of 2, 9 of 1 with ROWS)
+    return [{"n": i, "size": 2 if i < 40 else 3} for i in range(49)]
+
+
+def test_sampling_weights_set_the_bucket_frequencies():
+    keys = np.array([r["size"] for r in _weighted_source()])
+    weights = {2: 1.0, 3: 3.0}  # against the record counts (20 vs 9 batches an epoch)
+    plan = batching.WeightedBatchPlan(
+        keys, ROWS.__getitem__, weights.__getitem__, seed=0, process_count=1
+    )
+    np.testing.assert_allclose(plan.probabilities, [0.25, 0.75])
+    batches = [plan(i) for i in range(4000)]
+    share = np.mean([keys[b[0]] == 3 for b in batches])
+    assert abs(share - 0.75) < 0.03  # 4000 draws: std 0.007
+    assert all(len({int(k) for k in keys[b]}) == 1 for b in batches)
+    # full batches only; each bucket's own stream holds its records once an epoch
+    assert all(len(b) == ROWS[int(keys[b[0]])] for b in batches)
+    twos = [b for b in batches if keys[b[0]] == 2][:20]  # the first epoch of bucket 2
+    assert sorted(np.concatenate(twos).tolist()) == list(range(40))
+    threes = [int(b[0]) for b in batches if keys[b[0]] == 3][:18]  # two epochs of bucket 3
+    assert sorted(threes[:9]) == sorted(threes[9:]) == list(range(40, 49))
+    assert threes[:9] != threes[9:]  # each epoch reshuffled
+    # deterministic under the seed, random access (a restored iterator) equals the stream
+    again = batching.WeightedBatchPlan(
+        keys, ROWS.__getitem__, weights.__getitem__, seed=0, process_count=1
+    )
+    for i in (3999, 17, 2500, 0):
+        np.testing.assert_array_equal(again(i), batches[i])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(again))(1234), batches[1234])
+    other = batching.WeightedBatchPlan(
+        keys, ROWS.__getitem__, weights.__getitem__, seed=1, process_count=1
+    )
+    assert [other(i).tolist() for i in range(40)] != [b.tolist() for b in batches[:40]]
+    # a zero weight never samples the bucket; bad weights raise
+    never = batching.WeightedBatchPlan(
+        keys, ROWS.__getitem__, {2: 0.0, 3: 1.0}.__getitem__, seed=0, process_count=1
+    )
+    assert all(keys[never(i)[0]] == 3 for i in range(200))
+    with pytest.raises(ValueError, match="not all 0"):
+        batching.WeightedBatchPlan(keys, ROWS.__getitem__, lambda k: 0.0, seed=0, process_count=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        batching.WeightedBatchPlan(keys, ROWS.__getitem__, lambda k: -1.0, seed=0, process_count=1)
+
+
+def test_weighted_batches_through_the_batcher():
+    weighted = batching.Bucketing(**{**TOY.__dict__, "weight": {2: 1.0, 3: 3.0}.__getitem__})
+    source = _weighted_source()
+    a = _take(batching.bucketed_batches(source, _cfg(), weighted, seed=5), 400)
+    b = _take(batching.bucketed_batches(source, _cfg(), weighted, seed=5), 400)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["x"], y["x"])
+    assert abs(np.mean([x["x"].shape[1] == 3 for x in a]) - 0.75) < 0.07
+    # two processes split each global batch of the same weighted plan
+    double = batching.Bucketing(**{**weighted.__dict__, "rows": lambda k: 2 * ROWS[k]})
+    whole = _take(batching.bucketed_batches(source, _cfg(), double, seed=3), 6)
+    halves = [
+        _take(
+            batching.bucketed_batches(
+                source, _cfg(), weighted, seed=3, process_index=p, process_count=2
+            ),
+            6,
+        )
+        for p in (0, 1)
+    ]
+    for w, h0, h1 in zip(whole, *halves):
+        np.testing.assert_array_equal(np.concatenate([h0["n"], h1["n"]]), w["n"])
+    # evaluation ignores the weights: one pass, every record once
+    seen = [
+        n
+        for x in batching.bucketed_batches(source, _cfg(), weighted, train=False)
+        for n in x["n"][x["valid"]].tolist()
+    ]
+    assert sorted(seen) == list(range(49))
