@@ -41,8 +41,12 @@ right-padded (labels ``IGNORE`` but on answer + EOS; image positions hold
 ``index`` i32 ().
 
 Batches (``batches``): one dataset per training batch, as the original's ``MultiIterLoader``
-draws one dataset per step (``data.one_task_per_batch``; its share of the batches follows its
-record count, not the original's ``sample_ratio``); evaluation batches one dataset at a time.
+draws one dataset per step (``data.one_task_per_batch``). With sampling ratios
+(``sample_ratios``: ``data.sample_ratio.<dataset>`` or ``data.tasks.<dataset>.sample_ratio``,
+the original's ``datasets.<name>.sample_ratio``) each batch's dataset is drawn with
+probability ``ratio / sum of ratios`` and its batches come from that dataset's own shuffled
+epochs (``radjax.data.batching.WeightedBatchPlan``); without them a dataset's share of the
+batches follows its record count. Evaluation batches one dataset at a time.
 """
 
 from __future__ import annotations
@@ -349,6 +353,7 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
             f"data.image_size {d.image_size} must equal model.vision.img_size {vit.image_size}"
         )
     d.eval_batch_size = int(config.eval.batch_size)
+    sample_ratios(d)  # bad ratios raise here, before training
     tok = tokenizer(d)
     if int(m.llm.vocab_size) <= 0:
         m.llm.vocab_size = len(tok)
@@ -792,17 +797,54 @@ def _collate(data_cfg, examples: list[dict], records: list[dict], key) -> dict[s
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+def sample_ratios(data_cfg: ml_collections.ConfigDict) -> dict[str, float] | None:
+    """Each dataset's sampling ratio (``data.sample_ratio.<name>``, else
+    ``data.tasks.<name>.sample_ratio``), or None when no dataset has one (batches then follow
+    the record counts). The original (``runner_base.py:558-565``) reads ``sample_ratio`` of
+    every dataset when the first has one and samples uniformly when it has none; here all or
+    none must have one.
+
+    Raises:
+      ValueError: a ratio for a dataset that is not one (names the known ones), ratios for
+        some datasets only (names the others), or ratios without one dataset per batch.
+    """
+    tasks = _tasks(data_cfg)
+    given = dict(data_cfg.get("sample_ratio") or {})
+    known = set(tasks) | (set(phantom_tasks()) if _phantoms(data_cfg) else set())
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(
+            f"data.sample_ratio: {unknown} are not datasets; the datasets: {sorted(tasks)}"
+        )
+    ratios = {name: given.get(name, spec.get("sample_ratio")) for name, spec in tasks.items()}
+    if all(r is None for r in ratios.values()):
+        return None
+    missing = sorted(name for name, r in ratios.items() if r is None)
+    if missing:
+        raise ValueError(
+            f"data.sample_ratio: no ratio for {missing} (give every dataset one, or none)"
+        )
+    if not data_cfg.get("one_task_per_batch", True):
+        raise ValueError(
+            "data.sample_ratio draws one dataset per batch: it needs data.one_task_per_batch"
+        )
+    return {name: float(r) for name, r in ratios.items()}
+
+
 def bucketing(data_cfg: ml_collections.ConfigDict, train: bool) -> batching.Bucketing:
     """One dataset per batch (``data.one_task_per_batch``, default True) of
-    ``data.batch_size`` rows (train) or ``data.eval_batch_size`` rows (eval)."""
+    ``data.batch_size`` rows (train) or ``data.eval_batch_size`` rows (eval); in training
+    with ``sample_ratios`` each batch's dataset drawn by ratio."""
     rows = int(data_cfg.get("batch_size", 4) if train else data_cfg.get("eval_batch_size", 8))
     one = bool(data_cfg.get("one_task_per_batch", True))
+    ratios = sample_ratios(data_cfg) if train else None
     return batching.Bucketing(
         key=(lambda r: r["dataset"]) if one else (lambda r: ""),
         rows=lambda key: rows,
         load_example=load_example,
         collate=functools.partial(_collate, data_cfg),
         fill={"labels": IGNORE, "index": -1},
+        weight=ratios.__getitem__ if ratios else None,
     )
 
 
@@ -817,7 +859,8 @@ def batches(
 ) -> grain.IterDataset:
     """This process's batches (``radjax.data.batching.bucketed_batches``): train, an endless
     stream of shuffled epochs whose batches each hold one dataset (the original's
-    ``MultiIterLoader`` + per-dataset loaders); eval, one pass dataset by dataset in record
+    ``MultiIterLoader`` + per-dataset loaders; with ``sample_ratios`` the dataset of each
+    batch drawn by ratio); eval, one pass dataset by dataset in record
     order with the eval prompts. Each batch: the example fields stacked (B, ...), ``valid``
     bool (B,) (padded rows: labels IGNORE, index -1) and ``skipped``."""
     return batching.bucketed_batches(

@@ -119,6 +119,55 @@ def test_one_dataset_per_training_batch(config):
     assert sorted(seen) == list(range(len(test)))
 
 
+def test_sample_ratio_draws_each_batch_dataset_by_ratio(config):
+    d = config.data.copy_and_resolve_references()
+    assert D.sample_ratios(d) is None  # default: batches follow the record counts
+    d.batch_size = 2
+    d.sample_ratio = dict(
+        slakevqa_en=0, ref_slake=0, invref_slake=0, mimic_caption=1.0, medmnist_2d=3.0
+    )
+    assert D.sample_ratios(d)["medmnist_2d"] == 3.0
+    source = D.make_source(d, "train")
+
+    def tasks(seed, n=160):
+        it = iter(D.batches(source, d, seed=seed, train=True))
+        out = []
+        for _ in range(n):
+            b = next(it)
+            assert b["valid"].all()  # full batches of one dataset
+            out.append(set(b["task"].tolist()))
+        return out
+
+    first = tasks(0)
+    assert all(len(t) == 1 for t in first)
+    counts = Counter(TASKS[next(iter(t))] for t in first)
+    assert set(counts) == {"caption", "cls"}  # ratio 0: never drawn
+    assert abs(counts["cls"] / 160 - 0.75) < 0.1  # 160 draws: std 0.034
+    assert tasks(0, 40) == first[:40] and tasks(1, 40) != first[:40]
+    # a dataset's ratio may sit in its data.tasks entry, as in the original's YAML
+    per_spec = d.copy_and_resolve_references()
+    per_spec.sample_ratio = {}
+    for name, ratio in d.sample_ratio.items():
+        per_spec.tasks[name].sample_ratio = ratio
+    assert D.sample_ratios(per_spec) == D.sample_ratios(d)
+    # evaluation ignores the ratios
+    test = D.make_source(d, "test")
+    seen = [i for b in D.batches(test, d, train=False) for i in b["index"][b["valid"]].tolist()]
+    assert sorted(seen) == list(range(len(test)))
+
+    bad = d.copy_and_resolve_references()
+    bad.sample_ratio = dict(slakevqa=1.0)
+    with pytest.raises(ValueError, match=r"\['slakevqa'\] are not datasets"):
+        D.sample_ratios(bad)
+    bad.sample_ratio = dict(slakevqa_en=1.0)
+    with pytest.raises(ValueError, match="no ratio for .'invref_slake'"):
+        D.sample_ratios(bad)
+    bad = d.copy_and_resolve_references()
+    bad.one_task_per_batch = False
+    with pytest.raises(ValueError, match="needs data.one_task_per_batch"):
+        D.bucketing(bad, train=True)
+
+
 def _mini(tmp_path, detections, questions=None, report="There is a cyst."):
     """A one-image SLAKE copy and a one-row MIMIC file under tmp_path."""
     folder = tmp_path / "Slake" / "imgs" / "x0"
