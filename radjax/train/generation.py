@@ -13,6 +13,11 @@ transformers extends the attention mask), RoPE positions count real tokens only,
 padding does not shift them. Sampling applies transformers' logits warpers in their order:
 temperature, top-k (ties with the k-th logit kept), top-p (nucleus; the smallest set of
 tokens whose probability mass exceeds ``top_p``, at least one), then draws from the softmax.
+``min_new_tokens`` is transformers' ``MinNewTokensLengthLogitsProcessor`` (applied before the
+warpers, and to the log-probabilities in beam search): every EOS id gets -inf while fewer
+than ``min_new_tokens`` tokens have been generated. (transformers < 4.38 counted only the
+generated tokens in ``min_length`` when the prompt is ``inputs_embeds``, so MiniGPT-v2 /
+Uni-Med's ``generate(inputs_embeds=..., min_length=1)`` under 4.30 is ``min_new_tokens=1``.)
 
 Beam search (``num_beams > 1``, greedy) follows transformers' vectorised ``_beam_search``:
 the prompt is prefilled once and its cache repeated to ``B * num_beams`` rows; each step adds
@@ -25,7 +30,7 @@ from, and merges the candidates among the top ``num_beams`` that did finish into
 stopping heuristic. The best finished hypothesis of each row is returned.
 
 Not implemented: beam sampling, ``num_return_sequences > 1``, diverse/constrained beams,
-repetition penalties and other logits processors, stopping strings.
+repetition penalties and other logits processors (but ``min_new_tokens``), stopping strings.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ def generate(
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
     cache_inputs: Mapping[str, Any] | None = None,
+    min_new_tokens: int = 0,
 ) -> jax.Array:
     """Generates continuations of a left-padded prompt batch, all inside one jit.
 
@@ -115,19 +121,24 @@ def generate(
         generated length dividing a finished hypothesis' summed log-probability) and
         ``early_stopping`` (False: transformers' default heuristic; True: stop a row once
         ``num_beams`` hypotheses are finished; "never": canonical beam search).
+      min_new_tokens: EOS is forbidden (its logit -inf) for the first ``min_new_tokens`` new
+        tokens of each row (transformers' ``min_new_tokens``; 0 = off).
     Returns:
       (B, max_new_tokens) int32 new tokens (the prompt is not repeated), ``pad_token_id``
       after each row's EOS. For beam search, each row's best finished hypothesis.
     Raises:
       ValueError: both/neither of input_ids and inputs_embeds, ``max_new_tokens < 1``,
         sampling without ``rng`` or with a bad setting, ``num_beams < 1``, beam search with
-        ``do_sample``, a bad ``early_stopping``, or prompt plus new tokens longer
-        than the model's ``context_length``.
+        ``do_sample``, a bad ``early_stopping``, ``min_new_tokens < 0``, or prompt plus new
+        tokens longer than the model's ``context_length``.
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("generate: pass exactly one of input_ids and inputs_embeds")
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+    if int(min_new_tokens) < 0:
+        raise ValueError(f"generate: min_new_tokens must be >= 0, got {min_new_tokens}")
+    min_new = jnp.int32(min(int(min_new_tokens), max_new_tokens))  # traced: no recompiles
     prompt = input_ids if input_ids is not None else inputs_embeds
     prompt_len = prompt.shape[1]
     limit = nnx.merge(graphdef, state).context_length
@@ -171,6 +182,7 @@ def generate(
             num_beams=int(num_beams),
             length_penalty=float(length_penalty),
             early_stopping=early_stopping,
+            min_new=min_new,
         )
     sampling = (float(temperature), int(top_k), float(top_p)) if do_sample else None
     return _generate(
@@ -185,11 +197,25 @@ def generate(
         eos=eos,
         pad=int(pad_token_id),
         sampling=sampling,
+        min_new=min_new,
     )
 
 
+def forbid_eos(
+    logits: jax.Array, step: jax.Array, eos: tuple[int, ...], min_new: int | jax.Array
+) -> jax.Array:
+    """(B, V) scores of new token ``step`` (0-based) with every EOS id at -inf while
+    ``step < min_new`` (transformers' MinNewTokensLengthLogitsProcessor)."""
+    if isinstance(min_new, int) and not min_new:
+        return logits
+    is_eos = jnp.zeros(logits.shape[-1], jnp.bool_).at[jnp.asarray(eos, jnp.int32)].set(True)
+    return jnp.where(is_eos & (step < min_new), NEG_INF, logits)
+
+
 @functools.partial(
-    jax.jit, static_argnums=0, static_argnames=("max_new_tokens", "eos", "pad", "sampling")
+    jax.jit,
+    static_argnums=0,
+    static_argnames=("max_new_tokens", "eos", "pad", "sampling"),
 )
 def _generate(
     graphdef,
@@ -204,6 +230,7 @@ def _generate(
     eos: tuple[int, ...],
     pad: int,
     sampling: tuple[float, int, float] | None,
+    min_new: jax.Array | int = 0,
 ) -> jax.Array:
     model = nnx.merge(graphdef, state, copy=True)
     prompt = input_ids if input_ids is not None else inputs_embeds
@@ -219,6 +246,7 @@ def _generate(
 
     def choose(logits: jax.Array, step: jax.Array, finished: jax.Array):
         """(B, V) logits of the last position -> tokens (B,) int32, finished after them."""
+        logits = forbid_eos(logits, step, eos, min_new)
         if sampling is None:
             token = first_argmax(logits)
         else:
@@ -274,6 +302,7 @@ def _beam_search(
     num_beams: int,
     length_penalty: float,
     early_stopping: bool | str,
+    min_new: jax.Array | int = 0,
 ) -> jax.Array:
     model = nnx.merge(graphdef, state, copy=True)
     prompt = input_ids if input_ids is not None else inputs_embeds
@@ -308,6 +337,7 @@ def _beam_search(
         (t, run_tokens, run_scores, fin_tokens, fin_scores, fin_done, open_rows, _, _) = carry
         vocab = logits.shape[-1]
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        log_probs = forbid_eos(log_probs, t, eos, min_new)
         log_probs = log_probs.reshape(batch, beams, vocab) + run_scores[:, :, None]
         top_scores, top_idx = jax.lax.top_k(log_probs.reshape(batch, beams * vocab), keep)
         source, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
