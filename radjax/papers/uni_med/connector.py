@@ -11,7 +11,8 @@ lines 162-240) from the point after ``ln_vision`` and the CLS drop:
      grid (row j // 4, columns 4 (j % 4) ... + 3 on the 16 x 16 grid), not a 2 x 2 square.
      ``x.reshape(B, N // 4, 4 C)`` on the row-major array is exactly that view.
    * ``avgpool`` / ``maxpool``: 2 x 2 stride-2 pooling of the grid, tokens raster order,
-     C' = C (the pool always halves each side; ``resample_rate`` is not read).
+     C' = C (the pool always halves each side, so ``resample_rate`` must be 4: ``validate``
+     rejects other rates, which the original does not read for the pool and then fails on).
 
 2. **Task tokens**: one learned vector per task tag (``tasks``; released order ``vqa, refer,
    identify, caption, cls``, which is also the hard router's task -> expert map), repeated at
@@ -170,6 +171,13 @@ class ConnectorConfig:
         )
         for name in ("vision_dim", "llm_dim", "resample_rate", "num_experts"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        check(
+            self.resample == "projection" or self.resample_rate == 4,
+            f"resample {self.resample!r} pools 2 x 2 (4 patches a token) and supports only "
+            f"resample_rate 4, got {self.resample_rate} (the original's pools ignore the rate "
+            "and its task tokens, repeated N / resample_rate times, then fail to concatenate; "
+            "uni_med.py:177-188)",
+        )
         check(len(self.tasks) >= 1, "tasks is empty")
         check(len(set(self.tasks)) == len(self.tasks), f"tasks has duplicates: {self.tasks}")
         check(

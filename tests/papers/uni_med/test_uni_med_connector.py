@@ -347,6 +347,8 @@ def test_routing_by_task():
         (dict(router_type="top2"), "router_type 'top2' not in"),
         (dict(router_input="image"), "router_input 'image' not in"),
         (dict(resample="bilinear"), "resample 'bilinear' not in"),
+        (dict(resample="avgpool", resample_rate=2), "supports only resample_rate 4, got 2"),
+        (dict(resample="maxpool", resample_rate=16), "supports only resample_rate 4, got 16"),
         (dict(tasks=("vqa", "vqa")), "duplicates"),
     ],
 )
