@@ -15,6 +15,13 @@ feature, as MaxText's ``multimodal_utils.merge_mm_embeddings``), or indexed ids 
 ``<imageK>`` = ``first_indexed_id + K`` takes feature K, so images may appear in any order).
 ``splice_features`` is the one function that places the features.
 
+Conditioning: a model whose image features depend on more than the images (Uni-Med's task
+id routes its connector) names the batch fields it takes in ``conditioning_fields`` and
+overrides ``encode_images(images, **conditioning)``, which returns ``ImageOutputs``: the
+features plus an optional auxiliary loss (added to the training loss by
+``radjax.train.vlm_steps.lm_loss_fn``), scalar metrics logged with it and per-row values
+returned with predictions.
+
 Counts: with concrete (non-traced) inputs ``splice_features`` raises ValueError when a row's
 placeholders and its valid features disagree (in-order: the counts differ; indexed: a
 placeholder names a missing or invalid feature). Under ``jax.jit`` it cannot raise; there a
@@ -25,6 +32,8 @@ are dropped.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -216,12 +225,30 @@ class ImageTokens:
         return None if self.first_indexed_id is None else input_ids - self.first_indexed_id
 
 
+class ImageOutputs(NamedTuple):
+    """What the image path gives the splice and the steps.
+
+    ``features``: (B, S, T, D) or (B, N, D) LLM-width features, the decoder's compute dtype.
+    ``aux_loss``: () f32 added to the training loss, or None (no auxiliary loss).
+    ``metrics``: {name: () f32} logged with the loss.
+    ``per_row``: {name: (B, ...)} returned with the predictions (e.g. routing weights).
+    """
+
+    features: jax.Array
+    aux_loss: jax.Array | None = None
+    metrics: Mapping[str, jax.Array] | None = None
+    per_row: Mapping[str, jax.Array] | None = None
+
+
 class VisionLanguageModel(nnx.Module):
     """Images + token ids (B, L) -> next-token logits (B, L, V) f32 (see the module docstring).
 
     Subclasses with extra learned token rows outside the decoder's vocabulary (RadFM's
-    ``<image>``/``</image>``) override ``token_embeddings``.
+    ``<image>``/``</image>``) override ``token_embeddings``; subclasses whose features are
+    conditioned on batch fields set ``conditioning_fields`` and override ``encode_images``.
     """
+
+    conditioning_fields: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -244,6 +271,19 @@ class VisionLanguageModel(nnx.Module):
             features = self.projector(features)
         return features.astype(self.lang_model.cfg.dtype)
 
+    def encode_images(self, images: jax.Array, **conditioning: jax.Array) -> ImageOutputs:
+        """Images and the ``conditioning_fields`` -> ``ImageOutputs`` (default: the
+        unconditioned ``image_features``, no auxiliary outputs)."""
+        if conditioning:
+            raise TypeError(
+                f"{type(self).__name__} takes no conditioning, got {sorted(conditioning)}"
+            )
+        return ImageOutputs(self.image_features(images))
+
+    def conditioning(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """The batch fields of ``conditioning_fields`` that the batch holds."""
+        return {name: batch[name] for name in self.conditioning_fields if name in batch}
+
     def token_embeddings(self, input_ids: jax.Array) -> jax.Array:
         """(B, L) ids -> (B, L, D) decoder embeddings; image positions embed id 0 (replaced
         by the splice)."""
@@ -251,18 +291,35 @@ class VisionLanguageModel(nnx.Module):
             jnp.where(self.image_tokens.placeholders(input_ids), 0, input_ids)
         )
 
-    def embed(
-        self, input_ids: jax.Array, images: jax.Array, image_mask: jax.Array | None = None
-    ) -> jax.Array:
-        """(B, L) ids, images, optional (B, S) / (B, N) valid-feature mask -> (B, L, D)
-        embeddings with the image features spliced in (``splice_features``)."""
-        return splice_features(
+    def embed_with_outputs(
+        self,
+        input_ids: jax.Array,
+        images: jax.Array,
+        image_mask: jax.Array | None = None,
+        **conditioning: jax.Array,
+    ) -> tuple[jax.Array, ImageOutputs]:
+        """(B, L) ids, images, optional (B, S) / (B, N) valid-feature mask, conditioning ->
+        ((B, L, D) embeddings with the image features spliced in (``splice_features``),
+        the ``ImageOutputs``)."""
+        outputs = self.encode_images(images, **conditioning)
+        embeds = splice_features(
             self.token_embeddings(input_ids),
-            self.image_features(images),
+            outputs.features,
             self.image_tokens.placeholders(input_ids),
             index=self.image_tokens.index(input_ids),
             feature_mask=image_mask,
         )
+        return embeds, outputs
+
+    def embed(
+        self,
+        input_ids: jax.Array,
+        images: jax.Array,
+        image_mask: jax.Array | None = None,
+        **conditioning: jax.Array,
+    ) -> jax.Array:
+        """``embed_with_outputs`` without the outputs: (B, L, D) embeddings."""
+        return self.embed_with_outputs(input_ids, images, image_mask, **conditioning)[0]
 
     def hidden_states(
         self,
@@ -270,10 +327,12 @@ class VisionLanguageModel(nnx.Module):
         images: jax.Array,
         attention_mask: jax.Array | None = None,
         image_mask: jax.Array | None = None,
+        **conditioning: jax.Array,
     ) -> jax.Array:
         """Final-normed hidden states (B, L, D) for the fused head loss."""
         return self.lang_model.hidden_states(
-            inputs_embeds=self.embed(input_ids, images, image_mask), attention_mask=attention_mask
+            inputs_embeds=self.embed(input_ids, images, image_mask, **conditioning),
+            attention_mask=attention_mask,
         )
 
     def __call__(
@@ -282,8 +341,10 @@ class VisionLanguageModel(nnx.Module):
         images: jax.Array,
         attention_mask: jax.Array | None = None,
         image_mask: jax.Array | None = None,
+        **conditioning: jax.Array,
     ) -> jax.Array:
-        """(B, L) ids, images, (B, L) attention mask -> (B, L, V) f32 logits."""
+        """(B, L) ids, images, (B, L) attention mask, conditioning -> (B, L, V) f32 logits."""
         return self.lang_model(
-            inputs_embeds=self.embed(input_ids, images, image_mask), attention_mask=attention_mask
+            inputs_embeds=self.embed(input_ids, images, image_mask, **conditioning),
+            attention_mask=attention_mask,
         )

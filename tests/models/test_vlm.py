@@ -12,7 +12,13 @@ from flax import nnx
 
 import radjax  # noqa: F401  (eager sharding off)
 from radjax.models.llama import Decoder, DecoderConfig
-from radjax.models.vlm import ImageTokens, VisionLanguageModel, build_projector, splice_features
+from radjax.models.vlm import (
+    ImageOutputs,
+    ImageTokens,
+    VisionLanguageModel,
+    build_projector,
+    splice_features,
+)
 from radjax.train import vlm_steps
 from tests.sharded import assert_sharded_equals_unsharded
 
@@ -209,6 +215,81 @@ def test_loss_is_the_mean_over_answer_tokens_and_ignores_the_prompt():
     batch = batch | {"input_ids": ids, "labels": np.where(answer, ids, -7)}
     same, _ = vlm_steps.lm_loss_fn(model, {k: jnp.asarray(v) for k, v in batch.items()})
     assert float(same) == float(loss)  # ... but never a target
+
+
+class _Scaled(VisionLanguageModel):
+    """Features scaled by a per-row conditioning field; an auxiliary loss and metrics."""
+
+    conditioning_fields = ("scale",)
+
+    def encode_images(self, images, scale):
+        features = self.image_features(images) * scale[:, None, None, None]
+        return ImageOutputs(
+            features,
+            aux_loss=jnp.sum(scale) * 0.5,
+            metrics={"mean_scale": jnp.mean(scale)},
+            per_row={"scale": scale},
+        )
+
+
+def test_conditioning_reaches_the_features_and_the_aux_loss_joins_the_loss():
+    base = _model()
+    model = _Scaled(
+        vision=base.vision,
+        projector=base.projector,
+        lang_model=base.lang_model,
+        image_tokens=base.image_tokens,
+    )
+    ids, mask, images, image_mask, prompt_length = _batch()
+    answer = (np.arange(12)[None] >= prompt_length[:, None]) & (mask == 1)
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": np.where(answer, ids, -100).astype(np.int32),
+        "images": images,
+        "image_mask": image_mask,
+        "scale": np.array([1.0, 1.0], np.float32),
+    }
+    as_jnp = lambda b: {k: jnp.asarray(v) for k, v in b.items()}  # noqa: E731
+    plain, plain_metrics = vlm_steps.lm_loss_fn(base, as_jnp(batch))
+    loss, metrics = vlm_steps.lm_loss_fn(model, as_jnp(batch))
+    np.testing.assert_allclose(float(metrics["ce"]), float(plain), rtol=1e-6)
+    np.testing.assert_allclose(float(loss), float(plain) + 1.0, rtol=1e-6)  # aux = 0.5 * 2
+    assert float(metrics["aux_loss"]) == 1.0 and float(metrics["mean_scale"]) == 1.0
+    assert "ce" not in plain_metrics  # no auxiliary loss: the metrics stay as they were
+    scaled, _ = vlm_steps.lm_loss_fn(model, as_jnp(batch | {"scale": np.array([2.0, 1.0])}))
+    assert float(scaled) != float(loss) + 0.5  # the features moved, not just the aux loss
+    # a padding row (valid False) counts nowhere: the loss is row 0's alone
+    row0, _ = vlm_steps.lm_loss_fn(base, as_jnp({k: v[:1] for k, v in batch.items()}))
+    masked, _ = vlm_steps.lm_loss_fn(base, as_jnp(batch | {"valid": np.array([True, False])}))
+    np.testing.assert_allclose(float(masked), float(row0), rtol=1e-5)
+    # generation passes the conditioning and returns the per-row outputs
+    tokens, outputs = vlm_steps.generate_answers(
+        model,
+        jnp.asarray(ids),
+        jnp.asarray(images),
+        jnp.asarray(prompt_length),
+        image_mask=jnp.asarray(image_mask),
+        conditioning={"scale": jnp.asarray([1.0, 1.0])},
+        with_image_outputs=True,
+        max_new_tokens=3,
+        eos_token_id=EOS,
+        pad_token_id=0,
+    )
+    plain_tokens = vlm_steps.generate_answers(
+        base,
+        jnp.asarray(ids),
+        jnp.asarray(images),
+        jnp.asarray(prompt_length),
+        image_mask=jnp.asarray(image_mask),
+        max_new_tokens=3,
+        eos_token_id=EOS,
+        pad_token_id=0,
+    )
+    np.testing.assert_array_equal(tokens, plain_tokens)
+    np.testing.assert_array_equal(outputs.per_row["scale"], [1.0, 1.0])
+    with pytest.raises(TypeError, match="takes no conditioning"):
+        base.embed(jnp.asarray(ids), jnp.asarray(images), scale=jnp.ones(2))
 
 
 def test_answer_weights():

@@ -40,11 +40,11 @@ from flax import nnx
 from radjax.convert import eva_vit
 from radjax.models.llama import Decoder, DecoderConfig
 from radjax.models.vit import ViT, ViTConfig
-from radjax.models.vlm import ImageTokens, VisionLanguageModel, splice_features
+from radjax.models.vlm import ImageOutputs, ImageTokens, VisionLanguageModel
 from radjax.papers.uni_med.connector import ConnectorConfig, ConnectorMoE, ConnectorOutput
 from radjax.papers.uni_med.data import IMAGE_PLACEHOLDER
 from radjax.papers.uni_med.sizes import connector_config, decoder_config, vit_config
-from radjax.train import generation, lm_loss, vlm_steps
+from radjax.train import vlm_steps
 
 
 class UniMedVision(nnx.Module):
@@ -60,8 +60,10 @@ class UniMedVision(nnx.Module):
 
 
 class UniMed(VisionLanguageModel):
-    """Images (B, H, W, 3) + task ids (B,) + token ids (B, L) -> logits (B, L, V) and the
-    connector's routing (``ConnectorOutput``)."""
+    """Images (B, H, W, 3) + task ids (B,) + token ids (B, L) -> logits (B, L, V); the task
+    routes the connector (``conditioning_fields``: the batch's ``task`` and ``valid``)."""
+
+    conditioning_fields = ("task", "valid")
 
     def __init__(
         self,
@@ -98,33 +100,22 @@ class UniMed(VisionLanguageModel):
         out = self.connector(self.vision(images), task_id, valid=valid)
         return out._replace(tokens=out.tokens.astype(self.lang_model.cfg.dtype))
 
-    def embed(  # noqa: D417 (the task id joins VisionLanguageModel.embed's arguments)
-        self,
-        input_ids: jax.Array,
-        images: jax.Array,
-        task_id: jax.Array,
-        valid: jax.Array | None = None,
-    ) -> tuple[jax.Array, ConnectorOutput]:
-        """(B, L) ids with T placeholders a row, images, task ids -> ((B, L, D) embeddings
-        with the connector's tokens spliced in, the ConnectorOutput)."""
-        out = self.encode_img(images, task_id, valid)
-        embeds = splice_features(
-            self.token_embeddings(input_ids),
+    def encode_images(
+        self, images: jax.Array, task: jax.Array, valid: jax.Array | None = None
+    ) -> ImageOutputs:
+        """``encode_img`` as ``ImageOutputs``: the connector's tokens (B, T, D), its auxiliary
+        loss, ``routing_e<k>`` (the mean routing weight of expert k over the valid rows, as
+        the original logs per step) and per row ``routing`` (B, E) (the token mean)."""
+        out = self.encode_img(images, task, valid)
+        per_row = out.routing_weights.mean(axis=1)
+        rows = jnp.ones(per_row.shape[:1]) if valid is None else valid.astype(jnp.float32)
+        per_expert = jnp.einsum("b,be->e", rows, per_row) / jnp.maximum(rows.sum(), 1.0)
+        return ImageOutputs(
             out.tokens,
-            self.image_tokens.placeholders(input_ids),
+            aux_loss=out.aux_loss,
+            metrics={f"routing_e{k}": per_expert[k] for k in range(per_expert.shape[0])},
+            per_row={"routing": per_row},
         )
-        return embeds, out
-
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        images: jax.Array,
-        task_id: jax.Array,
-        attention_mask: jax.Array | None = None,
-    ) -> jax.Array:
-        """(B, L) ids, images, (B,) task ids, (B, L) mask -> (B, L, V) f32 logits."""
-        embeds, _ = self.embed(input_ids, images, task_id)
-        return self.lang_model(inputs_embeds=embeds, attention_mask=attention_mask)
 
 
 def build_model(config: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> UniMed:
@@ -206,42 +197,15 @@ def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, np.ndarray
 # ----------------------------------------------------------------------------- steps
 
 
-def _valid(batch: dict) -> jax.Array:
-    return batch.get("valid", jnp.ones(batch["input_ids"].shape[:1], jnp.bool_))
-
-
 def loss_fn(
     model: UniMed, batch: dict[str, jax.Array], config: ml_collections.ConfigDict
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Token-mean cross-entropy over the batch's answer + EOS tokens, plus the connector's
-    weighted auxiliary loss. batch: ``images`` (B, H, W, 3), ``input_ids`` / ``attention_mask``
-    / ``labels`` (B, L) (labels -100 = ignored), ``task`` (B,), optional ``valid`` (B,)."""
-    valid = _valid(batch)
-    labels = batch["labels"]
-    embeds, routed = model.embed(batch["input_ids"], batch["images"], batch["task"], valid)
-    hidden = model.lang_model.hidden_states(
-        inputs_embeds=embeds, attention_mask=batch["attention_mask"]
-    )
-    weights = ((labels >= 0) & valid[:, None]).astype(jnp.float32)
-    targets, weights = lm_loss.next_token_targets(jnp.maximum(labels, 0), weights)
-    d = hidden.shape[-1]
-    ce = lm_loss.fused_head_cross_entropy(
-        hidden.reshape(-1, d),
-        model.lang_model.head_kernel(),
-        targets.reshape(-1),
-        weights.reshape(-1),
-        num_chunks=int(config.model.get("loss_chunks", 1)),
-    )
-    rows = valid.astype(jnp.float32)
-    per_expert = jnp.einsum("b,be->e", rows, routed.routing_weights.mean(axis=1))
-    per_expert = per_expert / jnp.maximum(rows.sum(), 1.0)
-    metrics = {
-        "ce": ce,
-        "aux_loss": routed.aux_loss,
-        "answer_tokens": jnp.sum(weights > 0).astype(jnp.float32),
-        **{f"routing_e{k}": per_expert[k] for k in range(per_expert.shape[0])},
-    }
-    return ce + routed.aux_loss, metrics
+    """Token-mean cross-entropy over the batch's answer + EOS tokens
+    (``vlm_steps.lm_loss_fn``, weights 1), plus the connector's weighted auxiliary loss.
+    batch: ``images`` (B, H, W, 3), ``input_ids`` / ``attention_mask`` / ``labels`` (B, L)
+    (labels -100 = ignored), ``task`` (B,), optional ``valid`` (B,). Metrics: ``ce``,
+    ``aux_loss``, ``answer_tokens``, ``routing_e<k>``."""
+    return vlm_steps.lm_loss_fn(model, batch, num_chunks=int(config.model.get("loss_chunks", 1)))
 
 
 def predict_fn(
@@ -250,22 +214,19 @@ def predict_fn(
     """Greedy answers to each row's prompt (``eval.max_new_tokens``, the original's 100):
     ``generated`` (B, max_new_tokens), ``routing`` (B, E) (the token-mean routing weights),
     and the batch's ``labels``, ``task``, ``closed``, ``box``, ``image_wh``, ``index``."""
-    prompt, mask = vlm_steps.left_aligned_prompt(batch["input_ids"], batch["prompt_length"])
-    embeds, routed = model.embed(prompt, batch["images"], batch["task"])
-    tokens = generation.generate(
-        *nnx.split(model.lang_model),
-        inputs_embeds=embeds,
-        attention_mask=mask,
+    tokens, image_outputs = vlm_steps.generate_answers(
+        model,
+        batch["input_ids"],
+        batch["images"],
+        batch["prompt_length"],
+        conditioning={"task": batch["task"]},
+        with_image_outputs=True,
         max_new_tokens=int(config.eval.max_new_tokens),
         eos_token_id=int(config.model.eos_token_id),
         pad_token_id=int(config.model.pad_token_id),
     )
     keep = ("labels", "task", "closed", "box", "image_wh", "index")
-    return {
-        "generated": tokens,
-        "routing": routed.routing_weights.mean(axis=1),
-        **{k: batch[k] for k in keep},
-    }
+    return {"generated": tokens, **image_outputs.per_row, **{k: batch[k] for k in keep}}
 
 
 def evaluate(outputs: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def run(model):
             tokens=m.vision(x),
             full=m.vision.vit(x),
             encoded=m.encode_img(x, b["task"]),
-            logits=m(b["input_ids"], x, b["task"], b["attention_mask"]),
+            logits=m(b["input_ids"], x, b["attention_mask"], task=b["task"]),
             loss=loss,
             metrics=metrics,
         )
@@ -142,6 +142,7 @@ def test_sharded_forward_equals_unsharded():
         b["images"],
         b["task"],
         b["attention_mask"],
+        fn=lambda m, ids, x, task, mask: m(ids, x, mask, task=task),
         mesh_shape={"fsdp": 2, "tensor": 2, "expert": 2},
         atol=1e-5,
         atol_relative=True,
