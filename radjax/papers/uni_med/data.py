@@ -260,7 +260,7 @@ def phantom_tasks(tasks: tuple[str, ...] = ()) -> dict[str, dict]:
             test="MIMIC/annotation.json",
             images="MIMIC-CXR-JPG",
         ),
-        "medmnist_2d": dict(kind="medmnist", dir="MedMNIST", flags=MEDMNIST_FLAG, size=64),
+        "medmnist_2d_small": dict(kind="medmnist", dir="MedMNIST", flags=MEDMNIST_FLAG, size=64),
     }
     return {name: spec for name, spec in specs.items() if not tasks or KINDS[spec["kind"]] in tasks}
 
@@ -797,20 +797,39 @@ def _collate(data_cfg, examples: list[dict], records: list[dict], key) -> dict[s
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+# sample_ratio of each dataset in the released mix (train_configs/uni_med.yaml:35-147), by the
+# original's builder names (``data.sample_ratio = dict(RELEASED_SAMPLE_RATIO)`` trains with it;
+# the names of datasets a run does not have are ignored)
+RELEASED_SAMPLE_RATIO = {
+    "medqa_en": 2,
+    "pubmedqa": 2,
+    "slakevqa_en": 5,
+    "path_vqa": 5,
+    "ref_slake": 4,
+    "invref_slake": 4,
+    "ref_sa_med": 4,
+    "invref_sa_med": 4,
+    "medpix_single": 8,
+    "mimic_caption": 8,
+    "medmnist_2d_small": 4,
+}
+
+
 def sample_ratios(data_cfg: ml_collections.ConfigDict) -> dict[str, float] | None:
     """Each dataset's sampling ratio (``data.sample_ratio.<name>``, else
     ``data.tasks.<name>.sample_ratio``), or None when no dataset has one (batches then follow
     the record counts). The original (``runner_base.py:558-565``) reads ``sample_ratio`` of
     every dataset when the first has one and samples uniformly when it has none; here all or
-    none must have one.
+    none must have one. Names in ``data.sample_ratio`` that are no dataset of the run are
+    ignored when they are a released dataset (``RELEASED_SAMPLE_RATIO``) or a phantom one.
 
     Raises:
-      ValueError: a ratio for a dataset that is not one (names the known ones), ratios for
+      ValueError: a ratio for an unknown dataset name (names the datasets), ratios for
         some datasets only (names the others), or ratios without one dataset per batch.
     """
     tasks = _tasks(data_cfg)
     given = dict(data_cfg.get("sample_ratio") or {})
-    known = set(tasks) | (set(phantom_tasks()) if _phantoms(data_cfg) else set())
+    known = set(tasks) | set(RELEASED_SAMPLE_RATIO) | set(phantom_tasks())
     unknown = sorted(set(given) - known)
     if unknown:
         raise ValueError(

@@ -123,10 +123,18 @@ def test_sample_ratio_draws_each_batch_dataset_by_ratio(config):
     d = config.data.copy_and_resolve_references()
     assert D.sample_ratios(d) is None  # default: batches follow the record counts
     d.batch_size = 2
+    # the released ratios name the original's builders, the phantom datasets among them
+    d.sample_ratio = dict(D.RELEASED_SAMPLE_RATIO)
+    assert D.sample_ratios(d) == {
+        "invref_slake": 4.0,
+        "medmnist_2d_small": 4.0,
+        "mimic_caption": 8.0,
+        "ref_slake": 4.0,
+        "slakevqa_en": 5.0,
+    }
     d.sample_ratio = dict(
-        slakevqa_en=0, ref_slake=0, invref_slake=0, mimic_caption=1.0, medmnist_2d=3.0
+        slakevqa_en=0, ref_slake=0, invref_slake=0, mimic_caption=1.0, medmnist_2d_small=3.0
     )
-    assert D.sample_ratios(d)["medmnist_2d"] == 3.0
     source = D.make_source(d, "train")
 
     def tasks(seed, n=160):
