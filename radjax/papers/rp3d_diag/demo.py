@@ -7,5 +7,13 @@ _SPLITS = ("all", "head", "medium", "tail")
 SECTIONS = (
     dict(name="rp3d_diag_late", arg="tiny", metrics=_METRICS, splits=_SPLITS),
     dict(name="rp3d_diag_early", arg="tiny,fusion=early", metrics=_METRICS, splits=_SPLITS),
-    dict(name="rp3d_diag_late_ke", arg="tiny,ke", metrics=_METRICS, splits=_SPLITS),
+    # KE starts from the late-fusion run's trunk (the tiny stand-in for the original's
+    # ImageNet-pretrained ResNet-50; configs/rp3d_diag.py _tiny)
+    dict(
+        name="rp3d_diag_late_ke",
+        arg="tiny,ke",
+        stages=(("rp3d_diag_late", "tiny"),),
+        metrics=_METRICS,
+        splits=_SPLITS,
+    ),
 )
