@@ -211,7 +211,8 @@ def loss_fn(
 def predict_fn(
     model: UniMed, batch: dict[str, jax.Array], config: ml_collections.ConfigDict
 ) -> dict[str, jax.Array]:
-    """Greedy answers to each row's prompt (``eval.max_new_tokens``, the original's 100):
+    """Greedy answers to each row's prompt (``eval.max_new_tokens``, the original's 100;
+    ``eval.min_new_tokens``, the original's ``min_length=1``):
     ``generated`` (B, max_new_tokens), ``routing`` (B, E) (the token-mean routing weights),
     and the batch's ``labels``, ``task``, ``closed``, ``box``, ``image_wh``, ``index``."""
     tokens, image_outputs = vlm_steps.generate_answers(
@@ -222,6 +223,7 @@ def predict_fn(
         conditioning={"task": batch["task"]},
         with_image_outputs=True,
         max_new_tokens=int(config.eval.max_new_tokens),
+        min_new_tokens=int(config.eval.get("min_new_tokens", 0)),
         eos_token_id=int(config.model.eos_token_id),
         pad_token_id=int(config.model.pad_token_id),
     )
