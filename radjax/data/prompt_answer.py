@@ -7,6 +7,8 @@ front and EOS at the end as configured; its prompt is every token that starts in
 prompt's characters. ``pack`` pads (or truncates) to a fixed length and masks the prompt and
 the padding out of the labels (``IGNORE``, i.e. loss weight 0;
 ``radjax.train.vlm_steps.answer_weights``). ``encode_prompt_answer`` does both.
+``generated_texts`` / ``answer_texts`` turn generated ids and training labels back into text
+for the evaluations.
 """
 
 from __future__ import annotations
@@ -134,3 +136,29 @@ def encode_prompt_answer(
         )
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from err
+
+
+def until_eos(ids: np.ndarray, eos_token_id: int) -> np.ndarray:
+    """(T,) ids -> the ids before the first EOS (all of them when there is none)."""
+    ids = np.asarray(ids)
+    ends = np.flatnonzero(ids == eos_token_id)
+    return ids[: ends[0]] if len(ends) else ids
+
+
+def generated_texts(tokens: np.ndarray, tokenizer, eos_token_id: int) -> list[str]:
+    """(N, T) generated ids -> N strings, each cut at its first EOS, specials skipped,
+    stripped."""
+    return [
+        tokenizer.decode(until_eos(row, eos_token_id).tolist(), skip_special_tokens=True).strip()
+        for row in np.asarray(tokens)
+    ]
+
+
+def answer_texts(labels: np.ndarray, tokenizer, eos_token_id: int) -> list[str]:
+    """(N, L) training labels (``IGNORE`` = not answer) -> the N reference answers (EOS
+    dropped, specials skipped, stripped)."""
+    out = []
+    for row in np.asarray(labels):
+        answer = row[(row >= 0) & (row != eos_token_id)]
+        out.append(tokenizer.decode(answer.tolist(), skip_special_tokens=True).strip())
+    return out

@@ -4,6 +4,7 @@ labels, BOS/EOS, padding, truncation and errors."""
 import numpy as np
 import pytest
 
+from radjax.data import prompt_answer as pa
 from radjax.data.prompt_answer import IGNORE, encode_prompt_answer, pack, tokenize_prompt_answer
 from radjax.data.tokenizers import phantom_tokenizer
 
@@ -69,3 +70,16 @@ def test_pack_masks_by_position_and_needs_a_pad_token(tok):
     no_pad.pad_token = None
     with pytest.raises(ValueError, match="no pad token"):
         encode_prompt_answer(PROMPT, ANSWER, no_pad, 48)
+
+
+def test_generated_texts_cut_at_eos_and_answer_texts_keep_only_the_answer():
+    tok = phantom_tokenizer()
+    ids = tok("left kidney", add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    generated = np.array([ids + [eos] + ids, ids + ids + [0]])
+    got = pa.generated_texts(generated, tok, eos)
+    no_eos = tok.decode(ids + ids + [0], skip_special_tokens=True).strip()
+    assert got == ["left kidney", no_eos] and len(no_eos) > len("left kidney")
+    np.testing.assert_array_equal(pa.until_eos(np.array([5, eos, 6]), eos), [5])
+    labels = np.array([[-100, -100] + ids + [eos, -100]])
+    assert pa.answer_texts(labels, tok, eos) == ["left kidney"]

@@ -38,25 +38,6 @@ DISORDER_NAMES = tuple(d.name for d in DISORDERS[1:])  # "Normal" is the absence
 SAMPLES_PER_TASK = 3
 
 
-def decode(tokens: np.ndarray, tokenizer, eos_token_id: int) -> list[str]:
-    """(N, T) generated ids -> N strings, each cut at its first EOS, specials skipped."""
-    out = []
-    for row in np.asarray(tokens):
-        ends = np.flatnonzero(row == eos_token_id)
-        row = row[: ends[0]] if len(ends) else row
-        out.append(tokenizer.decode(row.tolist(), skip_special_tokens=True).strip())
-    return out
-
-
-def decode_labels(labels: np.ndarray, tokenizer, eos_token_id: int) -> list[str]:
-    """(N, L) training labels (-100 = not answer) -> the N reference answers."""
-    out = []
-    for row in np.asarray(labels):
-        answer = row[(row >= 0) & (row != eos_token_id)]
-        out.append(tokenizer.decode(answer.tolist(), skip_special_tokens=True).strip())
-    return out
-
-
 def radfm_entity_scores(
     prediction: str, reference: str, matcher: entities.EntityMatcher | None = None
 ) -> dict[str, float]:

@@ -161,12 +161,13 @@ def predict_fn(
 
 def evaluate(outputs: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The paper's metrics per task on decoded answers (``radjax.papers.radfm.metrics``)."""
+    from radjax.data.prompt_answer import answer_texts, generated_texts
     from radjax.papers.radfm import data as fmt
     from radjax.papers.radfm import metrics
 
     tokenizer, _ = fmt.text_tools(config.data)
-    predictions = metrics.decode(outputs["generated"], tokenizer, config.model.eos_token_id)
-    references = metrics.decode_labels(outputs["labels"], tokenizer, config.model.eos_token_id)
+    predictions = generated_texts(outputs["generated"], tokenizer, config.model.eos_token_id)
+    references = answer_texts(outputs["labels"], tokenizer, config.model.eos_token_id)
     tasks = [fmt.TASKS[int(t)] for t in outputs["task"]]
     baseline = fmt.most_frequent_answers(config.data, "train")
     return metrics.radfm_report(

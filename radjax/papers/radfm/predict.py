@@ -25,7 +25,8 @@ import nibabel as nib
 import numpy as np
 
 from radjax.data.errors import BadRecordError
-from radjax.papers.radfm import data, metrics
+from radjax.data.prompt_answer import generated_texts
+from radjax.papers.radfm import data
 
 
 def default_prompt(config: ml_collections.ConfigDict) -> str:
@@ -99,7 +100,7 @@ def result(
     """``answer``: the generated text (cut at EOS) for ``prompt``."""
     tokenizer, _ = data.text_tools(config.data)
     tokens = np.asarray(outputs["generated"])[None]
-    answer = metrics.decode(tokens, tokenizer, int(config.model.eos_token_id))[0]
+    answer = generated_texts(tokens, tokenizer, int(config.model.eos_token_id))[0]
     ends = np.flatnonzero(tokens[0] == int(config.model.eos_token_id))
     prompt = inputs["info"]["prompt"]
     return dict(

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from radjax.data.prompt_answer import until_eos
 from radjax.metrics import text
 from radjax.metrics.samples import spread_samples
 
@@ -167,23 +168,13 @@ def decode_generated(tokens: np.ndarray, tokenizer, eos_token_id: int) -> list[s
     ``<s>`` removed, the text after the last ``[/INST]``, stripped."""
     out = []
     for row in np.asarray(tokens):
-        ends = np.flatnonzero(row == eos_token_id)
-        row = row[: ends[0]] if len(ends) else row
+        row = until_eos(row, eos_token_id)
         if len(row) and row[0] == 0:
             row = row[1:]
         answer = tokenizer.decode(row.tolist(), skip_special_tokens=True)
         if tokenizer.bos_token:
             answer = answer.replace(tokenizer.bos_token, "")
         out.append(answer.split("[/INST]")[-1].strip())
-    return out
-
-
-def decode_labels(labels: np.ndarray, tokenizer, eos_token_id: int) -> list[str]:
-    """(N, L) training labels (-100 = not answer) -> the N reference answers (EOS dropped)."""
-    out = []
-    for row in np.asarray(labels):
-        answer = row[(row >= 0) & (row != eos_token_id)]
-        out.append(tokenizer.decode(answer.tolist(), skip_special_tokens=True).strip())
     return out
 
 

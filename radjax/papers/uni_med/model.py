@@ -236,13 +236,14 @@ def evaluate(outputs: dict[str, np.ndarray], config: ml_collections.ConfigDict) 
     VQA (closed accuracy, BLEU-1..4, token F1 per OPEN / CLOSED / all), REC (mIoU, acc@0.5
     in pixel space), REG (BLEU, F1, exact match), caption (report metrics), cls (accuracy),
     with the most-frequent-answer (and centre-box) baselines; ``routing/<task>/e<k>``."""
+    from radjax.data.prompt_answer import answer_texts
     from radjax.papers.uni_med import data as fmt
     from radjax.papers.uni_med import metrics
 
     tok = fmt.tokenizer(config.data)
     eos = int(config.model.eos_token_id)
     predictions = metrics.decode_generated(outputs["generated"], tok, eos)
-    references = metrics.decode_labels(outputs["labels"], tok, eos)
+    references = answer_texts(outputs["labels"], tok, eos)
     return metrics.uni_med_report(
         predictions,
         references,

@@ -1,10 +1,8 @@
-"""radjax.papers.radfm.metrics: per-task metrics, the most-frequent-answer baseline, decoding."""
+"""radjax.papers.radfm.metrics: per-task metrics, the most-frequent-answer baseline."""
 
-import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from radjax.data.tokenizers import phantom_tokenizer
 from radjax.metrics import entities, text
 from radjax.papers.radfm import metrics as radfm
 
@@ -39,16 +37,6 @@ def test_report_scores_each_task_and_the_baseline():
         radfm.task_metrics("segmentation", ["a"], ["a"])
     with pytest.raises(ValueError, match="2 predictions, 1 references"):
         radfm.radfm_report(["a", "b"], ["a"], ["vqa", "vqa"])
-
-
-def test_decode_cuts_at_eos_and_labels_keep_only_the_answer():
-    tok = phantom_tokenizer()
-    ids = tok("left kidney", add_special_tokens=False)["input_ids"]
-    eos = tok.eos_token_id
-    generated = np.array([ids + [eos] + ids])
-    assert radfm.decode(generated, tok, eos) == ["left kidney"]
-    labels = np.array([[-100, -100] + ids + [eos, -100]])
-    assert radfm.decode_labels(labels, tok, eos) == ["left kidney"]
 
 
 def test_entity_scores_compare_entity_sets():
