@@ -1,4 +1,5 @@
-"""Shared config helpers: big_vision-style argument parsing, the default-off stage fields."""
+"""Shared config helpers: big_vision-style argument parsing, the default-off stage fields, the
+tiny LLaMA of the vision-language papers."""
 
 from __future__ import annotations
 
@@ -77,4 +78,26 @@ def add_stage_fields(c: ml_collections.ConfigDict) -> None:
     # A fresh run starts from an earlier stage's workdir (newest checkpoint) or step directory.
     c.init_from = ml_collections.ConfigDict(
         dict(workdir="", checkpoint="", include=".*", renames=(), strict=True)
+    )
+
+
+def tiny_llama() -> ml_collections.ConfigDict:
+    """The tiny LLaMA every vision-language paper's ``tiny`` trains from scratch on the phantom
+    tokenizer: width 128, 2 layers, 4 heads, MLP 256; ``vocab_size`` 0 until the data format's
+    ``complete_config`` sets the tokenizer's length."""
+    return ml_collections.ConfigDict(
+        dict(
+            vocab_size=0,
+            hidden_size=128,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=256,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=512,
+            model_type="llama",
+            dtype="float32",
+            remat=False,
+            scan_layers=False,
+            init_std=0.02,
+        )
     )

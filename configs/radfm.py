@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import add_stage_fields, given, parse_arg
+from configs.common import add_stage_fields, given, parse_arg, tiny_llama
 from radjax.papers.radfm.phantoms import TASKS as PHANTOM_TASKS
 
 STAGES = ("all", "lesions", "diagnosis")
@@ -217,22 +217,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
             remat=False,
         )
     )
-    m.llm = ml_collections.ConfigDict(
-        dict(
-            vocab_size=0,
-            hidden_size=128,
-            num_layers=2,
-            num_heads=4,
-            intermediate_size=256,
-            rms_norm_eps=1e-6,
-            max_position_embeddings=512,
-            model_type="llama",
-            dtype="float32",
-            remat=False,
-            scan_layers=False,
-            init_std=0.02,
-        )
-    )
+    m.llm = tiny_llama()
     m.loss_chunks = 1
     # The paper's entity weight 3: the tiny schedule and the lessons below were tuned with it
     # (weighting CT/MRI tokens made the LLM read the 3D studies' modality).
