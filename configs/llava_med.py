@@ -28,6 +28,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.common import add_stage_fields, parse_arg
+from radjax.papers.llava_med.phantoms import VQA_QUESTION_KINDS
 
 VERSIONS = ("v1.0", "v1.5")
 STAGES = (1, 2)
@@ -173,6 +174,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # max_new_tokens 1024 as the VQA scripts; greedy (v1.5's README: temperature 0; v1.0
     # samples at 0.7 without a seed, which no evaluation can reproduce)
     c.eval = ml_collections.ConfigDict(dict(batch_size=8, max_new_tokens=1024, samples=4))
+    # ((name, regex on the question), ...): scores per question kind beside the paper's
+    # (llava_med.metrics.by_question_kind); none for the released data
+    c.eval.question_kinds = ()
 
     add_stage_fields(c)  # model.lora, init_from (default off)
 
@@ -235,3 +239,4 @@ def _tiny(c: ml_collections.ConfigDict, stage: int) -> None:
     c.checkpoint.every = TINY_STEPS[stage]
     c.eval.batch_size = 8
     c.eval.max_new_tokens = 28  # the longest answer + "\n###": 25 phantom tokens
+    c.eval.question_kinds = VQA_QUESTION_KINDS  # lesion presence, modality, region, ...

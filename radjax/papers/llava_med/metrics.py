@@ -1,10 +1,15 @@
 """LLaVA-Med's VQA evaluation (``run_eval_batch.evaluate``): closed/open accuracy, token
-F1/precision/recall, its "exact match" and BLEU on normalised answers."""
+F1/precision/recall, its "exact match" and BLEU on normalised answers; ``run_eval.py``'s
+closed accuracy before and after PR #35; the report the evaluation writes (``vqa_report``)
+and its breakdown by question kind (``by_question_kind``)."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
+
+import numpy as np
 
 from radjax.metrics import text
 
@@ -72,4 +77,104 @@ def vqa(
         closed_acc=text.mean(float(g in p) for p, g in rows["closed"]),
         recall_closed=text.mean(text.token_f1(p, g)[2] for p, g in rows["closed"]),
     )
+    return out
+
+
+def _norm(s: str) -> str:
+    return text.normalize_answer(s.lower())
+
+
+def closed_accuracy_run_eval(
+    predictions: Sequence[str], references: Sequence[str], *, fixed: bool = True
+) -> float:
+    """``llava/eval/run_eval.py``'s yes/no accuracy on CLOSED items (normalised strings):
+    a hit needs a ``'yes'`` or ``'no'`` substring in the prediction and the reference as a
+    substring. ``fixed`` (after PR #35, b9a98a7): every other item counts 0. Before the fix a
+    prediction holding yes/no but not the reference appended nothing, so it left both the
+    numerator and the denominator (published numbers before the fix are inflated)."""
+    hits = []
+    for p, g in zip(predictions, references):
+        p, g = _norm(p), _norm(g)
+        if "yes" in p or "no" in p:
+            if g in p:
+                hits.append(1.0)
+            elif fixed:
+                hits.append(0.0)
+        else:
+            hits.append(0.0)
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def vqa_report(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    closed: Sequence[bool],
+) -> dict[str, float]:
+    """LLaVA-Med's VQA metrics as ``"closed/<metric>"`` / ``"open/<metric>"``:
+
+    closed: ``accuracy`` (``run_eval_batch.py``: reference substring of the prediction, the
+      paper's numbers), ``accuracy_pr35`` / ``accuracy_pre_pr35`` (``run_eval.py`` after /
+      before PR #35), ``recall``, ``count``;
+    open: ``recall`` (the paper's open metric), ``accuracy`` (reference substring), ``f1``,
+      ``precision``, ``exact_match``, ``bleu``, ``bleu_1..3``, ``count``;
+    both: ``distinct`` (distinct predictions over items, radjax's: a model that answers
+      every question alike reads nothing).
+    """
+    types = ["CLOSED" if c else "OPEN" for c in closed]
+    m = vqa(predictions, references, types)
+    c_pred = [p for p, c in zip(predictions, closed) if c]
+    c_ref = [r for r, c in zip(references, closed) if c]
+    o_pred = [p for p, c in zip(predictions, closed) if not c]
+    out = {
+        "closed/accuracy": m["closed_acc"],
+        "closed/accuracy_pr35": closed_accuracy_run_eval(c_pred, c_ref, fixed=True),
+        "closed/accuracy_pre_pr35": closed_accuracy_run_eval(c_pred, c_ref, fixed=False),
+        "closed/recall": m["recall_closed"],
+        "closed/count": m["num_closed"],
+        "closed/distinct": _distinct(c_pred),
+        "open/recall": m["open_recall"],
+        "open/accuracy": m["open_acc"],
+        "open/count": m["num_open"],
+        "open/distinct": _distinct(o_pred),
+    }
+    for k in ("f1", "precision", "exact_match", "bleu", "bleu_1", "bleu_2", "bleu_3"):
+        out[f"open/{k}"] = m[k]
+    return out
+
+
+def _distinct(predictions: Sequence[str]) -> float:
+    return len(set(predictions)) / len(predictions) if predictions else 0.0
+
+
+def by_question_kind(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    questions: Sequence[str],
+    closed: Sequence[bool],
+    kinds: Sequence[tuple[str, str]],
+) -> dict[str, float]:
+    """Scores per question kind (radjax's breakdown, not the paper's): ``kinds`` = ((name,
+    regex), ...); an item is of the first kind whose regex ``re.search``-es its question
+    (case-insensitive, ``<image>`` removed). For each kind with items: ``"<name>/accuracy"``
+    (the reference a substring of the normalised prediction: ``run_eval_batch``'s closed /
+    open accuracy), ``"<name>/recall"`` (token recall, the paper's open metric),
+    ``"<name>/distinct"`` and ``"<name>/count"``; ``closed`` is unused (kept so the
+    signature matches ``vqa_report``'s)."""
+    text.check_pairs(predictions, references)
+    patterns = [(name, re.compile(rx, re.IGNORECASE)) for name, rx in kinds]
+    groups: dict[str, list[tuple[str, str]]] = {name: [] for name, _ in kinds}
+    for p, g, q in zip(predictions, references, questions):
+        q = q.replace("<image>", "").strip()
+        name = next((n for n, rx in patterns if rx.search(q)), None)
+        if name is not None:
+            groups[name].append((p, g))
+    out = {}
+    for name, rows in groups.items():
+        if not rows:
+            continue
+        norm = [(_norm(p), _norm(g)) for p, g in rows]
+        out[f"{name}/accuracy"] = text.mean(float(g in p) for p, g in norm)
+        out[f"{name}/recall"] = text.mean(text.token_f1(p, g)[2] for p, g in norm)
+        out[f"{name}/distinct"] = _distinct([p for p, _ in rows])
+        out[f"{name}/count"] = float(len(rows))
     return out

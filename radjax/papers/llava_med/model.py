@@ -34,7 +34,6 @@ baseline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -212,75 +211,17 @@ def predict_fn(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _norm(s: str) -> str:
-    from radjax.metrics import text
-
-    return text.normalize_answer(s.lower())
-
-
-def closed_accuracy_run_eval(
-    predictions: Sequence[str], references: Sequence[str], *, fixed: bool = True
-) -> float:
-    """``llava/eval/run_eval.py``'s yes/no accuracy on CLOSED items (normalised strings):
-    a hit needs a ``'yes'`` or ``'no'`` substring in the prediction and the reference as a
-    substring. ``fixed`` (after PR #35, b9a98a7): every other item counts 0. Before the fix a
-    prediction holding yes/no but not the reference appended nothing, so it left both the
-    numerator and the denominator (published numbers before the fix are inflated)."""
-    hits = []
-    for p, g in zip(predictions, references):
-        p, g = _norm(p), _norm(g)
-        if "yes" in p or "no" in p:
-            if g in p:
-                hits.append(1.0)
-            elif fixed:
-                hits.append(0.0)
-        else:
-            hits.append(0.0)
-    return float(np.mean(hits)) if hits else 0.0
-
-
-def vqa_report(
-    predictions: Sequence[str],
-    references: Sequence[str],
-    closed: Sequence[bool],
-) -> dict[str, float]:
-    """LLaVA-Med's VQA metrics as ``"closed/<metric>"`` / ``"open/<metric>"``:
-
-    closed: ``accuracy`` (``run_eval_batch.py``: reference substring of the prediction, the
-      paper's numbers), ``accuracy_pr35`` / ``accuracy_pre_pr35`` (``run_eval.py`` after /
-      before PR #35), ``recall``, ``count``;
-    open: ``recall`` (the paper's open metric), ``accuracy`` (reference substring), ``f1``,
-      ``precision``, ``exact_match``, ``bleu``, ``bleu_1..3``, ``count``.
-    """
-    from radjax.papers.llava_med import metrics
-
-    types = ["CLOSED" if c else "OPEN" for c in closed]
-    m = metrics.vqa(predictions, references, types)
-    c_pred = [p for p, c in zip(predictions, closed) if c]
-    c_ref = [r for r, c in zip(references, closed) if c]
-    out = {
-        "closed/accuracy": m["closed_acc"],
-        "closed/accuracy_pr35": closed_accuracy_run_eval(c_pred, c_ref, fixed=True),
-        "closed/accuracy_pre_pr35": closed_accuracy_run_eval(c_pred, c_ref, fixed=False),
-        "closed/recall": m["recall_closed"],
-        "closed/count": m["num_closed"],
-        "open/recall": m["open_recall"],
-        "open/accuracy": m["open_acc"],
-        "open/count": m["num_open"],
-    }
-    for k in ("f1", "precision", "exact_match", "bleu", "bleu_1", "bleu_2", "bleu_3"):
-        out[f"open/{k}"] = m[k]
-    return out
-
-
 def evaluate(outputs: dict[str, np.ndarray], config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Decoded answers scored as the paper (``vqa_report``), the same for the
-    most-frequent-answer baseline (each question's most frequent answer in
-    ``data.baseline_file``) as ``"baseline/..."``, and ``"samples/closed"`` /
+    """Decoded answers scored as the paper (``metrics.vqa_report``) and per question kind
+    (``metrics.by_question_kind`` over ``eval.question_kinds``: ``"<kind>/accuracy"``, ...),
+    the same for the most-frequent-answer baseline (each question's most frequent answer in
+    ``data.baseline_file``) as ``"baseline/..."``, ``"distinct"`` (distinct answers over
+    items), and ``"samples/closed"`` /
     ``"samples/open"``: ``eval.samples`` (question, prediction, reference, row) spread over
     the answer type's items (``row``: the position among them, in evaluation order)."""
     from radjax.metrics.samples import sample_rows
     from radjax.papers.llava_med import data as fmt
+    from radjax.papers.llava_med import metrics
 
     d = config.data
     eos = int(config.model.eos_token_id)
@@ -288,13 +229,18 @@ def evaluate(outputs: dict[str, np.ndarray], config: ml_collections.ConfigDict) 
     references = [fmt.decode_bytes(row) for row in outputs["answer_bytes"]]
     questions = [fmt.decode_bytes(row) for row in outputs["question_bytes"]]
     closed = [bool(t) for t in outputs["answer_type"]]
-    out: dict[str, Any] = vqa_report(predictions, references, closed)
+    kinds = tuple(tuple(k) for k in config.eval.get("question_kinds", ()))
+
+    def report(answers: list[str]) -> dict[str, float]:
+        scores = metrics.vqa_report(answers, references, closed)
+        scores.update(metrics.by_question_kind(answers, references, questions, closed, kinds))
+        return scores
+
+    out: dict[str, Any] = report(predictions)
     best, overall = fmt.most_frequent_answers(d)
     if best or overall:
         constant = [best.get(fmt.question_key(q), overall) for q in questions]
-        out.update(
-            {f"baseline/{k}": v for k, v in vqa_report(constant, references, closed).items()}
-        )
+        out.update({f"baseline/{k}": v for k, v in report(constant).items()})
     n = int(config.eval.get("samples", 4))
     for group, want in (("closed", True), ("open", False)):
         items = [i for i, c in enumerate(closed) if c == want]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +318,15 @@ def instruct_record(i: int, image: str, study: Study, rng) -> dict:
 
 
 VQA_CLOSED = ("lesion", "is_modality")  # asked about every image
+# (kind, regex on the VQA question) for the evaluation's per-kind scores (eval.question_kinds)
+VQA_QUESTION_KINDS = (
+    ("lesion", "^" + re.escape(Q_LESION[0]) + "$"),
+    ("is_modality", r"^Is this an? .+ image\?$"),
+    ("modality", "^" + re.escape(Q_MODALITY[0]) + "$"),
+    ("region", "^" + re.escape(Q_REGION[0]) + "$"),
+    ("side", "^" + re.escape(Q_SIDE[0]) + "$"),
+    ("kind", "^" + re.escape(Q_KIND[0]) + "$"),
+)
 
 
 def vqa_records(first_id: int, image: str, study: Study, rng, open_per_image: int) -> list[dict]:

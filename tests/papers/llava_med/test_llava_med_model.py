@@ -171,15 +171,6 @@ def test_predict_fn_is_greedy_from_each_prompt(setup):
         ids[np.arange(2), n + t] = want
 
 
-def test_run_eval_closed_accuracy_before_and_after_pr35():
-    preds = ["yes", "no, it is not", "maybe", "yes", "nothing"]
-    refs = ["yes", "yes", "no", "no", "no"]
-    # after: hits 1, 0 (yes/no present, ref absent), 0 (no yes/no), 0, 1 ("no" in "nothing")
-    assert M.closed_accuracy_run_eval(preds, refs, fixed=True) == pytest.approx(2 / 5)
-    # before: the two wrong answers holding yes/no append nothing -> 2 hits of 3 items
-    assert M.closed_accuracy_run_eval(preds, refs, fixed=False) == pytest.approx(2 / 3)
-
-
 def test_evaluate_scores_decoded_answers_and_the_baseline(root):
     config = _config(root)
     d = config.data
@@ -204,6 +195,13 @@ def test_evaluate_scores_decoded_answers_and_the_baseline(root):
     assert out["closed/count"] + out["open/count"] == len(rows)
     assert 0.0 <= out["baseline/closed/accuracy"] <= 1.0 and "baseline/open/recall" in out
     assert out["samples/closed"][0]["prediction"] in ("Yes.", "No.")
+    # per question kind (eval.question_kinds): every item of the phantoms has one
+    kinds = [n for n, _ in config.eval.question_kinds]
+    assert sum(out.get(f"{k}/count", 0) for k in kinds) == len(rows)
+    assert out["lesion/accuracy"] == out["is_modality/accuracy"] == 1.0
+    assert out["modality/accuracy"] == 0.0 and out["modality/distinct"] <= 1.0
+    assert 0.0 <= out["baseline/lesion/accuracy"] <= 1.0
+    assert out["closed/distinct"] == 2 / out["closed/count"]  # "Yes." and "No."
     assert {"question", "prediction", "reference", "row"} == set(out["samples/open"][0])
     # a sample's row is its position among the answer type's items: the demo's image hook
     from radjax.papers.llava_med.demo import sample_images
