@@ -28,6 +28,7 @@ import ml_collections
 from configs.common import add_stage_fields, parse_arg
 from radjax.nn.lora import LLAMA_ALL_LINEAR
 from radjax.papers.uni_med.connector import RESAMPLE_METHODS, ROUTER_INPUTS, ROUTER_TYPES, TASKS
+from radjax.papers.uni_med.data import RELEASED_SAMPLE_RATIO
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -118,6 +119,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.root = "runs/data/uni_med"
     d.tasks = ml_collections.ConfigDict()  # the phantom datasets when empty (tiny)
+    # each batch's dataset drawn by these ratios (train_configs/uni_med.yaml sample_ratio;
+    # MultiIterLoader); names of datasets a run does not have are ignored
+    d.sample_ratio = ml_collections.ConfigDict(dict(RELEASED_SAMPLE_RATIO))
     d.phantom_tasks = tasks
     d.splits = ("train", "test")
     d.tokenizer = "phantom"  # or a local Llama-2 tokenizer directory
@@ -153,11 +157,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.lr = 1e-5  # init_lr
     o.b1, o.b2, o.eps = 0.9, 0.999, 1e-8
     o.weight_decay = 0.05
-    # linear_warmup_cosine_lr: 5000 warm-up steps (the original warms up from warmup_lr 1e-6
-    # and its cosine runs over all 50k steps to min_lr 1e-7; radjax's schedule warms up from
-    # 0 and decays to 0 over the steps after warm-up: README, deviations)
-    o.warmup_ratio = 5000 / 50_000
-    o.schedule = "cosine"
+    # lr_sched linear_warmup_cosine_lr (uni_med/common/optims.py): 5000 warm-up steps from
+    # warmup_lr 1e-6, then a cosine over all 50k steps (warm-up included) to min_lr 1e-7
+    o.schedule = "linear_warmup_cosine_lr"
+    o.warmup_steps = 5000
+    o.warmup_lr = 1e-6
+    o.min_lr = 1e-7
+    # no weight decay where runner_base.py exempts it: ndim < 2 or bias / ln / bn in the name
+    o.no_decay = ("bias", "ln", "bn")
+    o.no_decay_ndim = 2
     o.grad_clip = 0.0  # no clipping
     # the tower and ln_vision frozen, the connector (task tokens, router, experts) trained;
     # with model.lora (freeze_base) the adapters train and everything else is frozen
@@ -170,7 +178,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
     c.checkpoint = ml_collections.ConfigDict(dict(every=5000, keep=3))
-    c.eval = ml_collections.ConfigDict(dict(batch_size=40, max_new_tokens=100, meteor=True))
+    # min_new_tokens 1: generate(min_length=1) on an inputs_embeds prompt (transformers 4.30)
+    c.eval = ml_collections.ConfigDict(
+        dict(batch_size=40, max_new_tokens=100, min_new_tokens=1, meteor=True)
+    )
 
     add_stage_fields(c)  # model.lora, init_from (default off)
     # lora_r 8, lora_alpha 16, lora_dropout 0.05 (hard-wired), lora_target_modules ['all']
@@ -216,6 +227,10 @@ def _tiny(c: ml_collections.ConfigDict, a) -> None:
     t.eval_every = 1500
     c.optim.lr = 1e-3
     c.optim.weight_decay = 0.0
+    # the tiny recipe was measured with a cosine from 0 after 5% warm-up
+    c.optim.schedule = "cosine"
+    c.optim.warmup_steps = None
+    c.data.sample_ratio = ml_collections.ConfigDict()  # batches follow the record counts
     c.optim.warmup_ratio = 0.05
     c.checkpoint.every = 500
     c.eval.batch_size = 8
