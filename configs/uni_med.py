@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import add_stage_fields, parse_arg
+from configs.common import add_stage_fields, parse_arg, tiny_llama
 from radjax.nn.lora import LLAMA_ALL_LINEAR
 from radjax.papers.uni_med.connector import RESAMPLE_METHODS, ROUTER_INPUTS, ROUTER_TYPES, TASKS
 from radjax.papers.uni_med.data import RELEASED_SAMPLE_RATIO
@@ -198,22 +198,7 @@ def _tiny(c: ml_collections.ConfigDict, a) -> None:
     m.vision.update(
         dict(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=4, remat=False)
     )
-    m.llm = ml_collections.ConfigDict(
-        dict(
-            vocab_size=0,  # the phantom tokenizer's
-            hidden_size=128,
-            num_layers=2,
-            num_heads=4,
-            intermediate_size=256,
-            rms_norm_eps=1e-6,
-            max_position_embeddings=512,
-            model_type="llama",
-            dtype="float32",
-            remat=False,
-            scan_layers=False,
-            init_std=0.02,
-        )
-    )
+    m.llm = tiny_llama()  # vocab_size: the phantom tokenizer's
     m.loss_chunks = 1
     d.root = "runs/data/uni_med_phantoms"
     d.image_size = 64
