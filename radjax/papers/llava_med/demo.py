@@ -1,7 +1,10 @@
-"""What ``experiments.demo`` trains for LLaVA-Med: the two-stage recipe on the phantoms (stage 1
-alignment: projector + image markers; stage 2 instruction tuning from stage 1's workdir),
-then the VQA test split scored as the paper (closed accuracy in its three published
-variants, open recall) against the most-frequent-answer baseline, with sample answers."""
+"""What ``experiments.demo`` trains for LLaVA-Med: the tiny recipe on the phantoms (stage 0, the
+tiny stand-in for the original's pretrained CLIP and LLM: the whole model on the alignment
+captions; stage 1 alignment: projector + image markers; stage 2 instruction tuning; each from
+the previous stage's workdir, the tower frozen after stage 0), then the VQA test split scored
+as the paper (closed accuracy in its three published variants, open recall) and per question
+kind (lesion presence, modality, ...) against the most-frequent-answer baseline, with sample
+answers."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ SECTIONS = (
     dict(
         name="llava_med",
         arg="tiny",
-        stages=(("llava_med_align", "tiny,stage=1"),),
+        stages=(("llava_med_pretrain", "tiny,stage=0"), ("llava_med_align", "tiny,stage=1")),
         metrics=(
             "accuracy",
             "accuracy_pr35",
@@ -20,8 +23,10 @@ SECTIONS = (
             "recall",
             "f1",
             "bleu_1",
+            "distinct",
         ),
-        splits=("closed", "open"),
+        # the paper's two answer types, then per question kind (eval.question_kinds)
+        splits=("closed", "open", "lesion", "is_modality", "modality", "region", "side", "kind"),
         baseline=True,
         samples=("closed", "open"),
     ),

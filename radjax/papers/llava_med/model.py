@@ -27,9 +27,9 @@ not (LLaVA-Med's alignment data has an image in every record).
 
 Loss (``loss_fn``): the released ``CrossEntropyLoss()`` over the micro-batch's non-ignored
 next-token targets (``vlm_steps.lm_loss_fn``, weights 1). ``predict_fn``: greedy answers to
-each VQA prompt. ``evaluate``: ``metrics.vqa`` (``run_eval_batch``: the paper's numbers) plus
-``run_eval.py``'s closed accuracy after and before PR #35, and the most-frequent-answer
-baseline.
+each VQA prompt. ``evaluate``: ``metrics.vqa_report`` (``run_eval_batch``: the paper's
+numbers, plus ``run_eval.py``'s closed accuracy after and before PR #35), scores per question
+kind (``eval.question_kinds``), and the most-frequent-answer baseline.
 """
 
 from __future__ import annotations

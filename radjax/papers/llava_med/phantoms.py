@@ -9,7 +9,8 @@ and a VQA-RAD-like ``test.json``, all about 2D images drawn from the shared phan
                      gpt "{caption}"]}`` (the caption says modality, body part and lesion)
   instruct.json      stage 2 (``llava_med_instruct_60k_inline_mention.json``): one record a
                      train image, 2-3 question / answer rounds (human, gpt, human, gpt, ...;
-                     ``<image>`` in the first question), answers in short sentences
+                     ``<image>`` in the first question; one round asks whether there is a
+                     lesion), answers in short sentences
   vqa/train.json     VQA items (``data_RAD/train.json``) about the train images: two OPEN and
                      two CLOSED (lesion presence, "is this a <modality> image?") an image
   vqa/test.json      the same about the held-out test images (``data_RAD/test.json``):
@@ -76,7 +77,11 @@ FILES = {
 IMAGE_FOLDER = "images"
 
 _P_LESION = 0.5
-_RADIUS_RANGE = (0.11, 0.16)  # lesion radius as a fraction of the image size
+# Lesion radius as a fraction of the image size (5-7 px at 32 px). The tiny model learns to
+# read lesion presence from its captions sooner with these than with 0.11-0.16 (whole-model
+# caption training, 3000 images: held-out presence 0.61 / 0.81 after 600 / 900 steps, against
+# 0.53 / 0.60, and 0.80 only after 1200; package README, "The tiny recipe").
+_RADIUS_RANGE = (0.16, 0.22)
 CAPTION_INSTRUCTIONS = (
     "Describe the image concisely.",
     "Give a short caption of the figure.",
@@ -310,9 +315,13 @@ def alignment_record(i: int, image: str, study: Study, size: int, rng) -> dict:
 
 
 def instruct_record(i: int, image: str, study: Study, rng) -> dict:
-    """2-3 rounds about the study, questions in random order and phrasing."""
+    """2-3 rounds about the study, questions in random order and phrasing; whether there is
+    a lesion is always one of them (asked in ~45% of the records when drawn like the others,
+    the tiny model did not learn it: package README, "The tiny recipe")."""
     pairs = _qa_pairs(study, rng)
-    order = rng.permutation(len(pairs))[: int(rng.integers(2, 4))]
+    lesion = [k for k, p in enumerate(pairs) if p[0] == "lesion"]
+    others = [int(k) for k in rng.permutation(len(pairs)) if k not in lesion]
+    order = rng.permutation(lesion + others[: int(rng.integers(1, 3))])
     rounds = [(question_text(pairs[k][0], rng), pairs[k][3]) for k in order]
     return {"id": f"instruct_{i:05d}", "image": image, "conversations": _turns(rounds)}
 

@@ -9,6 +9,7 @@ import pytest
 
 from radjax.data.readers import read_image
 from radjax.papers.llava_med import conversations_json as R
+from radjax.papers.llava_med import phantoms as P
 from radjax.papers.llava_med.phantoms import FILES, IMAGE_FOLDER, write_llava_med_phantoms
 
 N_TRAIN, N_TEST, SIZE = 160, 48, 32
@@ -49,6 +50,9 @@ def test_conversation_files_read_with_the_original_schema(written):
         assert [t.speaker for t in r.turns] == ["human", "gpt"] * (len(r.turns) // 2)
         assert r.turns[0].value.startswith("<image>\n")
         assert not any("<image>" in t.value for t in r.turns[1:])
+        # whether there is a lesion is asked in every record (the tiny recipe needs it)
+        questions = [t.value.split("\n")[-1] for t in r.turns[::2]]
+        assert sum(q in P.Q_LESION for q in questions) == 1, questions
     assert {r.image.split("/")[0] for r in instruct} == {"train"}
 
 
