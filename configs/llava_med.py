@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.common import add_stage_fields, parse_arg
+from configs.common import add_stage_fields, parse_arg, tiny_llama
 from radjax.papers.llava_med.phantoms import VQA_QUESTION_KINDS
 
 VERSIONS = ("v1.0", "v1.5")
@@ -218,22 +218,7 @@ def _tiny(c: ml_collections.ConfigDict, stage: int) -> None:
             intermediate_size=128,
         )
     )
-    m.llm = ml_collections.ConfigDict(
-        dict(
-            vocab_size=0,  # the phantom tokenizer's length (complete_config)
-            hidden_size=128,
-            num_layers=2,
-            num_heads=4,
-            intermediate_size=256,
-            rms_norm_eps=1e-6,
-            max_position_embeddings=512,
-            model_type="llama",
-            dtype="float32",
-            remat=False,
-            scan_layers=False,
-            init_std=0.02,
-        )
-    )
+    m.llm = tiny_llama()  # vocab_size: the phantom tokenizer's length (complete_config)
     m.loss_chunks = 1
     d.root = "runs/data/llava_med_phantoms"
     d.conversations = CONVERSATIONS[stage][1]
