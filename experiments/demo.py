@@ -19,7 +19,7 @@ from absl import app, flags
 
 from experiments import report
 from experiments.sections import Demo, config_label, demos, section, stage_runs
-from radjax import registry
+from radjax import registry, runtime
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
 PAPERS = flags.DEFINE_list("papers", [], "Papers to demo (default: every paper with a demo).")
@@ -71,6 +71,8 @@ def main(argv):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
+    # the untrained evaluations and the stages of one shape reuse the programs compiled before
+    runtime.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
     blocks: list[tuple] = [
         ("heading", 1, TITLE),
         (

@@ -22,7 +22,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from radjax import registry
+from radjax import registry, runtime
 
 CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -42,6 +42,12 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 MULTIPROCESS = flags.DEFINE_bool(
     "multiprocess", False, "Call jax.distributed.initialize() with cluster auto-detection."
+)
+COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    "",
+    "Directory of JAX's persistent compilation cache (off when empty): a rerun or a resumed "
+    "run loads its compiled programs instead of compiling them again.",
 )
 DRY_RUN = flags.DEFINE_string(
     "dry_run",
@@ -170,6 +176,8 @@ def start() -> None:
     )
     for noisy in ("absl", "jax", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if COMPILATION_CACHE.value:
+        runtime.enable_compilation_cache(COMPILATION_CACHE.value)
     if COORDINATOR.value or NUM_PROCESSES.value:
         jax.distributed.initialize(
             coordinator_address=COORDINATOR.value,
