@@ -30,6 +30,10 @@ from radjax.nn.lora import LLAMA_ALL_LINEAR
 from radjax.papers.uni_med.connector import RESAMPLE_METHODS, ROUTER_INPUTS, ROUTER_TYPES, TASKS
 from radjax.papers.uni_med.data import RELEASED_SAMPLE_RATIO
 
+# The tiny run's steps: the demo section (training + two evaluations) within 2.5 min on 2
+# idle cores (package README, "The tiny recipe").
+TINY_STEPS = 900
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(
@@ -202,24 +206,27 @@ def _tiny(c: ml_collections.ConfigDict, a) -> None:
     m.loss_chunks = 1
     d.root = "runs/data/uni_med_phantoms"
     d.image_size = 64
-    d.max_length = 144  # the longest phantom caption prompt + answer: 141 tokens
+    d.max_length = 128  # the longest phantom caption prompt + answer: 128 tokens
     d.batch_size = 8
     d.num_threads = 1
     d.phantoms.enabled = True
     t.batch_size = 8
-    t.steps = 1500
+    t.steps = TINY_STEPS
     t.log_every = 50
-    t.eval_every = 1500
+    t.eval_every = TINY_STEPS
     c.optim.lr = 1e-3
     c.optim.weight_decay = 0.0
     # the tiny recipe was measured with a cosine from 0 after 5% warm-up
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = None
-    c.data.sample_ratio = ml_collections.ConfigDict()  # batches follow the record counts
+    # batches follow the record counts: with the released ratios (captions 8 / 25 of the
+    # batches, VQA 5 / 25) the held-out closed VQA stayed at the baseline 0.500 after 800
+    # steps (record counts, 900 steps: 0.792) and the reports were no better
+    c.data.sample_ratio = ml_collections.ConfigDict()
     c.optim.warmup_ratio = 0.05
-    c.checkpoint.every = 500
+    c.checkpoint.every = TINY_STEPS
     c.eval.batch_size = 8
-    c.eval.max_new_tokens = 56  # the longest phantom report: 49 tokens
+    c.eval.max_new_tokens = 36  # the longest phantom report: 34 tokens
     c.eval.meteor = False
     c.model.lora.dropout = 0.0
     # The tiny LLM is random, not a pretrained LLaMA: frozen with LoRA alone it barely learns

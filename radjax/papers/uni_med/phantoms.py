@@ -24,9 +24,9 @@ Every answer follows from the image: a study is normal or shows one lesion (``KI
 cyst, ring-enhancing lesion, calcification) in one quadrant (``anatomy.LOCATIONS``, the
 patient's right on the image's left), its centre jittered, its box the tight box of the drawn
 mask scaled to the written W x H. SLAKE questions: the modality (OPEN: CT / MRI / X-Ray, each
-with its own look), whether there is a lesion (CLOSED; asked of every normal study and of a
-third of the abnormal ones, so P(yes) = 1/2), and for an abnormal study where the lesion is (OPEN: "right upper", ...) and whether it
-is in the upper half (CLOSED). Detections: the lesion, named by its kind. MIMIC reports state
+with its own look), whether there is a lesion (CLOSED, asked of every image; every other
+SLAKE image is normal, so P(yes) = 1/2) and, for an abnormal study, where the lesion is
+(OPEN: "right upper", ...). Detections: the lesion, named by its kind. MIMIC reports state
 the lesion kind, its size in mm and its quadrant (or no lesion). MedMNIST labels are the body
 section (chest / abdomen / head / spine) of a CT-like slice.
 """
@@ -63,9 +63,8 @@ RENDER_SIZE = 64  # the square section is drawn at this size, then resized to W 
 MEDMNIST_FLAG = "phantommnist"
 MEDMNIST_LABELS = ("chest", "abdomen", "head", "spine")
 MEDMNIST_QUESTION = "Which category does this CT image belong to: abdomen, chest, head, or spine?"
-_P_NORMAL = 0.25
-_P_ASK_PRESENCE = _P_NORMAL / (1 - _P_NORMAL)  # "Is there a lesion?": P(yes) = 1/2
-_RADIUS = (0.09, 0.14)  # lesion radius, fraction of the render size
+_P_NORMAL = 0.25  # MIMIC / MedMNIST; SLAKE: every other image is normal (see _write_slake)
+_RADIUS = (0.15, 0.21)  # lesion radius, fraction of the render size
 _JITTER = 0.06  # centre jitter around the quadrant centre, fraction
 
 
@@ -82,11 +81,19 @@ class Study:
     size: tuple[int, int]  # (W, H) of the written image
 
 
-def draw_study(rng: np.random.Generator, modalities=MODALITIES, regions=tuple(REGIONS)) -> Study:
+def draw_study(
+    rng: np.random.Generator,
+    modalities=MODALITIES,
+    regions=tuple(REGIONS),
+    normal: bool | None = None,
+) -> Study:
+    """A random study: modality, body section, written size and, unless ``normal`` (None: a
+    lesion with probability 3/4), a lesion of a random kind in a random quadrant."""
     modality = str(rng.choice(modalities))
     region = str(rng.choice(regions))
     size = tuple(int(v) for v in IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))])
-    if rng.random() < _P_NORMAL:
+    is_normal = rng.random() < _P_NORMAL
+    if is_normal if normal is None else normal:
         return Study(modality, region, None, None, (0.5, 0.5), 0.0, size)
     kind = str(rng.choice(list(KINDS)))
     location = str(rng.choice(list(LOCATIONS)))
@@ -97,11 +104,15 @@ def draw_study(rng: np.random.Generator, modalities=MODALITIES, regions=tuple(RE
 # ----------------------------------------------------------------------------- rendering
 
 
-def _look(section: np.ndarray, modality: str, rng: np.random.Generator) -> np.ndarray:
+def _look(
+    section: np.ndarray, modality: str, rng: np.random.Generator, bone: np.ndarray | None = None
+) -> np.ndarray:
     """Relative units (H, W) -> [0, 1] in the modality's look: CT linear; MRI (T1-like)
-    signal-void bone, brighter soft tissue; X-ray a 3 x 3 blur inside a white frame."""
+    signal-void bone (``bone``: where the section is bone, default ``section > 0.75``),
+    brighter soft tissue; X-ray a 3 x 3 blur inside a white frame."""
     if modality == "MRI":
-        out = np.where(section > 0.75, 0.08, np.clip(1.5 * section, 0, 1))
+        bone = section > 0.75 if bone is None else bone
+        out = np.where(bone, 0.08, np.clip(1.5 * section, 0, 1))
     elif modality == "X-Ray":
         pad = np.pad(section, 1, mode="edge")
         h, w = section.shape
@@ -118,6 +129,7 @@ def render(study: Study, rng: np.random.Generator, size: int = RENDER_SIZE):
     """-> (uint8 (H, W) image at ``study.size``, lesion box [x, y, w, h] in the written pixels
     or None). The box is the tight box of the drawn mask, scaled from the render size."""
     section = background(study.region, size, rng)[:, :, None]
+    bone = section[:, :, 0] > 0.75  # MRI's signal void: the body's bone, not the lesion
     box = None
     if study.kind is not None:
         grid = np.arange(size, dtype=np.float32)
@@ -133,13 +145,14 @@ def render(study: Study, rng: np.random.Generator, size: int = RENDER_SIZE):
             1.0,
             rng,
         )[:, :, 0]
+        bone &= ~mask
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         if len(rows):
             w, h = study.size
             x0, x1 = cols[0] * w / size, (cols[-1] + 1) * w / size
             y0, y1 = rows[0] * h / size, (rows[-1] + 1) * h / size
             box = [round(x0), round(y0), round(x1 - x0), round(y1 - y0)]
-    pixels = np.round(255 * _look(section[:, :, 0], study.modality, rng)).astype(np.uint8)
+    pixels = np.round(255 * _look(section[:, :, 0], study.modality, rng, bone)).astype(np.uint8)
     image = Image.fromarray(pixels).resize(study.size, Image.Resampling.BILINEAR)
     return np.asarray(image), box
 
@@ -156,34 +169,27 @@ def size_mm(study: Study) -> int:
 # ----------------------------------------------------------------------------- texts
 
 
-def _questions(study: Study, rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """(question, answer, answer_type) answerable from the image: the modality (OPEN); for
-    every normal study and a third of the abnormal ones whether there is a lesion (CLOSED,
-    so P(yes) = 1/2); for an abnormal study where the lesion is (OPEN) and whether it is in
-    the upper half (CLOSED)."""
-    out = [("What modality is used to take this image?", study.modality, "OPEN")]
-    if study.kind is None or rng.random() < _P_ASK_PRESENCE:
-        answer = "No" if study.kind is None else "Yes"
-        out.append(("Is there a lesion in this image?", answer, "CLOSED"))
+def _questions(study: Study) -> list[tuple[str, str, str]]:
+    """(question, answer, answer_type) answerable from the image: the modality (OPEN),
+    whether there is a lesion (CLOSED; half the SLAKE images have one) and, for an abnormal
+    study, where the lesion is (OPEN: "right upper", ...)."""
+    out = [
+        ("What modality is used to take this image?", study.modality, "OPEN"),
+        ("Is there a lesion in this image?", "No" if study.kind is None else "Yes", "CLOSED"),
+    ]
     if study.kind is not None:
-        name = KINDS[study.kind]
-        out.append((f"Where is the {name}?", study.location, "OPEN"))
-        upper = study.location.endswith("upper")
-        out.append(
-            (f"Is the {name} in the upper half of the image?", "Yes" if upper else "No", "CLOSED")
-        )
+        out.append((f"Where is the {KINDS[study.kind]}?", study.location, "OPEN"))
     return out
 
 
 def report(study: Study) -> str:
-    """A MIMIC-style report: the lesion's kind, size and quadrant, or no lesion."""
+    """A MIMIC-style report (findings, impression): the lesion's size, kind and place in the
+    lungs, or no lesion. Short, in words the phantom tokenizer has (a normal report is 14
+    tokens, an abnormal one 21-29), so that most of the target is what the image shows."""
     if study.kind is None:
-        return "The lungs are clear. No focal lesion is seen. Impression: normal chest radiograph."
+        return "No focal lesion. Impression: normal."
     name = KINDS[study.kind]
-    return (
-        f"There is a {size_mm(study)} mm {name} in the {study.location} zone. "
-        f"Impression: {name} in the {study.location} zone."
-    )
+    return f"A {size_mm(study)} mm {name} in the {study.location} lung. Impression: {name}."
 
 
 # ----------------------------------------------------------------------------- writing
@@ -199,7 +205,8 @@ def _write_slake(root: Path, split: str, n: int, seed: int, start: int) -> list[
     ids = []
     for i in range(n):
         rng = np.random.default_rng([seed, 0, SPLITS.index(split), i])
-        study = draw_study(rng)
+        # every other image normal: "Is there a lesion?" (asked of each) is yes for half
+        study = draw_study(rng, normal=(start + i) % 2 == 0)
         image_id = f"xmlab{start + i}"
         ids.append(image_id)
         folder = root / "Slake" / "imgs" / image_id
@@ -207,7 +214,7 @@ def _write_slake(root: Path, split: str, n: int, seed: int, start: int) -> list[
         _save_jpeg(folder / "source.jpg", pixels)
         _write_json(folder / "detection.json", [{KINDS[study.kind]: box}] if box else [])
         questions = []
-        for j, (question, answer, kind) in enumerate(_questions(study, rng)):
+        for j, (question, answer, kind) in enumerate(_questions(study)):
             for lang in ("en", "zh"):
                 questions.append(
                     dict(

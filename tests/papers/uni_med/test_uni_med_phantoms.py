@@ -85,8 +85,7 @@ def test_boxes_mark_the_lesion_and_answers_follow(written):
         h, w = image.shape
         detections = _json(folder / "detection.json")
         questions = {q["question"]: q["answer"] for q in _json(folder / "question.json")}
-        if "Is there a lesion in this image?" in questions:
-            assert (questions["Is there a lesion in this image?"] == "Yes") == bool(detections)
+        assert (questions["Is there a lesion in this image?"] == "Yes") == bool(detections)
         if not detections:
             assert not any(q.startswith("Where is") for q in questions)
             continue
@@ -96,7 +95,6 @@ def test_boxes_mark_the_lesion_and_answers_follow(written):
         where = questions[f"Where is the {name}?"]
         vertical, horizontal = ("upper" in where, "right" in where)  # patient right: image left
         assert (y + bh / 2 < h / 2) == vertical and (x + bw / 2 < w / 2) == horizontal
-        assert (questions[f"Is the {name} in the upper half of the image?"] == "Yes") == vertical
         inside = image[int(y) : int(y + bh), int(x) : int(x + bw)]
         ring = image[max(0, int(y) - 4) : int(y + bh) + 4, max(0, int(x) - 4) : int(x + bw) + 4]
         contrasts.append(abs(inside.mean() - ring.mean()) + inside.std())
@@ -113,7 +111,7 @@ def test_closed_questions_are_balanced(written):
         if q["answer_type"] == "CLOSED" and q["q_lang"] == "en"
     )
     assert set(answers) == {"Yes", "No"}
-    assert 0.3 < answers["Yes"] / sum(answers.values()) < 0.7
+    assert answers["Yes"] == answers["No"]  # every other SLAKE image is normal
 
 
 def test_reports_state_the_lesion(written):
