@@ -140,6 +140,6 @@ def test_demo_and_benchmarks_find_papers_by_name():
     from experiments import sections
 
     names = [d.name for d in sections.demos()]
-    assert {"rp3d_diag_late", "rp3d_diag_early", "rp3d_diag_late_ke", "radfm"} <= set(names)
+    assert {"rp3d_diag_late", "rp3d_diag_late_ke", "radfm", "llava_med", "uni_med"} <= set(names)
     assert all(d.module == f"configs.{d.module.split('.')[1]}" for d in sections.demos())
     assert {"rp3d", "decoder", "radfm"} <= {b.name for b in run.discover()}

@@ -1,7 +1,8 @@
 """The absl launchers (``experiments/launch.py`` via ``experiments.train``) run as a user does:
-``--help`` lists the launch flags, a bad config argument or a misspelled override ends in one
-line before anything is written, and ``--config <paper>:<arg>`` names a shipped config from
-another folder (here with a dry run that lists the parameters a mesh axis cannot split)."""
+``--help`` lists the launch flags, ``--compilation_cache`` keeps the compiled programs, a bad
+config argument or a misspelled override ends in one line before anything is written, and
+``--config <paper>:<arg>`` names a shipped config from another folder (here with a dry run
+that lists the parameters a mesh axis cannot split)."""
 
 import os
 import pathlib
@@ -12,6 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 LAUNCH_FLAGS = (
     "--config",
     "--workdir",
+    "--compilation_cache",
     "--dry_run",
     "--coordinator_address",
     "--num_processes",
@@ -38,6 +40,21 @@ def test_help_lists_the_launch_flags():
         f for f in LAUNCH_FLAGS if f"  {f}" not in out.stdout and f"[no]{f[2:]}" not in out.stdout
     ]
     assert not missing, out.stdout
+
+
+def test_the_compilation_cache_keeps_the_compiled_train_step(tmp_path):
+    cache = tmp_path / "cache"
+    out = _train(
+        "--config=configs/rp3d_diag.py:tiny",
+        f"--workdir={tmp_path / 'run'}",
+        f"--compilation_cache={cache}",
+        f"--config.data.root={tmp_path / 'data'}",
+        "--config.train.steps=2",
+        "--config.train.eval_every=0",
+        "--config.checkpoint.every=2",
+    )
+    assert out.returncode == 0, out.stderr
+    assert any(p.name.startswith("jit_train_step") for p in cache.iterdir()), list(cache.iterdir())
 
 
 def _one_line_error(out: subprocess.CompletedProcess) -> str:

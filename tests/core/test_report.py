@@ -151,7 +151,7 @@ def test_demo_stages_chain_each_run_onto_the_previous_workdir(tmp_path):
 def test_rp3d_knowledge_section_starts_from_the_late_runs_trunk(tmp_path):
     """Tiny KE from scratch collapses (no per-class bias); its section reuses the late-fusion
     section's run dir as its first stage and takes only the trunk from it."""
-    late, _, ke = demos(("rp3d_diag",))
+    late, ke = demos(("rp3d_diag",))
     (late_name, late_dir, _), (ke_name, _, ke_config) = stage_runs(ke, str(tmp_path))
     assert late_name == late.name and late_dir == str(tmp_path / late.name)  # already trained
     assert ke_name == "rp3d_diag_late_ke" and ke_config.model.ke.enabled
