@@ -81,6 +81,25 @@ def load_average() -> float | None:
         return None
 
 
+def cpu_counters() -> tuple[int, int] | None:
+    """(all CPU time, steal time) in clock ticks since boot, from the ``cpu`` line of
+    /proc/stat (Linux; None elsewhere). Steal is time the hypervisor ran other guests while
+    this machine had work: the difference of two readings gives the steal fraction between."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields[:8]), (fields[7] if len(fields) > 7 else 0)
+
+
+def steal_fraction(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Steal time / all CPU time between two ``cpu_counters()`` readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0])
+
+
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo (Linux), else the platform's machine name."""
     try:

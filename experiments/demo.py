@@ -17,6 +17,7 @@ import time
 
 from absl import app, flags
 
+from benchmarks import common as machine
 from experiments import report
 from experiments.sections import Demo, config_label, demos, section, stage_runs
 from radjax import registry, runtime
@@ -64,6 +65,18 @@ def _run_paper(demo: Demo, workdir: str) -> list[tuple]:
     )
 
 
+def _machine_line(minutes: float, probe_gflops: float, counters) -> str:
+    """How long the demo ran and on what, so that its times can be compared across machines:
+    the CPU, its threads, a 2048 x 2048 f32 matmul's GFLOP/s measured at the start and the
+    share of CPU time the hypervisor gave to other guests during the run (steal)."""
+    steal = machine.steal_fraction(counters, machine.cpu_counters())
+    stolen = "" if steal is None else f"; CPU steal during the run {100 * steal:.0f} %"
+    return (
+        f"Demo: {minutes:.1f} min on {machine.cpu_name()} ({machine.cpu_threads()} threads); "
+        f"2048 x 2048 f32 matmul {probe_gflops:.0f} GFLOP/s at the start{stolen}."
+    )
+
+
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
@@ -82,8 +95,11 @@ def main(argv):
         ),
         ("text", ""),
     ]
+    t0, counters = time.time(), machine.cpu_counters()
+    probe = machine.matmul_ceiling(2048).gflops
     for demo in demos(tuple(PAPERS.value)):
         blocks += _run_paper(demo, workdir)
+    blocks.append(("text", _machine_line((time.time() - t0) / 60, probe, counters)))
     md, page = report.write_report(blocks, workdir, TITLE)
     logging.info("report written to %s and %s", md, page)
     print(open(md).read())

@@ -56,3 +56,23 @@ def test_analytic_shapes_and_helpers():
     t = common.time_calls(lambda: np.float32(1.0), warmup=0, iters=3, sync=lambda x: x)
     assert len(t.times) == 3 and t.min_ms <= t.median_ms <= t.max_ms
     assert common.format_table(["a", "b"], [["x", 1.5]]).splitlines()[2].startswith("x")
+
+
+def test_steal_fraction_reads_proc_stat(tmp_path, monkeypatch):
+    """Steal = the 8th field of /proc/stat's cpu line, over the sum of the first eight."""
+    stat = tmp_path / "stat"
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(stat if path == "/proc/stat" else path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    stat.write_text("cpu  100 0 50 800 0 0 0 50 0 0\ncpu0 1 2 3\n")
+    before = common.cpu_counters()
+    stat.write_text("cpu  160 0 70 900 0 0 0 70 0 0\ncpu0 1 2 3\n")
+    after = common.cpu_counters()
+    assert before == (1000, 50) and after == (1200, 70)
+    assert math.isclose(common.steal_fraction(before, after), 20 / 200)
+    assert (
+        common.steal_fraction(None, after) is None and common.steal_fraction(after, after) is None
+    )
