@@ -219,11 +219,11 @@ def _tiny(c: ml_collections.ConfigDict, a) -> None:
     # the tiny recipe was measured with a cosine from 0 after 5% warm-up
     c.optim.schedule = "cosine"
     c.optim.warmup_steps = None
+    c.optim.warmup_ratio = 0.05
     # batches follow the record counts: with the released ratios (captions 8 / 25 of the
     # batches, VQA 5 / 25) the held-out closed VQA stayed at the baseline 0.500 after 800
     # steps (record counts, 900 steps: 0.792) and the reports were no better
     c.data.sample_ratio = ml_collections.ConfigDict()
-    c.optim.warmup_ratio = 0.05
     c.checkpoint.every = TINY_STEPS
     c.eval.batch_size = 8
     c.eval.max_new_tokens = 36  # the longest phantom report: 34 tokens

@@ -84,7 +84,8 @@ def main(argv):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     workdir = WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    # the untrained evaluations and the stages of one shape reuse the programs compiled before
+    # an untrained evaluation loads the programs its trained evaluation compiled (the stages
+    # of a recipe differ in their schedules' constants, so they compile anew)
     runtime.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
     blocks: list[tuple] = [
         ("heading", 1, TITLE),

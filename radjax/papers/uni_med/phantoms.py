@@ -92,8 +92,8 @@ def draw_study(
     modality = str(rng.choice(modalities))
     region = str(rng.choice(regions))
     size = tuple(int(v) for v in IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))])
-    is_normal = rng.random() < _P_NORMAL
-    if is_normal if normal is None else normal:
+    drawn_normal = rng.random() < _P_NORMAL  # drawn either way: one random stream for both
+    if drawn_normal if normal is None else normal:
         return Study(modality, region, None, None, (0.5, 0.5), 0.0, size)
     kind = str(rng.choice(list(KINDS)))
     location = str(rng.choice(list(LOCATIONS)))
@@ -105,13 +105,12 @@ def draw_study(
 
 
 def _look(
-    section: np.ndarray, modality: str, rng: np.random.Generator, bone: np.ndarray | None = None
+    section: np.ndarray, modality: str, rng: np.random.Generator, bone: np.ndarray
 ) -> np.ndarray:
     """Relative units (H, W) -> [0, 1] in the modality's look: CT linear; MRI (T1-like)
-    signal-void bone (``bone``: where the section is bone, default ``section > 0.75``),
-    brighter soft tissue; X-ray a 3 x 3 blur inside a white frame."""
+    signal-void ``bone`` (bool (H, W)), brighter soft tissue; X-ray a 3 x 3 blur inside a
+    white frame."""
     if modality == "MRI":
-        bone = section > 0.75 if bone is None else bone
         out = np.where(bone, 0.08, np.clip(1.5 * section, 0, 1))
     elif modality == "X-Ray":
         pad = np.pad(section, 1, mode="edge")
