@@ -11,7 +11,9 @@ and the reference text. Re-running resumes finished parts from their checkpoints
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import multiprocessing
 import os
 import time
 
@@ -19,11 +21,25 @@ from absl import app, flags
 
 from benchmarks import common as machine
 from experiments import report
-from experiments.sections import Demo, config_label, demos, section, stage_runs
+from experiments.sections import (
+    Demo,
+    by_paper,
+    config_label,
+    demos,
+    longest_first,
+    section,
+    stage_runs,
+)
 from radjax import registry, runtime
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where runs, data and the report go.")
 PAPERS = flags.DEFINE_list("papers", [], "Papers to demo (default: every paper with a demo).")
+JOBS = flags.DEFINE_integer(
+    "jobs",
+    2,
+    "Papers demoed at once, each in its own process (1: one after another in this one). "
+    "Compilation and evaluation leave a core idle that another paper's training uses.",
+)
 
 TITLE = "radjax demo report"
 
@@ -65,6 +81,33 @@ def _run_paper(demo: Demo, workdir: str) -> list[tuple]:
     )
 
 
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    for noisy in ("absl", "jax", "orbax", "grain"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run_papers(paper_demos: list[Demo], workdir: str) -> list[tuple]:
+    """Every section of one paper, in order (a worker process's job)."""
+    _log_to_stderr()
+    # an untrained evaluation loads the programs its trained evaluation compiled (the stages
+    # of a recipe differ in their schedules' constants, so they compile anew)
+    runtime.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
+    return [block for demo in paper_demos for block in _run_paper(demo, workdir)]
+
+
+def run_all(all_demos: list[Demo], workdir: str, jobs: int) -> list[tuple]:
+    """Report blocks of every section, in report order. With ``jobs`` > 1 each paper runs in
+    its own (spawned) process, ``jobs`` at a time, the longest (``Demo.minutes``) first."""
+    groups = by_paper(all_demos)
+    if jobs <= 1 or len(groups) <= 1:
+        return _run_papers(all_demos, workdir)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {i: pool.submit(_run_papers, groups[i], workdir) for i in longest_first(groups)}
+        return [block for i in range(len(groups)) for block in futures[i].result()]
+
+
 def _machine_line(minutes: float, probe_gflops: float, counters) -> str:
     """How long the demo ran and on what, so that its times can be compared across machines:
     the CPU, its threads, a 2048 x 2048 f32 matmul's GFLOP/s measured at the start and the
@@ -79,14 +122,9 @@ def _machine_line(minutes: float, probe_gflops: float, counters) -> str:
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-    for noisy in ("absl", "jax", "orbax", "grain"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _log_to_stderr()
     workdir = WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    # an untrained evaluation loads the programs its trained evaluation compiled (the stages
-    # of a recipe differ in their schedules' constants, so they compile anew)
-    runtime.enable_compilation_cache(os.path.join(workdir, "jax_cache"))
     blocks: list[tuple] = [
         ("heading", 1, TITLE),
         (
@@ -98,8 +136,7 @@ def main(argv):
     ]
     t0, counters = time.time(), machine.cpu_counters()
     probe = machine.matmul_ceiling(2048).gflops
-    for demo in demos(tuple(PAPERS.value)):
-        blocks += _run_paper(demo, workdir)
+    blocks += run_all(demos(tuple(PAPERS.value)), workdir, JOBS.value)
     blocks.append(("text", _machine_line((time.time() - t0) / 60, probe, counters)))
     md, page = report.write_report(blocks, workdir, TITLE)
     logging.info("report written to %s and %s", md, page)

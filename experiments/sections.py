@@ -34,6 +34,7 @@ class Demo:
     baseline: bool = False  # also table the eval's "baseline/..." entries
     samples: tuple[str, ...] = ()  # tasks whose "samples/<task>" generations are shown
     stages: tuple[tuple[str, str], ...] = ()  # (name, arg) of the stages trained before
+    minutes: float = 1.0  # its time on 2 cores, measured: the demo starts the longest first
 
 
 def config_label(demo: Demo, name: str) -> str:
@@ -66,6 +67,20 @@ def demos(only: tuple[str, ...] = ()) -> list[Demo]:
         for section in spec.SECTIONS if spec else ():
             out.append(Demo(paper=paper, module=f"configs.{paper}", **section))
     return out
+
+
+def by_paper(all_demos: list[Demo]) -> list[list[Demo]]:
+    """Sections grouped by paper (a paper's sections share runs), in report order."""
+    groups: dict[str, list[Demo]] = {}
+    for demo in all_demos:
+        groups.setdefault(demo.paper, []).append(demo)
+    return list(groups.values())
+
+
+def longest_first(groups: list[list[Demo]]) -> list[int]:
+    """Indices of ``groups`` by their measured minutes, longest first (so that the longest
+    paper does not start last when papers run side by side)."""
+    return sorted(range(len(groups)), key=lambda i: -sum(d.minutes for d in groups[i]))
 
 
 LOSS_KEYS = ("train/loss", "eval/loss")

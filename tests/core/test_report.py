@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from experiments import report
-from experiments.sections import Demo, config_label, demos, section, stage_runs
+from experiments.sections import (
+    Demo,
+    by_paper,
+    config_label,
+    demos,
+    longest_first,
+    section,
+    stage_runs,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RADFM = Demo(
@@ -168,3 +176,21 @@ def test_radfm_stage_argument_needs_the_tiny_recipe():
     lesions = radfm.get_config("tiny,stage=lesions,tasks=diagnosis_open+diagnosis_closed")
     assert lesions.data.phantom_tasks == ("diagnosis_open", "diagnosis_closed")
     assert lesions.train.steps == radfm.TINY_STAGES["lesions"][1] == 3000
+
+
+def test_demo_groups_sections_by_paper_and_starts_the_longest_paper_first():
+    """Papers run side by side (``experiments.demo --jobs``): a paper's sections stay together
+    in report order (RP3D's knowledge section resumes the late run), and RadFM, the longest
+    measured paper, is started first."""
+    every = demos(("llava_med", "radfm", "rp3d_diag", "uni_med"))
+    groups = by_paper(every)
+    assert [[d.name for d in g] for g in groups] == [
+        ["llava_med"],
+        ["radfm"],
+        ["rp3d_diag_late", "rp3d_diag_late_ke"],
+        ["uni_med"],
+    ]
+    order = longest_first(groups)
+    assert groups[order[0]][0].paper == "radfm"
+    assert sorted(order) == [0, 1, 2, 3]
+    assert longest_first([[Demo("a", "a", "m", "", (), (), minutes=1.0)]] * 2) == [0, 1]
