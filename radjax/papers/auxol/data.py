@@ -1,0 +1,125 @@
+"""AuxOL's stream: ``<root>/<dataset>/<part>/{images,masks}``, parts in the given order, each
+part's images in sorted file-name order (``main.py``: ``sorted(os.listdir(image_path))``), the
+mask of ``images/<name>`` at ``masks/<name>``.
+
+An image is read as RGB uint8 (``cv2.imread`` + BGR->RGB), a mask as one channel thresholded
+at 127 (``cv2.threshold(mask, 127, 255, THRESH_BINARY)``: > 127 is foreground). Every problem
+is a ``BadRecordError`` naming the file and the field: an image without a mask, a mask of
+another size, a colour mask (channels that differ: which channel is the label is unknown; a
+grey mask stored as RGB is accepted). A mask with no object AuxOL can prompt (no component with
+a box of 16 px a side) is not an error: the original predicts an empty mask for it and counts it
+in the part's metrics, and so does radjax (``images_without_prompt`` counts them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from radjax.data.errors import BadRecordError
+from radjax.data.phantoms import ensure_phantoms
+from radjax.data.readers import read_image
+from radjax.papers.auxol.phantoms import write_auxol_phantoms
+
+MASK_THRESHOLD = 127
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One image of the stream: its part, file name and both paths."""
+
+    part: str
+    name: str
+    image: Path
+    mask: Path
+
+
+def part_dir(data_cfg: ml_collections.ConfigDict, part: str) -> Path:
+    return Path(data_cfg.root) / data_cfg.dataset / part
+
+
+def data_files(data_cfg: ml_collections.ConfigDict) -> list[str]:
+    """The folders the stream needs (relative to ``data.root``)."""
+    return [
+        f"{data_cfg.dataset}/{part}/{kind}"
+        for part in data_cfg.parts
+        for kind in ("images", "masks")
+    ]
+
+
+def ensure_data(data_cfg: ml_collections.ConfigDict) -> None:
+    """Phantoms when ``data.phantoms.enabled`` and the root is empty; then every part's
+    ``images`` and ``masks`` folder must exist (an error naming the first missing one)."""
+    ensure_phantoms(data_cfg, write_auxol_phantoms, "AuxOL's TestDatasets/<dataset>/<part> folders")
+    for rel in data_files(data_cfg):
+        if not (Path(data_cfg.root) / rel).is_dir():
+            raise FileNotFoundError(
+                f"{Path(data_cfg.root) / rel}: missing (data.root={data_cfg.root!r}, "
+                f"data.dataset={data_cfg.dataset!r}, data.parts={list(data_cfg.parts)})"
+            )
+
+
+def stream(data_cfg: ml_collections.ConfigDict) -> list[Sample]:
+    """Every image of every part, in stream order. Raises BadRecordError for an image whose
+    mask file is missing (before anything is processed)."""
+    samples = []
+    for part in data_cfg.parts:
+        folder = part_dir(data_cfg, part)
+        names = sorted(
+            p.name
+            for p in (folder / "images").iterdir()
+            if p.is_file() and not p.name.startswith(".")
+        )
+        if not names:
+            raise BadRecordError(folder / "images", None, "no images")
+        for name in names:
+            mask = folder / "masks" / name
+            if not mask.is_file():
+                raise BadRecordError(
+                    mask, "mask", f"missing: the mask of {folder / 'images' / name}"
+                )
+            samples.append(Sample(part, name, folder / "images" / name, mask))
+    return samples
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """uint8 (H, W, 3): grey images repeated to three channels, alpha dropped."""
+    image = read_image(path)
+    if image.dtype != np.uint8:
+        raise BadRecordError(path, "dtype", f"{image.dtype}: AuxOL reads 8-bit images")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def read_mask(path: Path, image_hw: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W) in {0, 1}: > 127 is the object. Raises BadRecordError for a colour mask or
+    one whose size differs from its image's."""
+    mask = read_image(path)
+    if mask.ndim == 3:
+        colour = mask[:, :, :3]
+        if np.any(colour != colour[:, :, :1]):
+            raise BadRecordError(
+                path,
+                "channels",
+                f"a colour mask ({mask.shape[2]} channels that differ): "
+                "AuxOL's masks are one grey channel",
+            )
+        mask = colour[:, :, 0]
+    if mask.shape != tuple(image_hw):
+        raise BadRecordError(
+            path,
+            "size",
+            f"mask is {mask.shape[1]} x {mask.shape[0]} (W x H), its image "
+            f"{image_hw[1]} x {image_hw[0]}",
+        )
+    return (mask > MASK_THRESHOLD).astype(np.uint8)
+
+
+def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """-> (image uint8 (H, W, 3), mask uint8 (H, W) {0, 1})."""
+    image = read_rgb(sample.image)
+    return image, read_mask(sample.mask, image.shape[:2])
