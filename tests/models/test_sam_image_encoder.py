@@ -275,6 +275,10 @@ def test_paper_configs_match_the_original(golden, name):
     assert model.blocks[0].attn.rel_pos_h.shape == (27, cfg.head_dim)  # window 14
     g = cfg.global_attn_indexes[0]
     assert model.blocks[g].attn.rel_pos_h.shape == (127, cfg.head_dim)  # the 64 x 64 map
+    graphdef, state = nnx.split(model)
+    pixels = jax.ShapeDtypeStruct((1, 1024, 1024, 3), jnp.float32)
+    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, pixels)
+    assert out.shape == (1, 64, 64, 256)  # the 64 x 64 map pads to 70 x 70 windows of 14
 
 
 def test_paper_parameter_counts(golden):
