@@ -1,5 +1,5 @@
 """Streams a dataset through a paper's online learner:
-``python -m experiments.online --config configs/auxol.py:tiny --workdir W``.
+``python -m experiments.online --config configs/<paper>.py:tiny --workdir W``.
 
 The paper's ``online`` module (``radjax.papers.<paper>.online.run(config, workdir)``) does
 the work; this launcher parses the config, takes the workdir's lock and turns the errors a
