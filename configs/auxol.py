@@ -9,6 +9,10 @@
                      | ``tiny``; ``model.sam.checkpoint`` is the original segment-anything
                      ``.pth`` (or a transformers ``SamModel`` folder).
   ``prompt=``        ``box`` (default) | ``point``.
+  ``stage=sam``      with ``tiny``: pre-train the tiny SAM on phantoms of the benign /
+                     ClinicDB looks only (``experiments.train``), MedSAM's recipe; the
+                     online run then reads it with ``--config.model.sam.workdir=<that run>``.
+                     The tiny SAM is weak on purpose: a few hundred steps, one look a dataset.
 
 Everything else is a field: ``--config.online.interval=2``, ``--config.online.noise=0.1``,
 ``--config.online.queue_policy=loss``, ``--config.data.dataset=BUSI
@@ -22,7 +26,9 @@ import ml_collections
 from configs.common import parse_arg
 
 SAMS = ("vit_b", "vit_l", "vit_h", "medsam", "tiny")
+_DEFAULT_SAM = ""  # tiny with `tiny`, else vit_h (run.sh)
 PROMPTS = ("box", "point")
+STAGES = ("online", "sam")
 # run.sh's checkpoints (``tool.load_model``); MedSAM point prompts use
 # medsam_point_prompt_flare22.pth, set ``model.sam.checkpoint`` for it.
 CHECKPOINTS = {
@@ -32,17 +38,36 @@ CHECKPOINTS = {
     "medsam": "checkpoints/medsam_vit_b.pth",
     "tiny": "",
 }
+# The tiny SAM: 128 px inputs, 8 px patches (a 16 x 16 grid, 64 x 64 low-res masks), a
+# four-block encoder with windows of 4 and two global blocks, prompt width 32.
+TINY_SAM = dict(
+    image_size=128,
+    patch_size=8,
+    width=64,
+    depth=4,
+    num_heads=4,
+    window_size=4,
+    global_attn_indexes=(1, 3),
+    dim=32,
+    mask_in_chans=8,
+    decoder_heads=2,
+    decoder_mlp_dim=64,
+    iou_head_hidden_dim=32,
+)
 POLYP_PARTS = ("CVC-ClinicDB", "CVC-ColonDB", "ETIS-LaribPolypDB", "Kvasir", "CVC-300")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(
         arg,
-        choices=dict(sam=SAMS, prompt=PROMPTS),
+        choices=dict(sam=(_DEFAULT_SAM, *SAMS), prompt=PROMPTS, stage=STAGES),
         tiny=False,
         sam="",
         prompt="box",
+        stage="online",
     )
+    if a.stage != "online" and not a.tiny:
+        raise ValueError(f"config arg stage={a.stage} is a stage of the tiny recipe: add tiny")
     sam = a.sam or ("tiny" if a.tiny else "vit_h")
     c = ml_collections.ConfigDict()
     c.paper = "auxol"
@@ -50,8 +75,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.sam = ml_collections.ConfigDict(
-        dict(variant=sam, checkpoint=CHECKPOINTS[sam], dtype="float32")
+        # workdir: a radjax run of stage=sam whose newest checkpoint is the SAM to use
+        dict(variant=sam, checkpoint=CHECKPOINTS[sam], workdir="", dtype="float32")
     )
+    if sam == "tiny":
+        c.model.sam.update(TINY_SAM)
     # milesial's U-Net as run.sh builds it: --bilinear, widths 64 .. 512
     c.model.unet = ml_collections.ConfigDict(dict(base=64, bilinear=True))
 
@@ -91,9 +119,48 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     c.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2))
+    _trainer_fields(c)
+    if sam == "tiny":  # SAM's input and low-res mask sides
+        c.data.image_size = TINY_SAM["image_size"]
+        c.data.low_res_size = 4 * TINY_SAM["image_size"] // TINY_SAM["patch_size"]
     if a.tiny:
         _tiny(c)
+        if a.stage == "sam":
+            _tiny_sam_stage(c)
     return c
+
+
+def _trainer_fields(c: ml_collections.ConfigDict) -> None:
+    """What ``experiments.train`` reads (only stage=sam trains; MedSAM's optimiser)."""
+    c.data.image_size = 1024
+    c.data.low_res_size = 256
+    c.data.val_images = 8
+    c.data.box_jitter = 0.0
+    c.data.num_threads = 1
+    c.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=8,
+            steps=1000,
+            grad_accum=1,
+            remat_policy="",
+            log_every=25,
+            eval_every=1000,
+            eval_split="test",
+        )
+    )
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            lr=1e-4,
+            weight_decay=0.01,
+            warmup_ratio=0.0,
+            schedule="constant",
+            grad_clip=0.0,
+            groups=(),
+        )
+    )
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, expert=1))
+    c.eval = ml_collections.ConfigDict(dict(batch_size=8))
 
 
 def _tiny(c: ml_collections.ConfigDict) -> None:
@@ -102,3 +169,15 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.data.parts = ("benign", "malignant")
     c.data.phantoms.enabled = True
     c.checkpoint.every = 20
+
+
+def _tiny_sam_stage(c: ml_collections.ConfigDict) -> None:
+    """Other phantoms than the stream's (seed 1), the first look only."""
+    c.data.root = "runs/data/auxol_sam_phantoms"
+    c.data.parts = ("benign",)
+    c.data.phantoms.update(seed=1, images_per_part=120)
+    c.data.box_jitter = 0.1
+    c.train.update(batch_size=16, steps=300, eval_every=300)
+    c.optim.update(lr=1e-3, warmup_ratio=0.05, schedule="cosine")
+    c.checkpoint.update(every=300, keep=1)
+    c.eval.batch_size = 16

@@ -16,12 +16,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import grain
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from radjax.data.errors import BadRecordError
 from radjax.data.phantoms import ensure_phantoms
 from radjax.data.readers import read_image
+from radjax.models.sam import processing
+from radjax.papers.auxol import prompts
 from radjax.papers.auxol.phantoms import write_auxol_phantoms
 
 MASK_THRESHOLD = 127
@@ -123,3 +127,54 @@ def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """-> (image uint8 (H, W, 3), mask uint8 (H, W) {0, 1})."""
     image = read_rgb(sample.image)
     return image, read_mask(sample.mask, image.shape[:2])
+
+
+# ----------------------------------------------------------------- SAM pre-training records
+# The tiny config's SAM is trained briefly on phantoms (``configs/auxol.py:tiny,stage=sam``)
+# through the shared trainer: one record per prompted object of the stream layout's parts,
+# the last ``data.val_images`` images of each part held out as the ``test`` split.
+
+
+def make_source(data_cfg: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
+    """One record per object AuxOL would prompt: image and mask paths, the object's box."""
+    if split not in ("train", "test"):
+        raise ValueError(f"data split {split!r}: 'train' or 'test'")
+    samples, held = stream(data_cfg), int(data_cfg.val_images)
+    records = []
+    for part in data_cfg.parts:
+        mine = [s for s in samples if s.part == part]
+        chosen = mine[-held:] if split == "test" else mine[: len(mine) - held]
+        for sample in chosen:
+            image = read_rgb(sample.image)
+            for obj in prompts.objects(read_mask(sample.mask, image.shape[:2])):
+                records.append(dict(image=str(sample.image), mask=str(sample.mask), box=obj.box))
+    if not records:
+        raise BadRecordError(Path(data_cfg.root) / data_cfg.dataset, split, "no object to prompt")
+    return grain.MapDataset.source(records)
+
+
+def load_example(
+    record: dict, data_cfg: ml_collections.ConfigDict, rng: np.random.Generator | None
+) -> dict[str, np.ndarray]:
+    """-> ``pixels`` f32 (S, S, 3) (SAM's pre-processing), ``box`` f32 (4,) in its frame
+    (training: each side moved by up to ``data.box_jitter`` of the box's size, MedSAM's
+    box perturbation), ``target`` f32 (L, L, 1): the object's mask in the low-res frame."""
+    size, low = int(data_cfg.image_size), int(data_cfg.low_res_size)
+    image = read_rgb(Path(record["image"]))
+    mask = read_mask(Path(record["mask"]), image.shape[:2])
+    x1, y1, x2, y2 = record["box"]
+    only = prompts.component_at(mask, record["box"])
+    pixels, (h, w) = processing.preprocess(image, size)
+    box = np.array(record["box"], np.float64)
+    if rng is not None and data_cfg.box_jitter:
+        side = np.array([x2 - x1, y2 - y1] * 2, np.float64)
+        box = box + rng.uniform(-1, 1, 4) * data_cfg.box_jitter * side
+    box = processing.scale_boxes(box[None], mask.shape, size)[0]
+    framed = np.zeros((size, size), np.uint8)
+    framed[:h, :w] = np.asarray(
+        Image.fromarray(only * 255).resize((w, h), Image.Resampling.BILINEAR)
+    )
+    target = np.asarray(Image.fromarray(framed).resize((low, low), Image.Resampling.BILINEAR)) > 127
+    return dict(
+        pixels=pixels, box=box.astype(np.float32), target=target[:, :, None].astype(np.float32)
+    )

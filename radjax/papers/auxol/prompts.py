@@ -69,6 +69,19 @@ def objects(binary: np.ndarray) -> list[Component]:
     ]
 
 
+def component_at(binary: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The 8-connected component with the most pixels inside ``box`` (the object a box
+    prompt names), uint8 (H, W) {0, 1}; all zero when the box holds no foreground."""
+    labels, _ = ndimage.label(np.asarray(binary) != 0, structure=_EIGHT_CONNECTED)
+    x1, y1, x2, y2 = box
+    inside = labels[y1:y2, x1:x2]
+    counts = np.bincount(inside.ravel())
+    counts[0] = 0
+    if not counts.any():
+        return np.zeros(labels.shape, np.uint8)
+    return (labels == counts.argmax()).astype(np.uint8)
+
+
 def convex_hull_image(binary: np.ndarray) -> np.ndarray:
     """skimage.morphology.convex_hull_image(binary) (offset_coordinates, include_borders,
     tolerance 1e-10): each foreground pixel contributes the four points half a pixel from its

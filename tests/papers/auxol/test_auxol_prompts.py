@@ -130,3 +130,16 @@ def test_noisy_mask_both_picks_erosion_or_dilation_by_one_draw():
     eroded = prompts.noisy_mask(mask, 0.15, "both", _Draws(0.3))
     dilated = prompts.noisy_mask(mask, 0.15, "both", _Draws(0.7))
     assert eroded.sum() == 4 and dilated.sum() == 36
+
+
+def test_component_at_picks_the_object_a_box_names_not_its_neighbour():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:25, 5:9] = 1  # an L: its box (5, 5, 25, 25) is empty at the upper right
+    mask[21:25, 5:25] = 1
+    _square(mask, 8, 14, 6, 6)  # a separate object inside the L's box
+    (large,) = prompts.objects(mask)
+    assert large.box == (5, 5, 25, 25)
+    only = prompts.component_at(mask, large.box)
+    assert only.sum() == large.area == 144 and only[10, 16] == 0
+    assert prompts.component_at(mask, (14, 8, 20, 14)).sum() == 36
+    assert not prompts.component_at(mask, (30, 0, 40, 10)).any()
