@@ -18,6 +18,7 @@ from radjax.convert.torch_io import ConversionError
 from radjax.models.sam.mask_decoder import MaskDecoder, MaskDecoderConfig
 from radjax.models.sam.prompt_encoder import PromptEncoder, PromptEncoderConfig
 from radjax.models.sam.two_way_transformer import TwoWayTransformerConfig
+from tests.sharded import assert_sharded_equals_unsharded
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden", "data", "sam_decoder.npz")
 DIM, GRID, IMAGE, MASK_CHANS, HEADS, MLP, IOU_HIDDEN = 32, 8, 64, 8, 4, 64, 16
@@ -344,3 +345,24 @@ def test_bad_prompt_shapes_are_named():
             dense,
             multimask_output=True,
         )
+
+
+def test_sharded_decoder_equals_unsharded(converted):
+    """fsdp 2 x tensor 4, one image embedding per prompt row (SegVol's layout)."""
+    rng = np.random.default_rng(1)
+    b = 4
+    image = rng.standard_normal((b, GRID, GRID, DIM)).astype(np.float32)
+    coords = (rng.random((b, 3, 2)) * IMAGE).astype(np.float32)
+    labels = np.tile(np.array([[1, 0, -1]], np.int32), (b, 1))
+    boxes = np.concatenate([coords[:, 0], coords[:, 0] + 8], 1)
+
+    def forward(modules, image, coords, labels, boxes):
+        prompt_encoder, mask_decoder = modules
+        sparse, dense = prompt_encoder(coords, labels, boxes)
+        return mask_decoder(image, prompt_encoder.dense_pe(), sparse, dense, multimask_output=True)
+
+    run = assert_sharded_equals_unsharded(
+        nnx.List(converted), image, coords, labels, boxes, fn=forward, atol=1e-5, atol_relative=True
+    )
+    kernel = run.state[1]["transformer"]["layers"][0]["mlp"]["fc1"]["kernel"].get_value()
+    assert not kernel.sharding.is_fully_replicated
