@@ -47,6 +47,10 @@ TITLE = "radjax demo report"
 def _run_paper(demo: Demo, workdir: str) -> list[tuple]:
     from radjax.train import loop
 
+    if demo.runner:
+        logging.info("[%s] running %s:%s", demo.name, demo.module, demo.arg)
+        runner = getattr(registry.module(demo.paper, "demo"), demo.runner)
+        return runner(demo.arg, workdir)
     t0 = time.time()
     runs = stage_runs(demo, workdir)
     for name, run_dir, config in runs:

@@ -35,6 +35,9 @@ class Demo:
     samples: tuple[str, ...] = ()  # tasks whose "samples/<task>" generations are shown
     stages: tuple[tuple[str, str], ...] = ()  # (name, arg) of the stages trained before
     minutes: float = 1.0  # its time on 2 cores, measured: the demo starts the longest first
+    # a function of the paper's demo module, ``runner(arg, workdir) -> report blocks``, for a
+    # section that is no train-and-evaluate run (its figures written into ``workdir``)
+    runner: str = ""
 
 
 def config_label(demo: Demo, name: str) -> str:

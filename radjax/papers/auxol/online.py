@@ -4,7 +4,8 @@ for the five polyp parts.
 
 Workdir: ``config.json``, ``metrics.jsonl`` (one row per image, ``step`` = images done: part,
 name, DSC / HD of SAM alone and with AuxOL, feedback, alphas, losses, update latency),
-``checkpoints/<images done>`` (the net, AdamW moments and queue as arrays; the alpha history,
+``predictions/<part>/<name>`` and ``predictions_sam/<part>/<name>`` (the masks of AuxOL and
+of SAM alone, 0 / 255, as main.py writes them), ``checkpoints/<images done>`` (the net, AdamW moments and queue as arrays; the alpha history,
 the noise generator's state and the position in the stream as JSON) and, at the end,
 ``results.json`` (per part: images, mean DSC / HD of both, images without a prompt; the alpha
 history; the update latency). Re-running resumes mid-stream from the newest checkpoint and
@@ -20,6 +21,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from radjax.checkpoint import Checkpointer
 from radjax.papers.auxol import data as data_lib
@@ -30,6 +32,8 @@ from radjax.train.loop import MetricsLog
 
 log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
+PREDICTIONS = "predictions"  # <part>/<name>: AuxOL's mask, 0 / 255 (main.py's predict_path)
+SAM_PREDICTIONS = "predictions_sam"  # SAM alone's
 
 
 def learner_config(config: ml_collections.ConfigDict) -> learner.LearnerConfig:
@@ -168,6 +172,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2)
     return results
+
+
+def _write_mask(path: str, mask: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
 def _last(rows: list[dict]) -> str:
