@@ -46,9 +46,10 @@ def part_dir(data_cfg: ml_collections.ConfigDict, part: str) -> Path:
 
 
 def data_files(data_cfg: ml_collections.ConfigDict) -> list[str]:
-    """The folders the stream needs (relative to ``data.root``)."""
+    """The folders the stream needs (relative to ``data.root``). With ``data.dataset`` empty
+    the parts are ``<dataset>/<part>`` paths (several datasets in one run)."""
     return [
-        f"{data_cfg.dataset}/{part}/{kind}"
+        str(Path(data_cfg.dataset) / part / kind)
         for part in data_cfg.parts
         for kind in ("images", "masks")
     ]

@@ -13,7 +13,11 @@ so the update never changes shape. Per object (``step``):
 Queue policies: ``'fifo'`` (the code: when full the oldest leaves, the newest is last) and
 ``'loss'`` (the paper's adaptive online batch as radjax reads it: when full, the entry the
 U-Net fits best, i.e. with the lowest loss at its last forward pass, is replaced).
-Both branches are one ``lax.cond``, so the stream compiles ``step`` once.
+Both cases are one program without a conditional (the queue trained on is selected, the
+step is skipped by selection when it is empty, and the updated net's forward of the current
+crop is always computed, one image): the stream compiles ``step`` once. (A ``lax.cond`` over
+the two cases ran 15x slower on XLA's CPU backend: 6.7 s against 0.45 s per object for the
+tiny U-Net, measured 2026-12-02.)
 """
 
 from __future__ import annotations
@@ -150,21 +154,18 @@ def make_step(graphdef: nnx.GraphDef, cfg: LearnerConfig):
             loss,
         )
 
-    def with_feedback(state, image, mask):
-        queue, slot = push(state.queue, image, mask, cfg.queue_policy)
-        state, logits, loss = update(state, queue)
-        return state, logits[slot, :, :, 0], loss
-
-    def without_feedback(state, image, mask):
-        del mask
-        trained, _, loss = update(state, state.queue)
-        has_queue = state.queue.valid.any()
-        state = jax.tree.map(lambda new, old: jnp.where(has_queue, new, old), trained, state)
-        logits = forward(state.params, image[None])[0, :, :, 0]
-        return state, logits, jnp.where(has_queue, loss, 0.0)
-
     @jax.jit
     def step(state: LearnerState, image, mask, feedback):
-        return jax.lax.cond(feedback, with_feedback, without_feedback, state, image, mask)
+        pushed, slot = push(state.queue, image, mask, cfg.queue_policy)
+        queue = jax.tree.map(lambda a, b: jnp.where(feedback, a, b), pushed, state.queue)
+        trained, logits, loss = update(state, queue)
+        has_queue = queue.valid.any()  # without feedback an empty queue takes no step
+        state = jax.tree.map(lambda new, old: jnp.where(has_queue, new, old), trained, state)
+        after = forward(state.params, image[None])[0, :, :, 0]
+        return (
+            state,
+            jnp.where(feedback, logits[slot, :, :, 0], after),
+            jnp.where(has_queue, loss, 0.0),
+        )
 
     return step
