@@ -135,7 +135,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             sample = samples[position]
             image, mask = data_lib.load_sample(sample)
             index_in_part = position - part_start[sample.part]
-            state, row, _, _ = stream.process_image(
+            state, row, sam_alone, auxol = stream.process_image(
                 sam,
                 step_fn,
                 state,
@@ -147,6 +147,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 l_cfg.crop_size,
                 rng,
             )
+            for folder, prediction in ((SAM_PREDICTIONS, sam_alone), (PREDICTIONS, auxol)):
+                _write_mask(os.path.join(workdir, folder, sample.part, sample.name), prediction)
             row = dict(part=sample.part, name=sample.name, **row)
             rows.append(row)
             metrics.write(position + 1, row)
