@@ -6,7 +6,10 @@ paper declares (``radjax.papers.<paper>.demo.SECTIONS``) it trains through the s
 writes ``<workdir>/report.md`` and a self-contained ``<workdir>/report.html`` with figures:
 loss curves, trained / untrained / baseline bars per metric, ROC curves (head / medium / tail)
 where the evaluation gives them, and per generative task the input images beside the generated
-and the reference text. Re-running resumes finished parts from their checkpoints.
+and the reference text. A section that is no train-and-evaluate run names a ``runner`` in its
+paper's demo module, which returns its own blocks (an online stream, say). Papers run side
+by side in spawned processes (``--jobs``, default 2). Re-running resumes finished parts from
+their checkpoints.
 """
 
 from __future__ import annotations
