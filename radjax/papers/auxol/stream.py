@@ -109,10 +109,10 @@ def _crops(
             if cfg.prompt_noise > 0:
                 box = prompts.shift_box(box, cfg.prompt_noise, (h, w), rng)
             logits = segmenter.predict(box=box)
-            probs = _sigmoid(logits)
+            probs = fusion.sigmoid(logits)
         else:
             logits = segmenter.predict(point=obj.centroid)
-            probs = _sigmoid(logits)
+            probs = fusion.sigmoid(logits)
             box = prompts.point_crop(probs)
             if cfg.point_counted_twice:
                 sam_sum += probs
@@ -123,10 +123,6 @@ def _crops(
             target = prompts.noisy_mask(target, cfg.noise, cfg.noise_type, rng)
         found.append(Crop(box, image[y1:y2, x1:x2], target, logits[y1:y2, x1:x2]))
     return found, sam_sum
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float32)))).astype(np.float32)
 
 
 def process_image(
@@ -160,7 +156,7 @@ def process_image(
         feedback = feedback and dice(sam_alone, mask) <= cfg.dice_gate
     aux_logits, losses, seconds = [], [], []
     for crop in found:
-        sam_binary = (_sigmoid(crop.sam_logits) > 0.5).astype(np.uint8)
+        sam_binary = (fusion.sigmoid(crop.sam_logits) > 0.5).astype(np.uint8)
         x = crops.unet_input(crop.image, sam_binary, crop_size, four_channel=cfg.four_channel)
         labelled = feedback or cfg.pseudo_label
         y = crops.unet_target(crop.target if feedback else sam_binary, crop_size)
