@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from radjax.papers.auxol.losses import structure_loss, structure_loss_per_row
+from radjax.papers.auxol.losses import structure_loss_per_row, valid_mean
 from radjax.papers.auxol.unet import UNet, UNetConfig
 
 QUEUE_POLICIES = ("fifo", "loss")
@@ -137,9 +137,8 @@ def make_step(graphdef: nnx.GraphDef, cfg: LearnerConfig):
 
     def loss_and_rows(params, queue):
         logits = forward(params, queue.images)
-        loss = structure_loss(logits, queue.masks, queue.valid, weighted_bce=cfg.weighted_bce)
         rows = structure_loss_per_row(logits, queue.masks, weighted_bce=cfg.weighted_bce)
-        return loss, (logits, rows)
+        return valid_mean(rows, queue.valid), (logits, rows)
 
     def update(state: LearnerState, queue: Queue):
         (loss, (logits, rows)), grads = jax.value_and_grad(loss_and_rows, has_aux=True)(

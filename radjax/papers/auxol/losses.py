@@ -73,6 +73,13 @@ def _terms(logits: jax.Array, masks: jax.Array):
     return bce, weit, wiou
 
 
+def valid_mean(per_row: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """Mean of ``per_row`` (B,) over the ``valid`` rows (None = all); 0 when none is."""
+    rows = jnp.ones(per_row.shape, bool) if valid is None else jnp.asarray(valid, bool)
+    count = jnp.maximum(rows.reshape(per_row.shape).sum(), 1).astype(per_row.dtype)
+    return jnp.where(rows.reshape(per_row.shape), per_row, 0.0).sum() / count
+
+
 def structure_loss(
     logits: jax.Array,
     masks: jax.Array,
@@ -80,7 +87,9 @@ def structure_loss(
     *,
     weighted_bce: bool = False,
 ) -> jax.Array:
-    """The online batch's loss, () f32.
+    """The online batch's loss, () f32: ``structure_loss_per_row`` averaged over the valid
+    rows. Every row has the same number of pixels, so the code's one BCE mean over the batch
+    is the mean of the rows' BCE means.
 
     Args:
       logits: (B, H, W, C) the U-Net's output; masks: (B, H, W, C) in {0, 1}.
@@ -89,16 +98,7 @@ def structure_loss(
       weighted_bce: False = the released code (mean BCE over the valid rows + mean wIoU),
         True = per-map weighted BCE + wIoU, averaged (see the module docstring).
     """
-    bce, weit, wiou = _terms(logits, masks)
-    b, h, w, c = bce.shape
-    rows = jnp.ones((b,), bool) if valid is None else jnp.asarray(valid, bool).reshape(b)
-    maps = jnp.maximum(rows.sum(), 1).astype(bce.dtype) * c  # number of (row, channel) maps
-    if weighted_bce:
-        wbce = (weit * bce).sum(axis=(1, 2)) / weit.sum(axis=(1, 2))  # (B, C)
-        per_map = wbce + wiou
-        return jnp.where(rows[:, None], per_map, 0.0).sum() / maps
-    bce_mean = jnp.where(rows[:, None, None, None], bce, 0.0).sum() / (maps * h * w)
-    return bce_mean + jnp.where(rows[:, None], wiou, 0.0).sum() / maps
+    return valid_mean(structure_loss_per_row(logits, masks, weighted_bce=weighted_bce), valid)
 
 
 def structure_loss_per_row(
