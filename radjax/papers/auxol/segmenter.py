@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from radjax.convert import torch_io
+from radjax.convert.torch_io import ConversionError
 from radjax.models.sam import processing
 from radjax.models.sam.sam import Sam
 from radjax.papers.auxol import model as model_lib
@@ -88,27 +90,17 @@ def trained_params(workdir: str, sam: Sam) -> dict[str, np.ndarray]:
 
 
 def assign(sam: Sam, values: dict[str, np.ndarray], source: str) -> None:
-    """Sets every SAM variable from ``values`` ({path: array}). Raises ValueError naming
-    ``source`` and the first missing path or shape that differs (a checkpoint of another SAM
-    size)."""
-    state = nnx.state(sam)
+    """Sets every SAM variable from ``values`` ({path: array}) with ``torch_io.assign``
+    (strict: missing, unexpected and wrongly shaped entries are listed). The prompt encoder's
+    fixed random frequencies are no Param, so their presence is checked here. Raises
+    ValueError naming ``source`` (a checkpoint of another model.sam.variant, say)."""
     missing = [k for k in _paths(sam) if k not in values]
-    if missing:
-        raise ValueError(
-            f"{source}: lacks {len(missing)} of this config's SAM variables, first "
-            f"{missing[0]!r} (a checkpoint of another model.sam.variant?)"
-        )
-
-    def place(path, leaf):
-        key, value = _key(path), np.asarray(values[_key(path)])
-        if value.shape != leaf.shape:
-            raise ValueError(
-                f"{source}: {key} has shape {value.shape}, this config's SAM {leaf.shape} "
-                "(a checkpoint of another model.sam.variant?)"
-            )
-        return jnp.asarray(value, leaf.dtype)
-
-    nnx.update(sam, jax.tree_util.tree_map_with_path(place, state))
+    try:
+        if missing:
+            raise ConversionError(f"missing {missing[0]!r} (and {len(missing) - 1} more)")
+        torch_io.assign(sam, values)
+    except ConversionError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def build(config: ml_collections.ConfigDict) -> SamSegmenter:
