@@ -61,6 +61,10 @@ class MetricsLog:
                     self._rows.setdefault(int(row["step"]), {}).update(row)
             self._rewrite()
 
+    def rows(self) -> list[dict]:
+        """Every row, ascending by step (process 0; empty elsewhere)."""
+        return [dict(r) for r in self._rows.values()]
+
     def truncate_after(self, step: int) -> None:
         """Drops rows newer than ``step`` (written by a run that died before checkpointing)."""
         if self._enabled and any(s > step for s in self._rows):

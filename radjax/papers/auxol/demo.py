@@ -115,10 +115,13 @@ def run_section(arg: str, workdir: str) -> list[tuple]:
         )
         for part, r in results["parts"].items()
     ]
+    every = stream_cfg.online.interval
+    feedback = "every image" if every == 1 else f"every {every}th image"
     intro = (
         f"`configs.auxol:{arg},stage=sam` ({sam_cfg.train.steps} steps, held-out box-prompt "
         f"Dice {sam_dice:.3f}: the weak SAM) then `configs.auxol:{arg}` streamed through "
-        f"`experiments.online` (box prompts, feedback on every image). The online update "
+        f"`experiments.online` ({stream_cfg.online.prompt} prompts, feedback on {feedback} "
+        f"of a part). The online update "
         f"compiled {results['compilations']} time(s) for the whole stream; median update "
         f"{1000 * results['update_seconds_median']:.0f} ms per object. Run dir: `{run_dir}`."
     )

@@ -5,8 +5,9 @@ for the five polyp parts.
 Workdir: ``config.json``, ``metrics.jsonl`` (one row per image, ``step`` = images done: part,
 name, DSC / HD of SAM alone and with AuxOL, feedback, alphas, losses, update latency),
 ``predictions/<part>/<name>`` and ``predictions_sam/<part>/<name>`` (the masks of AuxOL and
-of SAM alone, 0 / 255, as main.py writes them), ``checkpoints/<images done>`` (the net, AdamW moments and queue as arrays; the alpha history,
-the noise generator's state and the position in the stream as JSON) and, at the end,
+of SAM alone, 0 / 255, as main.py writes them), ``checkpoints/<images done>`` (the net,
+AdamW moments and queue as arrays; the alpha history and the noise generator's state as
+JSON; the rows before it are metrics.jsonl's) and, at the end,
 ``results.json`` (per part: images, mean DSC / HD of both, images without a prompt; the alpha
 history; the update latency). Re-running resumes mid-stream from the newest checkpoint and
 ends where an uninterrupted run ends; rows written after that checkpoint are replaced.
@@ -73,8 +74,8 @@ def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
 
 
 def summarise(rows: list[dict], parts) -> dict:
-    """Per part: images, mean DSC and HD of SAM alone and with AuxOL, their gain, images
-    without a prompt; over the stream: the per-object update latency."""
+    """Per part: images, mean DSC and HD of SAM alone and with AuxOL, the DSC gain, images
+    without a prompt and images with feedback."""
     out = {}
     for part in parts:
         mine = [r for r in rows if r["part"] == part]
@@ -124,8 +125,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             start, state, meta = restored
             history = stream.History(list(meta["alpha_best"]), list(meta["alpha_used"]))
             rng.bit_generator.state = meta["rng"]
-            rows = list(meta["rows"])
             metrics.truncate_after(start)
+            rows = metrics.rows()
             log.info("resumed the stream after image %d of %d", start, len(samples))
         every = int(config.checkpoint.every)
         part_start = {}
@@ -158,7 +159,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     alpha_best=history.best,
                     alpha_used=history.used,
                     rng=rng.bit_generator.state,
-                    rows=rows,
                 )
                 ckpt.save(done, jax.device_get(state), meta=meta)
             if done % 10 == 0 or done == len(samples):

@@ -89,6 +89,7 @@ class Crop:
     image: np.ndarray  # uint8 (h, w, 3)
     target: np.ndarray  # uint8 (h, w) {0, 1}: the rectified mask
     sam_logits: np.ndarray  # f32 (h, w)
+    sam_binary: np.ndarray  # uint8 (h, w): SAM's probability > 0.5 (the U-Net's 4th channel)
 
 
 def _crops(
@@ -121,7 +122,9 @@ def _crops(
         target = mask[y1:y2, x1:x2]
         if cfg.noise > 0:
             target = prompts.noisy_mask(target, cfg.noise, cfg.noise_type, rng)
-        found.append(Crop(box, image[y1:y2, x1:x2], target, logits[y1:y2, x1:x2]))
+        crop = (slice(y1, y2), slice(x1, x2))
+        sam_binary = (probs[crop] > 0.5).astype(np.uint8)
+        found.append(Crop(box, image[crop], target, logits[crop], sam_binary))
     return found, sam_sum
 
 
@@ -156,10 +159,9 @@ def process_image(
         feedback = feedback and dice(sam_alone, mask) <= cfg.dice_gate
     aux_logits, losses, seconds = [], [], []
     for crop in found:
-        sam_binary = (fusion.sigmoid(crop.sam_logits) > 0.5).astype(np.uint8)
-        x = crops.unet_input(crop.image, sam_binary, crop_size, four_channel=cfg.four_channel)
+        x = crops.unet_input(crop.image, crop.sam_binary, crop_size, four_channel=cfg.four_channel)
         labelled = feedback or cfg.pseudo_label
-        y = crops.unet_target(crop.target if feedback else sam_binary, crop_size)
+        y = crops.unet_target(crop.target if feedback else crop.sam_binary, crop_size)
         start = time.perf_counter()
         state, logits, loss = learner_step(state, x, y[:, :, None], np.bool_(labelled))
         logits = np.asarray(logits)
