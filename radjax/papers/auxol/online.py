@@ -15,6 +15,7 @@ ends where an uninterrupted run ends; rows written after that checkpoint are rep
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,34 +38,17 @@ PREDICTIONS = "predictions"  # <part>/<name>: AuxOL's mask, 0 / 255 (main.py's p
 SAM_PREDICTIONS = "predictions_sam"  # SAM alone's
 
 
+def _fields_of(cls, section: ml_collections.ConfigDict):
+    """``cls`` (a dataclass) from the config section's fields of the same names."""
+    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls)})
+
+
 def learner_config(config: ml_collections.ConfigDict) -> learner.LearnerConfig:
-    o = config.online
-    return learner.LearnerConfig(
-        queue_size=o.queue_size,
-        crop_size=o.crop_size,
-        lr=o.lr,
-        weight_decay=o.weight_decay,
-        weighted_bce=o.weighted_bce,
-        queue_policy=o.queue_policy,
-    )
+    return _fields_of(learner.LearnerConfig, config.online)
 
 
 def stream_config(config: ml_collections.ConfigDict) -> stream.StreamConfig:
-    o = config.online
-    return stream.StreamConfig(
-        prompt=o.prompt,
-        interval=o.interval,
-        dice_gate=o.dice_gate,
-        noise=o.noise,
-        noise_type=o.noise_type,
-        prompt_noise=o.prompt_noise,
-        alpha_max=o.alpha_max,
-        alpha_step=o.alpha_step,
-        alpha_num=o.alpha_num,
-        four_channel=o.four_channel,
-        pseudo_label=o.pseudo_label,
-        point_counted_twice=o.point_counted_twice,
-    )
+    return _fields_of(stream.StreamConfig, config.online)
 
 
 def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
