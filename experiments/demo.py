@@ -28,6 +28,7 @@ from experiments.sections import (
     Demo,
     by_paper,
     config_label,
+    core_groups,
     demos,
     longest_first,
     section,
@@ -103,14 +104,28 @@ def _run_papers(paper_demos: list[Demo], workdir: str) -> list[tuple]:
     return [block for demo in paper_demos for block in _run_paper(demo, workdir)]
 
 
+def _pin_worker(free_cores) -> None:
+    """A worker process's initializer: binds it to the next group of cores in the queue
+    ``free_cores`` before JAX starts, so that XLA sizes its thread pool to that group."""
+    os.sched_setaffinity(0, free_cores.get())
+
+
 def run_all(all_demos: list[Demo], workdir: str, jobs: int) -> list[tuple]:
     """Report blocks of every section, in report order. With ``jobs`` > 1 each paper runs in
-    its own (spawned) process, ``jobs`` at a time, the longest (``Demo.minutes``) first."""
+    its own (spawned) process, ``jobs`` at a time, the longest (``Demo.minutes``) first; each
+    worker has its own cores (``core_groups``; Linux): two 2-thread XLA pools sharing two
+    cores spend their time waiting at each other's barriers."""
     groups = by_paper(all_demos)
     if jobs <= 1 or len(groups) <= 1:
         return _run_papers(all_demos, workdir)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    pin: dict = {}
+    if hasattr(os, "sched_setaffinity"):
+        free_cores = context.Queue()
+        for cores in core_groups(sorted(os.sched_getaffinity(0)), jobs):
+            free_cores.put(cores)
+        pin = dict(initializer=_pin_worker, initargs=(free_cores,))
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, **pin) as pool:
         futures = {i: pool.submit(_run_papers, groups[i], workdir) for i in longest_first(groups)}
         return [block for i in range(len(groups)) for block in futures[i].result()]
 

@@ -86,6 +86,18 @@ def longest_first(groups: list[list[Demo]]) -> list[int]:
     return sorted(range(len(groups)), key=lambda i: -sum(d.minutes for d in groups[i]))
 
 
+def core_groups(cores: list[int], jobs: int) -> list[list[int]]:
+    """``cores`` split into ``jobs`` disjoint runs of neighbouring cores of near-equal size,
+    one per worker process (``jobs`` above the core count: one core each, round-robin)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    cores = sorted(cores)
+    if jobs >= len(cores):
+        return [[cores[i % len(cores)]] for i in range(jobs)]
+    bounds = [round(i * len(cores) / jobs) for i in range(jobs + 1)]
+    return [cores[bounds[i] : bounds[i + 1]] for i in range(jobs)]
+
+
 LOSS_KEYS = ("train/loss", "eval/loss")
 BASELINE = "most frequent answer"
 

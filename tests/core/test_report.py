@@ -13,6 +13,7 @@ from experiments.sections import (
     Demo,
     by_paper,
     config_label,
+    core_groups,
     demos,
     longest_first,
     section,
@@ -194,3 +195,15 @@ def test_demo_groups_sections_by_paper_and_starts_the_longest_paper_first():
     assert groups[order[0]][0].paper == "radfm"
     assert sorted(order) == [0, 1, 2, 3]
     assert longest_first([[Demo("a", "a", "m", "", (), (), minutes=1.0)]] * 2) == [0, 1]
+
+
+def test_demo_workers_get_disjoint_neighbouring_cores():
+    """Each side-by-side paper process is bound to its own cores: every core in exactly one
+    group, groups as even as the count allows; more jobs than cores share them round-robin."""
+    assert core_groups([1, 0], 2) == [[0], [1]]
+    assert core_groups(list(range(16)), 2) == [list(range(8)), list(range(8, 16))]
+    assert core_groups(list(range(5)), 2) == [[0, 1], [2, 3, 4]]
+    assert core_groups([0, 1], 3) == [[0], [1], [0]]
+    assert core_groups([4, 6], 1) == [[4, 6]]
+    with pytest.raises(ValueError, match="jobs"):
+        core_groups([0], 0)
