@@ -28,7 +28,7 @@ SECTIONS = (
         runner="run_section",
         metrics=(),
         splits=(),
-        minutes=2.5,  # alone, 2026-12-02 (weak SAM 1.3 + stream 1.2; 4.5 beside RadFM)
+        minutes=3.0,  # one core, a full demo run, 2026-12-02 (matmul probe 182 GFLOP/s)
     ),
 )
 OVERLAYS = 3  # images a part drawn with SAM alone / AuxOL / ground truth

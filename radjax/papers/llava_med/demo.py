@@ -14,7 +14,7 @@ import numpy as np
 SECTIONS = (
     dict(
         name="llava_med",
-        minutes=3.5,  # a full demo run, 2026-12-02 (matmul probe 168 GFLOP/s)
+        minutes=3.8,  # one core, a full demo run, 2026-12-02 (matmul probe 182 GFLOP/s)
         arg="tiny",
         stages=(("llava_med_pretrain", "tiny,stage=0"), ("llava_med_align", "tiny,stage=1")),
         metrics=(

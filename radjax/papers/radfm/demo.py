@@ -11,7 +11,7 @@ import numpy as np
 SECTIONS = (
     dict(
         name="radfm",
-        minutes=9.5,  # a full demo run, 2026-12-02 (matmul probe 168 GFLOP/s)
+        minutes=10.0,  # one core, a full demo run, 2026-12-02 (matmul probe 182 GFLOP/s)
         arg="tiny",
         # The tiny recipe (configs/radfm.py, stage=): lesion reading first, then every task.
         stages=(

@@ -11,7 +11,7 @@ import numpy as np
 SECTIONS = (
     dict(
         name="uni_med",
-        minutes=3.0,  # a full demo run, 2026-12-02 (matmul probe 168 GFLOP/s)
+        minutes=3.3,  # one core, a full demo run, 2026-12-02 (matmul probe 182 GFLOP/s)
         arg="tiny",
         metrics=(
             "closed_acc",
