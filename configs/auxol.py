@@ -9,6 +9,11 @@
                      | ``tiny``; ``model.sam.checkpoint`` is the original segment-anything
                      ``.pth`` (or a transformers ``SamModel`` folder).
   ``prompt=``        ``box`` (default) | ``point``.
+  ``paper``          where the paper and the released code differ, the paper: the weighted
+                     BCE PraNet's loss meant (the code's is a plain mean), the loss-based
+                     queue replacement the paper describes (the code is FIFO), a point
+                     prompt's map counted once (the code adds it twice). Without it every
+                     behaviour is the code's; combines with ``tiny``.
   ``stage=sam``      with ``tiny``: pre-train the tiny SAM briefly on phantoms of the first
                      look of every dataset (``experiments.train``, MedSAM's recipe); the
                      online run then reads it with ``--config.model.sam.workdir=<that run>``.
@@ -62,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg,
         choices=dict(sam=(_DEFAULT_SAM, *SAMS), prompt=PROMPTS, stage=STAGES),
         tiny=False,
+        paper=False,
         sam="",
         prompt="box",
         stage="online",
@@ -107,6 +113,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             seed=1234,
         )
     )
+    if a.paper:
+        c.online.update(weighted_bce=True, queue_policy="loss", point_counted_twice=False)
 
     c.data = ml_collections.ConfigDict(
         dict(

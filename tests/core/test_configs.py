@@ -5,7 +5,7 @@ import jax
 import pytest
 from flax import nnx
 
-from configs import radfm, rp3d_diag
+from configs import auxol, radfm, rp3d_diag
 from configs.common import parse_arg
 from radjax.papers.rp3d_diag import model as paper
 
@@ -55,6 +55,21 @@ def test_radfm_loss_follows_the_released_code_and_the_paper_is_a_switch():
     weight = lambda arg: radfm.get_config(arg).loss.entity_weight  # noqa: E731
     assert weight(None) == 1.0 and weight("entity_weight=3") == 3.0
     assert weight("tiny") == 3.0 and weight("tiny,entity_weight=1") == 1.0
+
+
+@pytest.mark.parametrize("tiny", ["", "tiny,"])
+def test_auxol_follows_the_released_code_and_the_paper_is_a_switch(tiny):
+    """AuxOL's ``paper`` reaches the learner and the stream (weighted BCE, loss-based queue,
+    a point prompt's map once); without it the code's behaviour, with any other argument."""
+    from radjax.papers.auxol import online
+
+    code, paper_ = auxol.get_config(f"{tiny}prompt=point"), auxol.get_config(f"{tiny}paper")
+    assert code.data == auxol.get_config(tiny.rstrip(",")).data == paper_.data
+    released, described = online.learner_config(code), online.learner_config(paper_)
+    assert (released.weighted_bce, released.queue_policy) == (False, "fifo")
+    assert (described.weighted_bce, described.queue_policy) == (True, "loss")
+    assert online.stream_config(code).point_counted_twice
+    assert not online.stream_config(paper_).point_counted_twice
 
 
 @pytest.mark.parametrize(
