@@ -23,7 +23,6 @@ def weak_sam(tmp_path_factory):
         "experiments.train",
         root / "sam",
         f"--config.data.root={root / 'sam_data'}",
-        f"--compilation_cache={root / 'jax_cache'}",
         config=f"{CONFIG},stage=sam",
     )
     return root
@@ -35,8 +34,6 @@ def _stream_args(root):
         f"--config.model.sam.workdir={root / 'sam'}",
         f"--config.data.phantoms.images_per_part={IMAGES}",
         "--config.checkpoint.every=5",
-        # the killed and the resumed run load the first run's programs
-        f"--compilation_cache={root / 'jax_cache'}",
     )
 
 
