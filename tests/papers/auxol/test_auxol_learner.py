@@ -86,7 +86,7 @@ def test_no_feedback_on_an_empty_queue_changes_nothing():
         np.testing.assert_array_equal(a, b)
     assert float(loss) == 0.0
     want = nnx.merge(graphdef, state.params)(x[None])[0, :, :, 0]
-    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
 
 
 def test_loss_policy_replaces_the_best_fitted_entry_when_full():
