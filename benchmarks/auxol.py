@@ -40,8 +40,9 @@ encoder at 1024 px, radjax vs PyTorch, same weights, two tables in one run.
 How to read the tables: one row per implementation; ``torch/radjax`` on a torch row is its
 time over the radjax row's (the online step for the first table), **> 1 means radjax is
 faster**. ``compile s``: radjax's ahead-of-time XLA compile; torch.compile's first call minus
-its median call. Both are outside the timed calls. MFU divides by XLA's matmul ceiling; torch's
-own GEMM can beat it, so a torch row may read above 100 %.
+its median call. Both are outside the timed calls. MFU divides by the higher of the jnp and
+torch.matmul ceilings (``benchmarks.common``). The table is ``common.step_table``'s, timed by
+``common.time_rows``.
 
 Timing: every row's first call is an untimed warm-up (it compiles torch.compile and gives the
 checked loss / embeddings); then ``--warmup`` - 1 more untimed and the timed calls,
@@ -212,39 +213,6 @@ def _matmul_flops(shapes) -> float:
     return sum(2.0 * m * k * n for m, k, n in shapes)
 
 
-# ---------------------------------------------------------------------------- timing
-
-
-def _first_calls(
-    fns: dict[str, Callable[[], Any]], sync: dict[str, Callable], optional: set[str], notes: list
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """One untimed call of each row -> ({name: seconds}, {name: output}). A row in ``optional``
-    whose call raises is dropped from ``fns`` and the reason appended to ``notes``."""
-    seconds, outputs = {}, {}
-    for name in list(fns):
-        t0 = time.perf_counter()
-        try:
-            outputs[name] = sync[name](fns[name]())
-        except Exception as e:  # noqa: BLE001 -- torch.compile fails in many ways
-            if name not in optional:
-                raise
-            del fns[name]
-            reason = (str(e).strip().splitlines() or [""])[0][:300]
-            notes.append(f"{name} row left out: {type(e).__name__}: {reason}")
-            continue
-        seconds[name] = time.perf_counter() - t0
-    return seconds, outputs
-
-
-def _time_rows(fns, sync, *, warmup: int, iters: int) -> dict[str, common.Timing]:
-    """After the first calls: ``warmup - 1`` more untimed rounds, then ``iters`` timed ones."""
-    return common.time_interleaved(fns, warmup=max(warmup - 1, 0), iters=iters, sync=sync)
-
-
-def _torch_sync(out):
-    return out
-
-
 # ---------------------------------------------------------------------------- online update
 
 
@@ -392,36 +360,34 @@ def run_update(size: Size, *, warmup: int, iters: int, bare: bool = False, seed:
     for key, s in steps.items():
         _check_params(f"U-Net ({key})", online.params_count, s.params_count)
     flops, source = common.step_flops(online.compiled, 3 * _matmul_flops(unet_conv_shapes(size)))
-    sync = {k: (_torch_sync if k.startswith("torch") else jax.block_until_ready) for k in steps}
-    notes: list[str] = []
-    fns = dict(steps)
-    first, _ = _first_calls(fns, sync, {"torch.compile"}, notes)
-    first_losses = {k: float(steps[k].losses[0]) for k in fns}
-    spread = max(abs(v / first_losses["radjax"] - 1) for v in first_losses.values())
-    if not spread < LOSS_TOL:
-        raise AssertionError(f"first-step losses differ (rel {spread:.2e}): {first_losses}")
-    notes.append(
-        "first-step loss (same weights, same batch): "
-        + ", ".join(f"{k} {v:.6f}" for k, v in first_losses.items())
-        + f" (max rel difference {spread:.1e})"
-    )
-    timings = _time_rows(fns, sync, warmup=warmup, iters=iters)
+
+    def check_losses(outputs) -> str:
+        first_losses = {k: float(steps[k].losses[0]) for k in outputs}
+        spread = max(abs(v / first_losses["radjax"] - 1) for v in first_losses.values())
+        if not spread < LOSS_TOL:
+            raise AssertionError(f"first-step losses differ (rel {spread:.2e}): {first_losses}")
+        return (
+            "first-step loss (same weights, same batch): "
+            + ", ".join(f"{k} {v:.6f}" for k, v in first_losses.items())
+            + f" (max rel difference {spread:.1e})"
+        )
+
+    timed = common.time_rows(steps, warmup=warmup, iters=iters, check=check_losses)
     names = {
         "torch": "torch (eager)",
         "torch.compile": "torch.compile (inductor)",
         "radjax": "radjax online step (learner.make_step, jax.jit)",
         "radjax bare": "radjax bare U-Net step (jax.jit)",
     }
-    rows = {}
-    for key in fns:
-        t = timings[key]
-        compile_s = getattr(steps[key], "compile_s", None)
-        if key == "torch.compile":
-            compile_s = max(first[key] - t.median_s, 0.0)
-        rows[key] = Row(
-            names[key], t, steps[key].params_count, compile_s, float(steps[key].losses[-1])
+    ahead = {k: s.compile_s for k, s in steps.items() if k.startswith("radjax")}
+    compile_s = timed.compile_times(ahead)
+    rows = {
+        key: Row(
+            names[key], t, steps[key].params_count, compile_s[key], float(steps[key].losses[-1])
         )
-    return Comparison(rows, flops, source, notes)
+        for key, t in timed.timings.items()
+    }
+    return Comparison(rows, flops, source, timed.notes)
 
 
 # ---------------------------------------------------------------------------- SAM encoder
@@ -515,11 +481,30 @@ class TorchEncoder:
             return self.module(pixel_values=self.pixels).last_hidden_state.permute(0, 2, 3, 1)
 
 
+def _embedding_errors(outputs: dict[str, Any]) -> dict[str, float]:
+    """Row -> rel err (max |diff| / max |radjax|) of its embeddings against radjax's."""
+    from tests.parity import rel_err
+
+    want = np.asarray(outputs["radjax"])
+    return {k: rel_err(v, want) for k, v in outputs.items() if k != "radjax"} | {"radjax": 0.0}
+
+
+def _check_embeddings(outputs: dict[str, Any]) -> str:
+    """Raises unless every row's embeddings are within ``SAM_TOL`` of radjax's; the note."""
+    errors = _embedding_errors(outputs)
+    bad = {k: e for k, e in errors.items() if not e < SAM_TOL}
+    if bad:
+        raise AssertionError(f"SAM embeddings differ from radjax's (rel err >= {SAM_TOL}): {bad}")
+    return (
+        "embeddings vs radjax (rel err, max |diff| / max |radjax|): "
+        + ", ".join(f"{k} {e:.1e}" for k, e in errors.items() if k != "radjax")
+        + f"; embedding std {np.asarray(outputs['radjax']).std():.2f}"
+    )
+
+
 def run_sam(size: Size, *, warmup: int, iters: int, seed: int = 0) -> Comparison:
     """Timed encoder forwards -> Comparison (rows 'torch', 'torch.compile', 'radjax'; ``value``
     = rel err of the embeddings vs radjax's, asserted < 1e-3)."""
-    from tests.parity import rel_err
-
     reference, model = sam_pair(size, seed)
     s = size.sam["image_size"]
     pixels = np.random.default_rng(seed).standard_normal((1, s, s, 3), dtype=np.float32)
@@ -532,81 +517,56 @@ def run_sam(size: Size, *, warmup: int, iters: int, seed: int = 0) -> Comparison
     for key, c in calls.items():
         _check_params(f"SAM encoder ({key})", rj.params_count, c.params_count)
     flops, source = common.step_flops(rj.compiled, _matmul_flops(sam_matmul_shapes(size)))
-    sync = {k: (_torch_sync if k.startswith("torch") else jax.block_until_ready) for k in calls}
-    notes: list[str] = []
-    fns = dict(calls)
-    first, outputs = _first_calls(fns, sync, {"torch.compile"}, notes)
-    want = np.asarray(outputs["radjax"])
-    errors = {k: rel_err(outputs[k], want) for k in fns if k != "radjax"} | {"radjax": 0.0}
-    bad = {k: e for k, e in errors.items() if not e < SAM_TOL}
-    if bad:
-        raise AssertionError(f"SAM embeddings differ from radjax's (rel err >= {SAM_TOL}): {bad}")
-    notes.append(
-        "embeddings vs radjax (rel err, max |diff| / max |radjax|): "
-        + ", ".join(f"{k} {e:.1e}" for k, e in errors.items() if k != "radjax")
-        + f"; embedding std {want.std():.2f}"
-    )
-    timings = _time_rows(fns, sync, warmup=warmup, iters=iters)
+    timed = common.time_rows(calls, warmup=warmup, iters=iters, check=_check_embeddings)
+    errors = _embedding_errors(timed.outputs)
     attention = getattr(reference.config, "_attn_implementation", "?")
     names = {
         "torch": f"torch (eager, transformers SamVisionModel, {attention})",
         "torch.compile": "torch.compile (inductor)",
         "radjax": "radjax SamImageEncoder (jax.jit)",
     }
-    rows = {}
-    for key in fns:
-        t = timings[key]
-        compile_s = rj.compile_s if key == "radjax" else None
-        if key == "torch.compile":
-            compile_s = max(first[key] - t.median_s, 0.0)
-        rows[key] = Row(names[key], t, calls[key].params_count, compile_s, errors[key])
-    return Comparison(rows, flops, source, notes)
+    compile_s = timed.compile_times({"radjax": rj.compile_s})
+    rows = {
+        key: Row(names[key], t, calls[key].params_count, compile_s[key], errors[key])
+        for key, t in timed.timings.items()
+    }
+    return Comparison(rows, flops, source, timed.notes)
 
 
 # ---------------------------------------------------------------------------- report
 
-ORDER = ("torch", "torch.compile", "radjax", "radjax bare")
+
+def _cell(value: str) -> Callable[[Row], str]:
+    """The last column's text: a rel err in e-notation, a loss to five decimals."""
+    if value == "rel err":
+        return lambda r: f"{r.value:.2e}"
+    return lambda r: f"{r.value:.5f}"
 
 
 def table(comparison: Comparison, ceiling: float, *, unit: str, value: str) -> str:
-    """The side-by-side table: torch rows first; ``torch/radjax`` = row / 'radjax' time."""
-    headers = ["implementation", f"ms/{unit}", "min", "max", "torch/radjax", "GFLOP/s", "MFU",
-               "params", "compile s", value]  # fmt: skip
-    radjax_ms = comparison.rows["radjax"].timing.median_ms
-    rows = []
-    for key in (k for k in ORDER if k in comparison.rows):
-        r = comparison.rows[key]
-        ms = r.timing.median_ms
-        rows.append(
-            [
-                r.name,
-                ms,
-                r.timing.min_ms,
-                r.timing.max_ms,
-                ms / radjax_ms if key.startswith("torch") else "",
-                comparison.flops / (ms / 1e3) / 1e9,
-                f"{100 * common.mfu(comparison.flops, ms / 1e3, ceiling):.1f}%",
-                f"{r.params:,}",
-                "" if r.compile_s is None else r.compile_s,
-                f"{r.value:.2e}" if value == "rel err" else f"{r.value:.5f}",
-            ]
-        )
+    """The side-by-side table (``common.step_table``): torch rows first; ``torch/radjax`` =
+    row / 'radjax' time."""
+    headers, rows = common.step_table(
+        comparison.rows, comparison.flops, ceiling, unit=unit, value=value, cell=_cell(value)
+    )
     return common.format_table(headers, rows)
 
 
-def _print_comparison(p, comparison: Comparison, ceiling: float, label: str, **kw) -> str:
-    for note in comparison.notes:
-        p(note)
-    text = table(comparison, ceiling, **kw)
-    p("")
-    p(text)
-    p("")
-    radjax_ms = comparison.rows["radjax"].timing.median_ms
-    for key in ("torch", "torch.compile"):
-        if key in comparison.rows:
-            ratio = comparison.rows[key].timing.median_ms / radjax_ms
-            p(f"{label} {key}/radjax = {ratio:.2f} ({'radjax' if ratio > 1 else 'torch'} faster)")
-    return text
+def _print_comparison(
+    p, comparison: Comparison, ceiling: float, label: str, *, unit: str, value: str
+) -> str:
+    """Prints the notes, the table and a ratio line per torch row; returns the table."""
+    common.print_notes(p, comparison.notes)
+    return common.step_comparison(
+        p,
+        comparison.rows,
+        comparison.flops,
+        ceiling,
+        label,
+        unit=unit,
+        value=value,
+        cell=_cell(value),
+    )
 
 
 def report(
@@ -650,7 +610,13 @@ def report(
     )
     sam_table = _print_comparison(p, sam, ceiling, "SAM encoder", unit="forward", value="rel err")
     common.footer(p, "AuxOL", t_start, load_before, threads)
-    return common.Reported({"update": update_table, "sam": sam_table}, Result(update, sam), ceiling)
+    summary = (
+        common.summary_row("online update", update.rows, update.flops, ceiling),
+        common.summary_row("SAM encoder forward", sam.rows, sam.flops, ceiling),
+    )
+    return common.Reported(
+        {"update": update_table, "sam": sam_table}, Result(update, sam), ceiling, summary
+    )
 
 
 BENCHMARK = common.Benchmark(

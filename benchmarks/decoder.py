@@ -29,6 +29,10 @@ Train step (causal LM cross-entropy over shifted labels, AdamW, no weight decay)
   value as cross-entropy on the logits, with the head's gradients formed in the forward pass.
 * **torch**: eager ``model(input_ids, labels=input_ids).loss`` + ``backward`` +
   ``torch.optim.AdamW``.
+* **torch.compile**: the same on a second copy of the weights, the forward + loss compiled by
+  ``torch.compile`` (inductor; backward by AOTAutograd), AdamW eager. Compiled on its first
+  call (``compile s`` = first step - median step); a compile that fails leaves the row out
+  with the reason printed.
 
 Step FLOPs are XLA's cost analysis of the compiled radjax step (analytic fallback: 3 x the
 forward matmul FLOPs); the same number divides both times for GFLOP/s and MFU.
@@ -188,6 +192,7 @@ class Report:
     flops_source: str
     analytic_flops: float
     tokens_equal: bool
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,7 +358,10 @@ class RadjaxTrain:
 
 
 class TorchTrain:
-    def __init__(self, reference, ids: np.ndarray):
+    """A copy of the reference trained eagerly, or with ``compiled`` its forward + loss
+    through ``torch.compile`` (compiled on the first call); AdamW eager either way."""
+
+    def __init__(self, reference, ids: np.ndarray, *, compiled: bool = False):
         import copy
 
         import torch
@@ -364,11 +372,16 @@ class TorchTrain:
             self.model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
         )
         self.ids = torch.from_numpy(ids).long()
+
+        def forward_loss(ids):
+            return self.model(input_ids=ids, labels=ids).loss
+
+        self.forward_loss = torch.compile(forward_loss) if compiled else forward_loss
         self.last = None
 
     def __call__(self):
         self.opt.zero_grad(set_to_none=True)
-        loss = self.model(input_ids=self.ids, labels=self.ids).loss
+        loss = self.forward_loss(self.ids)
         loss.backward()
         self.opt.step()
         self.last = loss.detach()
@@ -378,31 +391,42 @@ class TorchTrain:
         return float(self.last) if self.last is not None else float("nan")
 
 
+TRAIN_ROWS = {
+    "radjax": "radjax (jax.jit, XLA CPU)",
+    "torch": "torch (eager)",
+    "torch.compile": "torch.compile (inductor)",
+}
+
+
 def run_train(size: Size, reference, model, *, warmup: int = 1, iters: int = 3, seed: int = 0):
+    """Timed train steps -> ({'radjax', 'torch', 'torch.compile' unless its compile failed}
+    -> StepResult, step FLOPs, their source, notes)."""
     ids = _train_batch(size, seed)
     rj = RadjaxTrain(model, ids)
-    th = TorchTrain(reference, ids)
-    if rj.params_count != th.params_count:
-        raise AssertionError(
-            f"parameter counts differ: radjax {rj.params_count:,} vs torch {th.params_count:,}"
-        )
-    flops, source = common.step_flops(rj.compiled, analytic_train_flops(size))
-    timings = common.time_interleaved(
-        {"radjax": rj, "torch": th}, warmup=warmup, iters=iters, sync={"torch": lambda out: out}
-    )
-    results = {
-        "radjax": common.StepResult(
-            "radjax (jax.jit, XLA CPU)",
-            timings["radjax"],
-            rj.params_count,
-            rj.compile_s,
-            final_loss=rj.loss(),
-        ),
-        "torch": common.StepResult(
-            "torch (eager)", timings["torch"], th.params_count, final_loss=th.loss()
-        ),
+    steps = {
+        "radjax": rj,
+        "torch": TorchTrain(reference, ids),
+        "torch.compile": TorchTrain(reference, ids, compiled=True),
     }
-    return results, flops, source
+    for key, th in steps.items():
+        if rj.params_count != th.params_count:
+            raise AssertionError(
+                f"parameter counts differ: radjax {rj.params_count:,} vs {key} {th.params_count:,}"
+            )
+    flops, source = common.step_flops(rj.compiled, analytic_train_flops(size))
+    timed = common.time_rows(steps, warmup=warmup, iters=iters)
+    compile_s = timed.compile_times({"radjax": rj.compile_s})
+    results = {
+        key: common.StepResult(
+            TRAIN_ROWS[key],
+            t,
+            steps[key].params_count,
+            compile_s[key],
+            final_loss=steps[key].loss(),
+        )
+        for key, t in timed.timings.items()
+    }
+    return results, flops, source, timed.notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +449,9 @@ def run(
     torch.set_num_threads(threads)
     reference, model = build_pair(size, seed)
     gen, equal = run_generation(size, reference, model, warmup=1, iters=gen_iters, seed=seed)
-    train, flops, source = run_train(size, reference, model, warmup=warmup, iters=iters, seed=seed)
+    train, flops, source, notes = run_train(
+        size, reference, model, warmup=warmup, iters=iters, seed=seed
+    )
     return Report(
         size,
         threads,
@@ -436,6 +462,7 @@ def run(
         source,
         analytic_train_flops(size),
         equal,
+        notes,
     )
 
 
@@ -528,14 +555,21 @@ def report(
     )
     p(
         f"train step FLOPs: {result.flops / 1e9:.2f} GFLOP ({result.flops_source}); analytic "
-        f"matmul count {result.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
-        f"{iters} timed steps each, interleaved, median"
+        f"matmul count {result.analytic_flops / 1e9:.2f} GFLOP; timing: first step untimed + "
+        f"{max(warmup - 1, 0)} warm-up + {iters} timed steps each, interleaved, median"
     )
+    common.print_notes(p, result.notes)
     train_table = common.step_comparison(
         p, result.train, result.flops, ceiling, "train speed ratio"
     )
     common.footer(p, "decoder", t_start, load_before, threads)
-    return common.Reported({"generation": gen_table, "train": train_table}, result, ceiling)
+    summary = (
+        common.SummaryRow("generation tok/s", vs_eager=rj.tok_s / th.tok_s),
+        common.summary_row("train step", result.train, result.flops, ceiling),
+    )
+    return common.Reported(
+        {"generation": gen_table, "train": train_table}, result, ceiling, summary
+    )
 
 
 BENCHMARK = common.Benchmark(

@@ -7,7 +7,10 @@ train-step throughput in radjax.
   its weights are
   converted with ``radjax.papers.radfm.convert.vision_from_radfm``), trained on the mean square of
   their (B, S, latents, llm_dim) output with AdamW. radjax: one jitted, donated step; torch:
-  eager.
+  eager, and ``torch.compile`` (inductor) of the forward + loss on a copy of the same weights
+  (AdamW eager; compiled on its first call, ``compile s`` = first step - median step; a
+  compile that fails leaves its row out with the reason printed). ``torch/radjax`` on a torch
+  row: its ms / radjax's ms, **> 1 means radjax is faster**.
 * **RadFM train step** (radjax): ``radjax.papers.radfm.model.loss_fn`` (entity-weighted fused head
   loss) + AdamW over ViT, Perceiver and a LLaMA decoder, on B samples of L tokens with S 3D
   images each. Reported as tokens/s (B x L / step), images/s (B x S / step) and MFU (XLA's
@@ -154,7 +157,10 @@ class RadjaxVision:
 
 
 class TorchVision:
-    def __init__(self, module, images: np.ndarray):
+    """The reference trained on the mean square of its output: eager, or with ``compiled`` its
+    forward + loss through ``torch.compile``; AdamW eager either way."""
+
+    def __init__(self, module, images: np.ndarray, *, compiled: bool = False):
         import torch
 
         self.model = module.train()
@@ -162,11 +168,16 @@ class TorchVision:
         self.opt = torch.optim.AdamW(module.parameters(), lr=LR, weight_decay=0.0)
         # the original's layout: (B, S, C, H, W, D)
         self.images = torch.from_numpy(images).permute(0, 1, 5, 3, 4, 2).contiguous()
+
+        def forward_loss(images):
+            return self.model(images).square().mean()
+
+        self.forward_loss = torch.compile(forward_loss) if compiled else forward_loss
         self.last = None
 
     def __call__(self):
         self.opt.zero_grad(set_to_none=True)
-        loss = self.model(self.images).square().mean()
+        loss = self.forward_loss(self.images)
         loss.backward()
         self.opt.step()
         self.last = loss.detach()
@@ -192,33 +203,43 @@ def vision_pair(size: Size, seed: int = 0):
     return reference, model
 
 
+VISION_ROWS = {
+    "radjax": "radjax (jax.jit, XLA CPU)",
+    "torch": "torch (eager)",
+    "torch.compile": "torch.compile (inductor)",
+}
+
+
 def run_vision(size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0):
-    """Timed vision train steps: ({'torch', 'radjax'} -> StepResult, step FLOPs, source)."""
+    """Timed vision train steps: ({'torch', 'torch.compile' unless its compile failed,
+    'radjax'} -> StepResult, step FLOPs, source, notes)."""
+    import copy
+
     reference, model = vision_pair(size, seed)
     images = _images(size, seed)
-    rj, th = RadjaxVision(model, images), TorchVision(reference, images)
-    if rj.params_count != th.params_count - size.vision["llm_dim"] * 2:
-        # the torch side also holds figure_token_weight (2, llm_dim), unused here
-        raise AssertionError(
-            f"parameter counts differ: radjax {rj.params_count:,} vs torch {th.params_count:,}"
-        )
-    flops, source = common.step_flops(rj.compiled, float("nan"))
-    timings = common.time_interleaved(
-        {"radjax": rj, "torch": th}, warmup=warmup, iters=iters, sync={"torch": lambda out: out}
-    )
-    results = {
-        "radjax": common.StepResult(
-            "radjax (jax.jit, XLA CPU)",
-            timings["radjax"],
-            rj.params_count,
-            rj.compile_s,
-            final_loss=float(rj.last),
-        ),
-        "torch": common.StepResult(
-            "torch (eager)", timings["torch"], rj.params_count, final_loss=float(th.last)
-        ),
+    rj = RadjaxVision(model, images)
+    steps = {
+        "radjax": rj,
+        "torch": TorchVision(copy.deepcopy(reference), images),
+        "torch.compile": TorchVision(reference, images, compiled=True),
     }
-    return results, flops, source
+    for key, th in steps.items():
+        # the torch side also holds figure_token_weight (2, llm_dim), unused here
+        extra = 0 if key == "radjax" else size.vision["llm_dim"] * 2
+        if rj.params_count != th.params_count - extra:
+            raise AssertionError(
+                f"parameter counts differ: radjax {rj.params_count:,} vs {key} {th.params_count:,}"
+            )
+    flops, source = common.step_flops(rj.compiled, float("nan"))
+    timed = common.time_rows(steps, warmup=warmup, iters=iters)
+    compile_s = timed.compile_times({"radjax": rj.compile_s})
+    results = {
+        key: common.StepResult(
+            VISION_ROWS[key], t, rj.params_count, compile_s[key], final_loss=float(steps[key].last)
+        )
+        for key, t in timed.timings.items()
+    }
+    return results, flops, source, timed.notes
 
 
 # ---------------------------------------------------------------------------- RadFM step
@@ -332,14 +353,16 @@ def report(size_name: str, *, warmup: int, iters: int, ceiling: float, out) -> c
     threads = common.cpu_threads()
     common.set_torch_threads(threads)
     p = common.printer(out)
-    p(f"RadFM: {size.describe()}; matmul ceiling {ceiling:.1f} GFLOP/s")
+    p(f"RadFM: {size.describe()}")
+    ceiling = common.print_ceilings(p, [], ceiling, 0)
     load_before = common.load_average()
-    vision, flops, source = run_vision(size, warmup=warmup, iters=iters)
+    vision, flops, source, notes = run_vision(size, warmup=warmup, iters=iters)
     p(
         f"vision train step (ViT + Perceiver + fc, mean-square loss, AdamW; same weights via "
-        f"convert.radfm): {flops / 1e9:.2f} GFLOP ({source}), {warmup} warm-up + {iters} timed, "
-        f"interleaved, median"
+        f"convert.radfm): {flops / 1e9:.2f} GFLOP ({source}), first step untimed + "
+        f"{max(warmup - 1, 0)} warm-up + {iters} timed, interleaved, median"
     )
+    common.print_notes(p, notes)
     vision_table = common.step_comparison(p, vision, flops, ceiling, "vision speed ratio")
     result = run_model(size, warmup=warmup, iters=iters)
     p(
@@ -351,7 +374,14 @@ def report(size_name: str, *, warmup: int, iters: int, ceiling: float, out) -> c
     p(model_table)
     p("")
     common.footer(p, "RadFM", t_start, load_before, threads)
-    return common.Reported({"vision": vision_table, "model": model_table}, result, ceiling)
+    summary = (
+        common.summary_row("vision train step", vision, flops, ceiling),
+        common.SummaryRow(
+            "whole-model train step (radjax only)",
+            mfu=common.mfu(result.flops, result.timing.median_s, ceiling),
+        ),
+    )
+    return common.Reported({"vision": vision_table, "model": model_table}, result, ceiling, summary)
 
 
 BENCHMARK = common.Benchmark(name="radfm", order=2, sizes=tuple(SIZES), report=report)

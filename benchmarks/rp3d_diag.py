@@ -1,4 +1,5 @@
-"""RP3D-Diag (released architecture, late fusion) train step: radjax vs eager PyTorch.
+"""RP3D-Diag (released architecture, late fusion) train step: radjax vs eager and compiled
+PyTorch.
 
 Both sides train the same network on the same batch, on this machine, in one process:
 
@@ -14,6 +15,10 @@ Both sides train the same network on the same batch, on this machine, in one pro
   ``torch.nn.TransformerEncoder`` (``norm_first=True``, 1 layer, d_model = ResNet width x 32,
   nhead 1, dim_ff 2048, dropout 0, final LayerNorm, key padding mask from ``marks``) -> CLS ->
   Linear-GELU-Linear -> ``BCEWithLogitsLoss`` -> ``torch.optim.AdamW`` step.
+* **torch.compile**: a second copy of that network (same seed, so the same initial weights),
+  its forward + loss compiled by ``torch.compile`` (inductor; the backward compiled by
+  AOTAutograd), AdamW eager (its multi-tensor kernels). Compiled on its first call; a compile
+  that fails leaves the row out with the reason printed.
 
 The two parameter counts are asserted equal within 1 % (they agree exactly; the layer norms
 differ in formula -- RP3D's unbiased-std norm vs ``nn.LayerNorm`` -- not in size). Batch
@@ -27,13 +32,15 @@ compare like with like.
 The printed table has one row per implementation (``--only rp3d``):
 
 ``ms/step``       median wall time of the timed steps (after warm-up); ``min``/``max`` show
-                  the spread. The two sides are timed interleaved, step by step.
-``torch/radjax``  speed ratio torch_ms / radjax_ms: **> 1 means radjax is faster**.
+                  the spread. The rows are timed interleaved, step by step.
+``torch/radjax``  on each torch row: its ms / radjax's ms: **> 1 means radjax is faster**.
 ``GFLOP/s``       step FLOPs / median time (source and the analytic count printed above).
-``MFU``           model FLOP utilisation: GFLOP/s / matmul ceiling (the best of the runner's
-                  2048^2 and this model's FLOP-weighted median matmul shape).
+``MFU``           model FLOP utilisation: GFLOP/s / matmul ceiling (the best of jnp's and
+                  torch's, at the runner's 2048^2 and this model's FLOP-weighted median
+                  matmul shape).
 ``params``        trainable parameters; asserted equal within 1 % before timing.
-``compile s``     radjax's ahead-of-time compile (not in ms/step). Torch is eager.
+``compile s``     radjax's ahead-of-time compile; torch.compile's first step minus its median
+                  step (neither in ms/step). Eager torch compiles nothing.
 ``loss``          the last step's loss (a sanity check that both sides really trained).
 """
 
@@ -203,6 +210,7 @@ class Report:
     flops_source: str
     analytic_flops: float
     results: dict[str, common.StepResult]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +300,8 @@ def build_torch_model(size: Size):
 
 
 class TorchStep:
-    """The eager PyTorch side: forward, BCEWithLogits, backward, AdamW step."""
+    """The PyTorch side: forward, BCEWithLogits, backward, AdamW step; with ``compiled`` the
+    forward + loss go through ``torch.compile`` (compiled on the first call)."""
 
     def __init__(
         self,
@@ -300,6 +309,8 @@ class TorchStep:
         batch: dict[str, np.ndarray],
         config: ml_collections.ConfigDict,
         seed: int = 0,
+        *,
+        compiled: bool = False,
     ):
         import torch
 
@@ -323,11 +334,16 @@ class TorchStep:
         )
         self.marks = torch.from_numpy(batch["marks"][:, 0].copy())
         self.labels = torch.from_numpy(batch["labels"].copy())
+
+        def forward_loss(images, marks, labels):
+            return self.loss_fn(self.model(images, marks), labels)
+
+        self.forward_loss = torch.compile(forward_loss) if compiled else forward_loss
         self.last = None
 
     def __call__(self):
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(self.images, self.marks), self.labels)
+        loss = self.forward_loss(self.images, self.marks, self.labels)
         loss.backward()
         self.opt.step()
         self.last = loss.detach()
@@ -345,11 +361,12 @@ class TorchStep:
 def run(
     size: Size, *, warmup: int = 1, iters: int = 3, seed: int = 0, threads: int | None = None
 ) -> Report:
-    """Builds both sides and times their train steps, interleaved round by round.
+    """Builds the three rows (radjax, torch eager, torch.compile) and times their train steps,
+    interleaved round by round (``common.time_rows``).
 
-    Interleaving (radjax step, torch step, radjax step, ...) exposes both to the same
-    background load, which matters on a shared machine; each side's time is the median
-    of its ``iters`` steps after ``warmup`` untimed ones.
+    Interleaving (radjax step, torch step, compiled torch step, radjax step, ...) exposes all
+    to the same background load, which matters on a shared machine; each row's time is the
+    median of its ``iters`` steps after its untimed first call and ``warmup - 1`` more.
     """
     threads = threads or common.cpu_threads()
     common.set_torch_threads(threads)
@@ -358,32 +375,43 @@ def run(
 
     rj = RadjaxStep(config, batch)
     flops, source = common.step_flops(rj.compiled, analytic_train_flops(size))
-    th = TorchStep(size, batch, config, seed)
-    if abs(rj.params - th.params) > 0.01 * rj.params:
-        raise AssertionError(
-            f"parameter counts differ by more than 1%: radjax {rj.params:,} vs torch {th.params:,}"
-        )
+    steps = {
+        "radjax": rj,
+        "torch": TorchStep(size, batch, config, seed),
+        "torch.compile": TorchStep(size, batch, config, seed, compiled=True),
+    }
+    for key, th in steps.items():
+        if abs(rj.params - th.params) > 0.01 * rj.params:
+            raise AssertionError(
+                f"parameter counts differ by more than 1%: radjax {rj.params:,} vs {key} "
+                f"{th.params:,}"
+            )
 
-    timings = common.time_interleaved(
-        {"radjax": rj, "torch": th},
-        warmup=warmup,
-        iters=iters,
-        sync={"radjax": jax.block_until_ready, "torch": lambda out: out},
-    )
+    timed = common.time_rows(steps, warmup=warmup, iters=iters)
+    t = timed.timings
     results = {
         "radjax": common.StepResult(
             "radjax (jax.jit, XLA CPU)",
-            timings["radjax"],
+            t["radjax"],
             rj.params,
             rj.compile_s,
             rj.compile_cpu_s,
             rj.loss(),
         ),
         "torch": common.StepResult(
-            "torch (eager)", timings["torch"], th.params, final_loss=th.loss()
+            "torch (eager)", t["torch"], steps["torch"].params, final_loss=steps["torch"].loss()
         ),
     }
-    return Report(size, threads, flops, source, analytic_train_flops(size), results)
+    if "torch.compile" in t:
+        th = steps["torch.compile"]
+        results["torch.compile"] = common.StepResult(
+            "torch.compile (inductor)",
+            t["torch.compile"],
+            th.params,
+            timed.compile_s("torch.compile"),
+            final_loss=th.loss(),
+        )
+    return Report(size, threads, flops, source, analytic_train_flops(size), results, timed.notes)
 
 
 def input_shapes(size: Size) -> Sequence[str]:
@@ -406,14 +434,16 @@ def report(
     result = run(size, warmup=warmup, iters=iters, threads=threads)
     p(
         f"step FLOPs: {result.flops / 1e9:.2f} GFLOP ({result.flops_source}); analytic "
-        f"conv+matmul count {result.analytic_flops / 1e9:.2f} GFLOP; timing: {warmup} warm-up + "
-        f"{iters} timed steps each, interleaved, median"
+        f"conv+matmul count {result.analytic_flops / 1e9:.2f} GFLOP; timing: first step "
+        f"untimed + {max(warmup - 1, 0)} warm-up + {iters} timed steps each, interleaved, median"
     )
+    common.print_notes(p, result.notes)
     table = common.step_comparison(p, result.results, result.flops, ceiling, "speed ratio")
     rj = result.results["radjax"]
     p(f"radjax compile {rj.compile_s:.1f} s wall / {rj.compile_cpu_s:.1f} s CPU")
     common.footer(p, "RP3D-Diag", t_start, load_before, threads)
-    return common.Reported({"step": table}, result, ceiling)
+    summary = common.summary_row("train step", result.results, result.flops, ceiling)
+    return common.Reported({"step": table}, result, ceiling, (summary,))
 
 
 BENCHMARK = common.Benchmark(name="rp3d", order=0, sizes=tuple(SIZES), report=report)

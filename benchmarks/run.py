@@ -7,7 +7,9 @@ Usage::
     python -m benchmarks.run --size tiny     # smoke size (what the tests run); its ratios
                                              # measure per-op overhead, not the network
     python -m benchmarks.run --iters 5 --warmup 2
-    python -m benchmarks.run --only NAME     # one benchmark (``--help`` lists the names)
+    python -m benchmarks.run --only NAME ... # some benchmarks (``--help`` lists the names)
+    python -m benchmarks.run --summary benchmarks/README.md
+                                             # also rewrite that file's summary table
 
 Every module of the ``benchmarks`` package that declares a ``BENCHMARK``
 (``benchmarks.common.Benchmark``) is one benchmark: adding one is adding a file. Its module
@@ -15,11 +17,14 @@ docstring says what it times and how to read its tables.
 
 How to read the output
 ----------------------
-The header names the machine (CPU threads, versions) and the **matmul ceiling**: measured
-GFLOP/s of a jitted f32 ``a @ b`` at 2048^2. Each benchmark then measures the ceiling at its
-model's FLOP-weighted median matmul shape; the best so far is "the ceiling" that MFU divides
-by. Side-by-side tables have one row per implementation; ``torch/radjax`` (or
-``radjax/torch`` for throughputs) **> 1 means radjax is faster**.
+The header names the machine (CPU model, its ISA -- avx2 / avx512f / avx512_bf16 / amx --,
+threads, versions) and the **matmul ceiling** of both frameworks: measured GFLOP/s of a jitted
+f32 ``jnp`` ``a @ b`` and of ``torch.matmul`` at 2048^2. Each benchmark then measures both at
+its model's FLOP-weighted median matmul shape; the highest so far, of either framework, is
+"the ceiling" that MFU divides by (the line "ceiling used for MFU" names the framework).
+Side-by-side tables have one row per implementation: torch eager, torch.compile (inductor)
+where it compiles here, radjax; ``torch/radjax`` (or ``radjax/torch`` for throughputs)
+**> 1 means radjax is faster**.
 
 Each report ends with its wall time and the 1-minute load average before and after timing. A
 load above the core count means other processes competed for the cores: every time is
@@ -29,12 +34,18 @@ flatters radjax. Quote only runs on an idle machine.
 Ratios are the meaningful output; absolute times move with the machine and with anything
 else running on it. Both frameworks use the same number of threads (torch is set to the
 number of cores XLA's CPU thread pool uses).
+
+``--summary FILE`` rewrites the marked summary section of ``FILE`` (``benchmarks/README.md``)
+with one row per table of this run, replacing this machine's earlier rows of the same tables
+and size and keeping every other row (other machines, benchmarks not run this time).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
+import pathlib
 import pkgutil
 import platform
 import sys
@@ -58,8 +69,11 @@ def discover() -> list[common.Benchmark]:
     return sorted(found, key=lambda b: (b.order, b.name))
 
 
-def header(size_name: str, *, ceiling_iters: int = 10, out=sys.stdout) -> float:
-    """Prints the machine, the versions and the 2048^2 matmul ceiling; returns the ceiling."""
+def header(
+    size_name: str, *, ceiling_iters: int = 10, out=sys.stdout
+) -> tuple[common.Limit, dict[str, float]]:
+    """Prints the run, the machine, the versions and the 2048^2 matmul ceilings of both
+    frameworks; returns (the higher ceiling, {framework: 2048^2 GFLOP/s} -- the probe)."""
     threads = common.cpu_threads()
     common.set_torch_threads(threads)
     import torch
@@ -67,16 +81,26 @@ def header(size_name: str, *, ceiling_iters: int = 10, out=sys.stdout) -> float:
 
     p = common.printer(out)
     p(
-        f"radjax benchmark ({size_name}) on {common.cpu_name()}, "
-        f"{threads} CPU threads: XLA CPU uses {threads}, torch.set_num_threads({threads}) "
-        f"(torch reports {torch.get_num_threads()})"
+        f"radjax benchmark ({size_name}): {threads} CPU threads, XLA CPU uses {threads}, "
+        f"torch.set_num_threads({threads}) (torch reports {torch.get_num_threads()})"
     )
     p(
         f"jax {jax.__version__} ({jax.devices()[0].platform}, 1 device used), "
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"python {platform.python_version()}"
     )
-    return common.print_ceilings(p, [(2048, 2048, 2048)], 0.0, ceiling_iters)
+    probe = common.measure_ceilings(2048, 2048, 2048, iters=ceiling_iters)
+    p(f"machine: {common.machine_kind()}")
+    p(common.ceiling_line(probe))
+    best = common.higher(*(common.Limit.of(c) for c in probe))
+    p(f"ceiling used for MFU: {best:.1f} GFLOP/s ({best.source}; the higher framework)")
+    return best, {c.framework: c.gflops for c in probe}
+
+
+def write_summary(path: pathlib.Path, rows: list[list[str]]) -> None:
+    """Rewrites the summary section of ``path`` (created if missing) with ``rows``."""
+    text = path.read_text() if path.exists() else ""
+    path.write_text(common.rewrite_summary(text, rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,24 +110,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", choices=sizes, default="bench")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--only", choices=[b.name for b in found] + ["all"], default="all")
+    ap.add_argument("--only", nargs="+", choices=[b.name for b in found] + ["all"], default=["all"])
+    ap.add_argument("--summary", type=pathlib.Path, help="markdown file whose summary to rewrite")
     for b in found:
         for o in b.options:
             ap.add_argument(f"--{o.name}", type=int, default=o.default, help=f"{o.help} ({b.name})")
     args = ap.parse_args(argv)
-    ceiling = header(args.size)
+    ceiling, probe = header(args.size)
+    info = common.RunInfo(
+        common.machine_kind(), args.size, probe, datetime.date.today().isoformat()
+    )
+    rows = []
     for b in found:
-        if args.only in (b.name, "all"):
+        if b.name in args.only or "all" in args.only:
             print(flush=True)
             options = {o.name: getattr(args, o.name) for o in b.options}
-            ceiling = b.report(
+            load_before = common.load_average() or 0.0
+            reported = b.report(
                 args.size,
                 warmup=args.warmup,
                 iters=args.iters,
                 ceiling=ceiling,
                 out=sys.stdout,
                 **options,
-            ).ceiling
+            )
+            load = (load_before, common.load_average() or 0.0)
+            rows += [
+                common.summary_cells(info, b.name, r, reported.ceiling, load)
+                for r in reported.summary
+            ]
+            ceiling = reported.ceiling
+    if args.summary is not None:
+        write_summary(args.summary, rows)
+        print(f"\nsummary: {len(rows)} rows of {info.machine} written to {args.summary}")
 
 
 if __name__ == "__main__":

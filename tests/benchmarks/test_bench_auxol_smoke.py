@@ -143,6 +143,8 @@ def test_tiny_auxol_benchmark_runs_both_tables(torch, transformers, monkeypatch)
     assert "online update torch/radjax" in text and "SAM encoder torch.compile/radjax" in text
     assert "first-step loss" in text and "embeddings vs radjax" in text
     assert reported.ceiling >= 100.0
+    assert [r.table for r in reported.summary] == ["online update", "SAM encoder forward"]
+    assert all(r.vs_eager > 0 and r.vs_compiled > 0 and r.mfu > 0 for r in reported.summary)
 
     result = reported.result
     update, sam = result.update, result.sam
