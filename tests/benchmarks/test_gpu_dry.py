@@ -21,6 +21,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import gpu
 
 REPO = pathlib.Path(__file__).parents[2]
@@ -90,6 +92,7 @@ def test_gpu_module_is_not_a_cpu_benchmark():
     assert not hasattr(gpu, "BENCHMARK")
 
 
+@pytest.mark.slow  # ~50 s on 2 idle cores with a warm XLA cache
 def test_dry_run_reports_every_row(tmp_path):
     proc, report = _run(tmp_path, "--batch-for", "sam=2")
     rows = _rows(report)
