@@ -14,10 +14,15 @@ Generation (greedy, EOS disabled so every row produces all ``new_tokens``):
   compiles; ``compile s`` = first call - median call, not part of the timed calls.
 * **torch**: ``LlamaForCausalLM.generate(do_sample=False)`` under ``torch.no_grad`` (eager,
   dynamic KV cache).
+* **torch.compile** (``--gen_compile 1``; off by default): transformers' own compiled path on
+  a copy of the weights, ``generate(cache_implementation='static', compile_config=...)``: a
+  static KV cache and the decode step's forward compiled by inductor (the prefill runs
+  eagerly). Its cold compile took 40-100 s on 2 cores, more than the rest of the benchmark,
+  which is why it is opt-in; ``compile s`` = first call - median call.
 
-The generated tokens are asserted identical before anything is timed. ``prefill`` is one
-forward over the prompt that fills the cache and returns the last position's logits, as
-``generate`` does (radjax: jitted ``Decoder(ids, cache=..., last_only=True)``; torch:
+The generated tokens of every row are asserted identical before anything is timed.
+``prefill`` is one forward over the prompt that fills the cache and returns the last
+position's logits, as ``generate`` does (radjax: jitted ``Decoder(ids, cache=..., last_only=True)``; torch:
 ``model(input_ids, use_cache=True, logits_to_keep=1)``); ``decode tok/s`` = B x new_tokens /
 (total - prefill); ``tok/s`` = B x new_tokens / total.
 
@@ -35,12 +40,13 @@ Train step (causal LM cross-entropy over shifted labels, AdamW, no weight decay)
   with the reason printed.
 
 Step FLOPs are XLA's cost analysis of the compiled radjax step (analytic fallback: 3 x the
-forward matmul FLOPs); the same number divides both times for GFLOP/s and MFU.
+forward matmul FLOPs); the same number divides every row's time for GFLOP/s and MFU.
 
 Printed (``--only decoder``): the **generation** table -- ``total ms`` of one ``generate``
 call, ``prefill ms``, ``decode ms`` = total - prefill, ``tok/s``, ``decode tok/s`` and
-``radjax/torch`` = the tok/s ratio (**> 1 means radjax is faster**) -- then the **train step**
-table with the columns of the RP3D-Diag table (``benchmarks/rp3d_diag.py``).
+``radjax/torch`` on each torch row = radjax's tok/s over that row's (**> 1 means radjax is
+faster**) -- then the **train step** table (torch eager, torch.compile, radjax) with the columns
+of the RP3D-Diag table (``benchmarks/rp3d_diag.py``).
 """
 
 from __future__ import annotations
@@ -168,7 +174,7 @@ def typical_matmul(size: Size) -> tuple[int, int, int]:
 class GenResult:
     name: str
     total: common.Timing  # whole generate call
-    prefill: common.Timing  # one forward over the prompt, filling a cache
+    prefill: common.Timing | None  # one forward over the prompt, filling a cache (None: untimed)
     tokens: int  # B x new_tokens
     compile_s: float | None = None
 
@@ -177,8 +183,12 @@ class GenResult:
         return self.tokens / self.total.median_s
 
     @property
+    def decode_ms(self) -> float:
+        return self.total.median_ms - self.prefill.median_ms if self.prefill else float("nan")
+
+    @property
     def decode_tok_s(self) -> float:
-        return self.tokens / max(self.total.median_s - self.prefill.median_s, 1e-12)
+        return self.tokens / max(self.decode_ms / 1e3, 1e-12) if self.prefill else float("nan")
 
 
 @dataclasses.dataclass
@@ -205,9 +215,73 @@ def _prompt(size: Size, seed: int) -> np.ndarray:
     return rng.integers(3, size.vocab, (size.batch, size.prompt)).astype(np.int32)
 
 
+def _torch_generate(reference, ids, mask, size: Size, **options):
+    """``reference.generate`` greedy, under ``torch.no_grad``, every row all ``new_tokens``
+    (EOS disabled) -> the new ids (B, new_tokens); ``options`` go to ``generate``."""
+    import torch
+
+    with torch.no_grad():
+        out = reference.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=size.new_tokens,
+            min_new_tokens=size.new_tokens,
+            eos_token_id=None,
+            pad_token_id=0,
+            **options,
+        )
+    return out[:, size.prompt :]
+
+
+def compiled_generate_options() -> dict:
+    """``generate`` options of transformers' compiled path: a static cache, and the decode
+    step's forward compiled by ``torch.compile`` (inductor, mode 'default': the default
+    'reduce-overhead' is CUDA graphs). transformers compiles only on accelerators unless its
+    ``CompileConfig._compile_all_devices`` flag (meant for testing) is set, as here."""
+    import transformers
+
+    config = transformers.CompileConfig(mode="default")
+    config._compile_all_devices = True
+    return dict(cache_implementation="static", compile_config=config)
+
+
+def _check_tokens(outputs: dict) -> None:
+    """Raises unless every row generated radjax's greedy tokens."""
+    want = np.asarray(outputs["radjax"])
+    for key, got in outputs.items():
+        got = np.asarray(got)
+        if got.shape != want.shape or not np.array_equal(got, want):
+            diff = np.argwhere(got != want) if got.shape == want.shape else []
+            raise AssertionError(
+                f"greedy tokens differ (radjax {want.shape} vs {key} {got.shape}); first "
+                f"differences at (row, step) {[tuple(d) for d in diff[:5]]}"
+            )
+
+
+GEN_ROWS = {
+    "radjax": "radjax generate (jax.jit)",
+    "torch": "torch generate (eager)",
+    "torch.compile": "torch generate (static cache, torch.compile)",
+}
+
+
 def run_generation(
-    size: Size, reference, model, *, warmup: int = 1, iters: int = 1, seed: int = 0
-) -> tuple[dict[str, GenResult], bool]:
+    size: Size,
+    reference,
+    model,
+    *,
+    warmup: int = 1,
+    iters: int = 1,
+    seed: int = 0,
+    compiled: bool = False,
+) -> tuple[dict[str, GenResult], list[str]]:
+    """Timed greedy generation -> ({'radjax', 'torch' and, with ``compiled``, 'torch.compile'
+    unless its compile failed} -> GenResult, notes). The tokens of every row are asserted
+    identical to radjax's before timing; prefill is timed for radjax and eager torch
+    (transformers' compiled path runs its prefill eagerly too)."""
+    import copy
+
     import torch
     from flax import nnx
 
@@ -230,10 +304,6 @@ def run_generation(
             pad_token_id=0,
         )
 
-    t0 = time.perf_counter()
-    rj_tokens = np.asarray(jax.block_until_ready(rj_generate()))
-    first_call_s = time.perf_counter() - t0
-
     @jax.jit
     def rj_prefill(state, ids, mask):
         m = nnx.merge(graphdef, state, copy=True)
@@ -245,19 +315,13 @@ def run_generation(
 
     t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
     reference.generation_config.eos_token_id = None
-
-    def th_generate():
-        with torch.no_grad():
-            out = reference.generate(
-                input_ids=t_ids,
-                attention_mask=t_mask,
-                do_sample=False,
-                max_new_tokens=size.new_tokens,
-                min_new_tokens=size.new_tokens,
-                eos_token_id=None,
-                pad_token_id=0,
-            )
-        return out[:, size.prompt :]
+    calls = {
+        "radjax": rj_generate,
+        "torch": lambda: _torch_generate(reference, t_ids, t_mask, size),
+    }
+    if compiled:  # a copy: the compiled forward it keeps must not reach the train step's copies
+        twin, options = copy.deepcopy(reference), compiled_generate_options()
+        calls["torch.compile"] = lambda: _torch_generate(twin, t_ids, t_mask, size, **options)
 
     def th_prefill():
         with torch.no_grad():
@@ -265,38 +329,20 @@ def run_generation(
                 input_ids=t_ids, attention_mask=t_mask, use_cache=True, logits_to_keep=1
             ).logits
 
-    th_tokens = th_generate().numpy()
-    equal = th_tokens.shape == rj_tokens.shape and bool(np.array_equal(th_tokens, rj_tokens))
-    if not equal:
-        diff = np.argwhere(th_tokens != rj_tokens) if th_tokens.shape == rj_tokens.shape else []
-        raise AssertionError(
-            f"greedy tokens differ (radjax {rj_tokens.shape} vs torch "
-            f"{th_tokens.shape}); first differences at (row, step) "
-            f"{[tuple(d) for d in diff[:5]]}"
-        )
-
-    none = lambda out: out  # noqa: E731 -- torch is synchronous
-    # warm-up of radjax generate already happened (the compiling first call)
-    totals = common.time_interleaved(
-        {"radjax": rj_generate, "torch": th_generate},
-        warmup=max(warmup - 1, 0),
-        iters=iters,
-        sync={"torch": none},
-    )
+    # the first calls (radjax's compiles, torch.compile's too) are untimed
+    timed = common.time_rows(calls, warmup=warmup, iters=iters, check=_check_tokens)
     prefills = common.time_interleaved(
         {"radjax": lambda: rj_prefill_c(state, j_ids, j_mask), "torch": th_prefill},
         warmup=warmup,
         iters=max(iters, 3),
-        sync={"torch": none},
+        sync={"torch": common.synchronous},
     )
     tokens = size.batch * size.new_tokens
-    compile_s = max(first_call_s - totals["radjax"].median_s, 0.0)
+    compile_s = {k: timed.compile_s(k) for k in timed.timings if k != "torch"}
     return {
-        "radjax": GenResult(
-            "radjax generate (jax.jit)", totals["radjax"], prefills["radjax"], tokens, compile_s
-        ),
-        "torch": GenResult("torch generate (eager)", totals["torch"], prefills["torch"], tokens),
-    }, equal
+        key: GenResult(GEN_ROWS[key], t, prefills.get(key), tokens, compile_s.get(key))
+        for key, t in timed.timings.items()
+    }, timed.notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,15 +486,20 @@ def run(
     warmup: int = 1,
     iters: int = 3,
     gen_iters: int = 1,
+    gen_compile: bool = False,
     seed: int = 0,
     threads: int | None = None,
 ) -> Report:
+    """Both tables' measurements; ``tokens_equal`` is True (``run_generation`` raises
+    otherwise) and ``notes`` hold both tables' (a torch.compile row left out and why)."""
     import torch
 
     threads = threads or common.cpu_threads()
     torch.set_num_threads(threads)
     reference, model = build_pair(size, seed)
-    gen, equal = run_generation(size, reference, model, warmup=1, iters=gen_iters, seed=seed)
+    gen, gen_notes = run_generation(
+        size, reference, model, warmup=1, iters=gen_iters, seed=seed, compiled=gen_compile
+    )
     train, flops, source, notes = run_train(
         size, reference, model, warmup=warmup, iters=iters, seed=seed
     )
@@ -461,8 +512,8 @@ def run(
         flops,
         source,
         analytic_train_flops(size),
-        equal,
-        notes,
+        True,
+        gen_notes + notes,
     )
 
 
@@ -477,19 +528,19 @@ def generation_rows(report: Report) -> tuple[list[str], list[list]]:
         "radjax/torch",
         "compile s",
     ]
-    th = report.generation["torch"]
+    rj = report.generation["radjax"]
     rows = []
-    for key in ("torch", "radjax"):
+    for key in common.ordered(report.generation):
         r = report.generation[key]
         rows.append(
             [
                 r.name,
                 r.total.median_ms,
-                r.prefill.median_ms,
-                r.total.median_ms - r.prefill.median_ms,
+                r.prefill.median_ms if r.prefill else "",
+                r.decode_ms if r.prefill else "",
                 r.tok_s,
-                r.decode_tok_s,
-                r.tok_s / th.tok_s if key == "radjax" else "",
+                r.decode_tok_s if r.prefill else "",
+                rj.tok_s / r.tok_s if common.is_torch(key) else "",
                 "" if r.compile_s is None else r.compile_s,
             ]
         )
@@ -505,6 +556,13 @@ def input_shapes(size: Size) -> Sequence[str]:
     ]
 
 
+GEN_COMPILE_OFF = (
+    "generation torch.compile row: off by default (--gen_compile 1 adds transformers' "
+    "static-cache generate with its decode step compiled by inductor; that compile took "
+    "40-100 s on 2 cores, more than the rest of this benchmark)"
+)
+
+
 def report(
     size_name: str,
     *,
@@ -513,6 +571,7 @@ def report(
     ceiling: float,
     out,
     gen_iters: int = 1,
+    gen_compile: int = 0,
     ceiling_iters: int = 10,
 ) -> common.Reported:
     """Prints the generation and train-step tables (``tables['generation']``,
@@ -530,20 +589,32 @@ def report(
     for line in input_shapes(size):
         p(line)
     load_before = common.load_average()
-    result = run(size, warmup=warmup, iters=iters, gen_iters=gen_iters, threads=threads)
+    result = run(
+        size,
+        warmup=warmup,
+        iters=iters,
+        gen_iters=gen_iters,
+        gen_compile=bool(gen_compile),
+        threads=threads,
+    )
     p(
         f"greedy tokens identical: {result.tokens_equal}; generation timing: 1 warm-up + "
         f"{gen_iters} timed call(s) each, interleaved, median"
     )
+    if not gen_compile:
+        p(GEN_COMPILE_OFF)
+    common.print_notes(p, result.notes)
     gen_table = common.format_table(*generation_rows(result))
     p("")
     p(gen_table)
     p("")
     rj, th = result.generation["radjax"], result.generation["torch"]
+    tc = result.generation.get("torch.compile")
     p(
         f"generation tokens/s ratio radjax/torch = {rj.tok_s / th.tok_s:.2f} (decode only "
         f"{rj.decode_tok_s / th.decode_tok_s:.2f}, prefill "
         f"{th.prefill.median_ms / rj.prefill.median_ms:.2f}x)"
+        + (f"; radjax/torch.compile = {rj.tok_s / tc.tok_s:.2f}" if tc else "")
     )
     weights_gb = decode_weight_bytes(size) / 1e9
     per_step = lambda r: (r.total.median_s - r.prefill.median_s) / size.new_tokens  # noqa: E731
@@ -558,13 +629,14 @@ def report(
         f"matmul count {result.analytic_flops / 1e9:.2f} GFLOP; timing: first step untimed + "
         f"{max(warmup - 1, 0)} warm-up + {iters} timed steps each, interleaved, median"
     )
-    common.print_notes(p, result.notes)
     train_table = common.step_comparison(
         p, result.train, result.flops, ceiling, "train speed ratio"
     )
     common.footer(p, "decoder", t_start, load_before, threads)
     summary = (
-        common.SummaryRow("generation tok/s", vs_eager=rj.tok_s / th.tok_s),
+        common.SummaryRow(
+            "generation tok/s", rj.tok_s / th.tok_s, rj.tok_s / tc.tok_s if tc else None
+        ),
         common.summary_row("train step", result.train, result.flops, ceiling),
     )
     return common.Reported(
@@ -577,5 +649,8 @@ BENCHMARK = common.Benchmark(
     order=1,
     sizes=tuple(SIZES),
     report=report,
-    options=(common.Option("gen_iters", 1, "timed generate calls per side"),),
+    options=(
+        common.Option("gen_iters", 1, "timed generate calls per side"),
+        common.Option("gen_compile", 0, "1: also time transformers' compiled generate"),
+    ),
 )

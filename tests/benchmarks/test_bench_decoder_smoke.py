@@ -46,6 +46,7 @@ def test_tiny_decoder_benchmark_runs_every_row(identity_compile):
     text = out.getvalue()
     assert "greedy tokens identical: True" in text
     assert "train speed ratio torch.compile/radjax" in text and "machine: " in text
+    assert decoder.GEN_COMPILE_OFF in text  # --gen_compile 0: the generation row is opt-in
 
     assert report.tokens_equal
     assert set(report.generation) == {"radjax", "torch"}
@@ -69,3 +70,25 @@ def test_tiny_decoder_benchmark_runs_every_row(identity_compile):
     assert gen_row.table == "generation tok/s" and gen_row.mfu is None
     assert math.isclose(gen_row.vs_eager, rg.tok_s / tg.tok_s)
     assert train_row.table == "train step" and train_row.vs_compiled is not None
+
+
+def test_compiled_generate_row_goes_through_torch_compile(torch, monkeypatch):
+    """``--gen_compile 1``: transformers' static-cache generate calls ``torch.compile`` on
+    the CPU (counted here, the identity in its place) and gives radjax's tokens."""
+    compiled = []
+
+    def count(fn, *args, **kwargs):
+        compiled.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", count)
+    size = decoder.SIZES["tiny"]
+    reference, model = decoder.build_pair(size)
+    gen, notes = decoder.run_generation(size, reference, model, iters=1, compiled=True)
+    assert notes == [] and compiled and compiled[0].get("mode") == "default"
+    assert list(gen) == ["radjax", "torch", "torch.compile"]  # tokens asserted identical
+    tc = gen["torch.compile"]
+    assert tc.prefill is None and tc.compile_s >= 0 and tc.tok_s > 0
+    report = decoder.Report(size, 1, 1, gen, {}, 1.0, "xla", 1.0, True)
+    names = [row[0] for row in decoder.generation_rows(report)[1]]
+    assert names == [decoder.GEN_ROWS[k] for k in ("torch", "torch.compile", "radjax")]

@@ -29,7 +29,12 @@ def test_runner_discovers_every_benchmark_in_order():
     found = bench_run.discover()
     assert [b.name for b in found] == ["rp3d", "decoder", "radfm", "auxol"]
     assert all("tiny" in b.sizes and "bench" in b.sizes for b in found)
-    assert [o.name for b in found for o in b.options] == ["gen_iters", "auxol_iters", "auxol_bare"]
+    assert [o.name for b in found for o in b.options] == [
+        "gen_iters",
+        "gen_compile",
+        "auxol_iters",
+        "auxol_bare",
+    ]
 
 
 def test_tiny_benchmark_runs_every_row(identity_compile):
