@@ -55,6 +55,14 @@ DRY_RUN = flags.DEFINE_string(
     "Mesh shape such as 'fsdp=64,tensor=8': print the parameter count and the per-device "
     "memory of the training state on that mesh, allocate nothing, and exit.",
 )
+MEMORY_TABLE = flags.DEFINE_string(
+    "memory_table",
+    None,
+    "Device counts such as '1,2,4,8': for each N, compile the train step for a mesh fsdp=N of "
+    "N simulated CPU devices (on the config's first training batch), print the per-device "
+    "memory XLA's analysis of the compiled program gives (state, batch, temporaries, peak), "
+    "allocate nothing, and exit.",
+)
 UNTRAINED = flags.DEFINE_bool(
     "untrained",
     False,
@@ -74,6 +82,23 @@ def parse_mesh(text: str) -> dict[str, int]:
         out[axis.strip()] = int(size)
     return out
 
+
+def parse_counts(text: str) -> tuple[int, ...]:
+    """'1,2,4,8' -> (1, 2, 4, 8): positive device counts."""
+    items = [p.strip() for p in text.split(",") if p.strip()]
+    if not items or not all(p.isdigit() and int(p) > 0 for p in items):
+        raise ValueError(f"--memory_table: {text!r} is not device counts (e.g. 1,2,4,8)")
+    return tuple(int(p) for p in items)
+
+
+def _valid_counts(text: str | None) -> bool:
+    try:
+        return text is None or bool(parse_counts(text))
+    except ValueError:
+        return False
+
+
+flags.register_validator("memory_table", _valid_counts, message="not device counts (e.g. 1,2,4,8)")
 
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 _CONFIG = re.compile(r"^--?config(=|$)")
@@ -169,13 +194,27 @@ def run(main: Callable[[list[str]], None]) -> None:
     app.run(main, flags_parser=parse_flags)
 
 
+def _simulate_cpu_devices(n: int) -> None:
+    """Asks JAX for ``n`` CPU devices (``jax_num_cpu_devices``, which overrides
+    ``--xla_force_host_platform_device_count``): possible only before JAX starts its
+    backends; after that the CPU devices stay as they are (logged)."""
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:
+        logging.warning("JAX backends already started: keeping the CPU devices there are")
+
+
 def start() -> None:
-    """Initialises logging and, when asked, the multi-process JAX runtime."""
+    """Initialises logging, the simulated CPU devices ``--memory_table`` needs (as many as its
+    largest count, set here before any JAX backend starts) and, when asked, the multi-process
+    JAX runtime."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
     )
     for noisy in ("absl", "jax", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if MEMORY_TABLE.value:
+        _simulate_cpu_devices(max(parse_counts(MEMORY_TABLE.value)))
     if COMPILATION_CACHE.value:
         runtime.enable_compilation_cache(COMPILATION_CACHE.value)
     if COORDINATOR.value or NUM_PROCESSES.value:

@@ -4,8 +4,15 @@ Writes ``W/config.json``, ``W/metrics.jsonl``, ``W/checkpoints/`` and ``W/eval/<
 Running the same command again resumes from the newest checkpoint. ``--dry_run=fsdp=8,tensor=4``
 prints the parameter count and per-device memory of the training state on that mesh instead
 (abstract: nothing is allocated, any model size works on a laptop), and the parameters a mesh
-axis cannot split (a bad mesh or an incomplete config is a one-line error). ``--config
-<paper>:<arg>`` names a config by name (``radjax.registry.config_file``) where no such file is.
+axis cannot split (a bad mesh or an incomplete config is a one-line error).
+``--memory_table=1,2,4,8`` compiles the train step for a mesh fsdp=N of N simulated CPU devices
+per count and prints the per-device bytes XLA's analysis of each compiled program gives (state,
+batch, temporaries = gradients + activations + parameters FSDP gathers, peak) with their scaling
+against 1/N (``radjax.train.compiled_memory``): the devices are set in this process before JAX
+starts (``launch.start``), the batch shapes are the config's first training batch (a config with
+phantoms writes them into an empty ``data.root``; one without data under ``data.root`` is a
+one-line error), nothing is allocated or written in the workdir. ``--config <paper>:<arg>``
+names a config by name (``radjax.registry.config_file``) where no such file is.
 """
 
 import sys
@@ -18,18 +25,36 @@ flags.adopt_module_key_flags(launch)  # --help lists --config, --workdir, --dry_
 flags.mark_flag_as_required("workdir")
 
 
+def dry_run(mesh_text: str) -> None:
+    """Prints the abstract state's parameter count and per-device bytes on a mesh."""
+    from radjax.train import memory
+
+    try:
+        report = memory.state_memory(launch.CONFIG.value, launch.parse_mesh(mesh_text))
+    except ValueError as e:
+        sys.exit(f"experiments.train --dry_run: {e}")
+    print("\n".join(report.lines()))
+
+
+def memory_table(counts_text: str) -> None:
+    """Prints the compiled train step's per-device memory for each device count."""
+    from radjax.train import compiled_memory
+
+    try:
+        rows = compiled_memory.memory_table(launch.CONFIG.value, launch.parse_counts(counts_text))
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"experiments.train --memory_table: {e}")
+    print("\n".join(compiled_memory.table_lines(rows)))
+
+
 def main(argv):
     del argv
     launch.start()
-    if launch.DRY_RUN.value is not None:
-        from radjax.train import memory
-
-        try:
-            mesh = launch.parse_mesh(launch.DRY_RUN.value)
-            report = memory.state_memory(launch.CONFIG.value, mesh)
-        except ValueError as e:
-            sys.exit(f"experiments.train --dry_run: {e}")
-        print("\n".join(report.lines()))
+    if launch.DRY_RUN.value is not None or launch.MEMORY_TABLE.value:
+        if launch.DRY_RUN.value is not None:
+            dry_run(launch.DRY_RUN.value)
+        if launch.MEMORY_TABLE.value:
+            memory_table(launch.MEMORY_TABLE.value)
         return
     from radjax.checkpoint import CheckpointMismatchError
     from radjax.train import loop
