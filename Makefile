@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run --summary benchmarks/README.md
 
 clean:
 	rm -rf $(VENV) runs
