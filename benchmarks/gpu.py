@@ -171,6 +171,10 @@ class UNetSize:
     base: int
 
 
+# Spelled out here, not imported: this driver process reads the sizes before any worker
+# starts, and benchmarks.auxol / benchmarks.radfm import optax and ml_collections at the top,
+# which the GPU machine may lack (their rows then read 'missing' instead of the run failing).
+# The same values: benchmarks.auxol.Size().sam (ViT-B) and benchmarks.radfm.SIZES['tiny'].vision.
 _SAM_VIT_B = dict(
     image_size=1024,
     patch_size=16,

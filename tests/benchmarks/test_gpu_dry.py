@@ -127,3 +127,12 @@ def test_model_over_its_limit_is_killed_and_the_next_still_runs(tmp_path):
     assert "llama7b / radjax: timeout: killed after 0.01 s" in report, report
     _check_ok("unet", rows[("unet", "radjax")])
     assert proc.returncode == 1, proc.stdout + proc.stderr
+
+
+def test_the_driver_s_own_copies_of_the_sizes_match_the_cpu_benchmarks():
+    """gpu.py spells out two size dicts (its driver must not import optax / ml_collections):
+    they stay equal to the CPU benchmarks' ViT-B SAM and tiny RadFM vision sizes."""
+    from benchmarks import auxol, gpu, radfm
+
+    assert gpu._SAM_VIT_B == auxol.Size().sam
+    assert gpu._TINY_RADFM_VISION == radfm.SIZES["tiny"].vision
