@@ -79,6 +79,11 @@ def make_mesh(
     return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def spec_axes(entry) -> tuple[str, ...]:
+    """A spec entry (None, a mesh axis or a tuple of them) as a tuple of mesh axes."""
+    return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
 def logical_to_spec(
     names: Sequence[str | None] | None, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
 ) -> P:
@@ -92,8 +97,7 @@ def logical_to_spec(
         target = table.get(name) if name is not None else None
         if name is not None and name not in table:
             raise KeyError(f"logical axis {name!r} has no sharding rule")
-        axes = (target,) if isinstance(target, str) else tuple(target or ())
-        axes = tuple(a for a in axes if a not in used)
+        axes = tuple(a for a in spec_axes(target) if a not in used)
         used.update(axes)
         out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
     return P(*out)
@@ -103,9 +107,8 @@ def _fit_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
     """Drops mesh axes that do not divide the dimension they shard (small tiny-config dims)."""
     fitted = []
     for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
         kept, size = [], 1
-        for a in axes:
+        for a in spec_axes(entry):
             if dim % (size * mesh.shape[a]) == 0:
                 kept.append(a)
                 size *= mesh.shape[a]
@@ -113,20 +116,46 @@ def _fit_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
     return P(*fitted)
 
 
+def _fsdp_fallback(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
+    """ZeRO-3 fallback: a state array whose spec leaves ``fsdp`` unused (its logical axes map
+    elsewhere, e.g. RP3D's head kernel (mlp, classes) -> tensor, or it has none: biases, norm
+    scales, BatchNorm statistics) is split over fsdp on the dimension with the largest shard
+    that fsdp divides, after the axes already on it. Scalars and arrays fsdp divides nowhere
+    stay as they are. Without it such arrays are whole on every fsdp device, and the state
+    per device stops scaling as 1/N (released RP3D: 2.25x over 1/N at fsdp=8)."""
+    size = mesh.shape.get("fsdp", 1)
+    entries = tuple(spec) + (None,) * (len(shape) - len(spec))
+    if size == 1 or any("fsdp" in spec_axes(e) for e in entries):
+        return spec
+    best, best_shard = None, 0
+    for d, (dim, entry) in enumerate(zip(shape, entries)):
+        ways = int(np.prod([mesh.shape[a] for a in spec_axes(entry)]))
+        if dim % (ways * size) == 0 and dim // ways > best_shard:
+            best, best_shard = d, dim // ways
+    if best is None:
+        return spec
+    out = list(entries)
+    axes = spec_axes(entries[best]) + ("fsdp",)
+    out[best] = axes[0] if len(axes) == 1 else axes
+    return P(*out)
+
+
 def state_shardings(
     abstract_state: Any, mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
 ) -> Any:
     """NamedShardings for an (abstract) nnx.State or any pytree of nnx Variables/arrays.
 
-    Variables carrying ``out_sharding`` logical names are sharded by the rules;
-    everything else (RNG counters, BatchNorm statistics, optimizer scalars) is replicated.
-    The result has the same tree structure as ``abstract_state`` (Variables keep their
-    metadata and hold a NamedSharding), so it zips with it leaf by leaf.
+    Variables carrying ``out_sharding`` logical names are sharded by the rules (mesh axes
+    that do not divide their dimension dropped); then every array the result leaves off
+    ``fsdp`` goes on it where a dimension allows (``_fsdp_fallback``), so parameters,
+    optimizer and other state per device scale as 1/fsdp. Scalars (RNG counters, optimizer
+    step counts) are replicated. The result has the same tree structure as ``abstract_state``
+    (Variables keep their metadata and hold a NamedSharding), so it zips with it leaf by leaf.
     """
 
     def sharding(shape, names):
         spec = logical_to_spec(names, rules) if names else P()
-        return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
+        return NamedSharding(mesh, _fsdp_fallback(_fit_spec(spec, shape, mesh), shape, mesh))
 
     def one(leaf):
         if isinstance(leaf, nnx.Variable):

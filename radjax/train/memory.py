@@ -9,8 +9,10 @@ BatchNorm statistics) and optimizer state. Activations are not counted: they dep
 sequence length and the remat policy.
 
 A parameter whose logical axes ask for a mesh axis that does not divide the dimension (e.g.
-``fsdp=7`` on a width of 256) stays replicated over that axis (``radjax.sharding``); the report
-lists those parameters (``MemoryReport.fallbacks``, grouped by path with layer indices as ``*``).
+``fsdp=7`` on a width of 256) is not split over that axis there; fsdp then goes on another
+dimension it divides (``radjax.sharding``'s ZeRO-3 fallback), and where none is, the parameter
+stays replicated over the axis. The report lists those parameters (``MemoryReport.fallbacks``,
+grouped by path with layer indices as ``*``).
 """
 
 from __future__ import annotations
@@ -145,20 +147,19 @@ def _fallbacks(tree: Any, shardings: Any) -> list[Fallback]:
             continue
         value = var.get_value()
         wanted, got = sharding.logical_to_spec(names), target.get_value().spec
+        placed = {
+            a for entry in got for a in sharding.spec_axes(entry)
+        }  # fsdp may sit on another dim
         dropped = tuple(
-            (d, tuple(a for a in _axes(w) if a not in _axes(g)))
-            for d, (w, g) in enumerate(zip(_padded(wanted, value.ndim), _padded(got, value.ndim)))
-            if set(_axes(w)) - set(_axes(g))
+            (d, tuple(a for a in sharding.spec_axes(w) if a not in placed))
+            for d, w in enumerate(_padded(wanted, value.ndim))
+            if set(sharding.spec_axes(w)) - placed
         )
         if dropped:
             key = "/".join(str(getattr(k, "key", k)) for k in path)
             nbytes = int(np.prod(value.shape, dtype=np.int64)) * _itemsize(value.dtype)
             out.append(Fallback(key, tuple(value.shape), dropped, nbytes))
     return out
-
-
-def _axes(entry) -> tuple[str, ...]:
-    return (entry,) if isinstance(entry, str) else tuple(entry or ())
 
 
 def _padded(spec, ndim: int) -> tuple:

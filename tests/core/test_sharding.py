@@ -54,10 +54,31 @@ def test_state_shardings_follow_metadata_and_fit_small_dims():
     shardings = sharding.state_shardings(state, mesh)
     kernel = shardings["kernel"].get_value()
     assert kernel.spec == P("fsdp", "tensor")
-    assert shardings["bias"].get_value().spec == P(None)
-    # 6 is not divisible by fsdp=4 on a (4, 2) mesh: that axis is dropped, not an error
+    # the bias names no axis: the ZeRO-3 fallback splits it over fsdp
+    assert shardings["bias"].get_value().spec == P("fsdp")
+    # 6 is not divisible by fsdp=4 on a (4, 2) mesh: fsdp leaves dim 0, not an error, and the
+    # fallback puts it on dim 1 after tensor (8 = 2 x 4); the bias's 8 takes fsdp alone
     mesh2 = sharding.make_mesh({"fsdp": 4, "tensor": 2})
-    assert sharding.state_shardings(state, mesh2)["kernel"].get_value().spec == P(None, "tensor")
+    shardings2 = sharding.state_shardings(state, mesh2)
+    assert shardings2["kernel"].get_value().spec == P(None, ("tensor", "fsdp"))
+    assert shardings2["bias"].get_value().spec == P("fsdp")
+
+
+@pytest.mark.parametrize(
+    "shape, spec, want",
+    [
+        ((2048, 5569), P("tensor", None), P(("tensor", "fsdp"), None)),  # RP3D head kernel
+        ((5569,), P(None), P(None)),  # fsdp divides no dimension: stays replicated
+        ((), P(), P()),  # a scalar (step count, RNG counter)
+        ((16, 64), P(), P(None, "fsdp")),  # the largest dimension fsdp divides
+        ((64, 16), P("fsdp"), P("fsdp")),  # already on fsdp: unchanged
+        ((12, 8), P(), P(None, "fsdp")),  # 12 % 8: the next dimension
+    ],
+)
+def test_fsdp_fallback_puts_arrays_off_fsdp_on_it(shape, spec, want):
+    mesh = sharding.make_mesh({"fsdp": 8})
+    assert sharding._fsdp_fallback(spec, shape, mesh) == want
+    assert sharding._fsdp_fallback(spec, shape, sharding.make_mesh({"data": 8})) == spec
 
 
 def test_shard_act_constrains_inside_mesh_and_is_noop_outside():
