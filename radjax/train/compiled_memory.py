@@ -17,26 +17,34 @@ for each N in ``counts``, from ``ShapeDtypeStruct`` inputs carrying their ``Name
 - ``new outputs``: outputs that alias no argument (the step's metrics);
 - ``peak``: arguments + temporaries + new outputs, what the step holds at once.
 
-The batch's shapes and dtypes are those of the first training batch the config's own data
-pipeline yields (``example_batch``): no format declares its batch abstractly, and formats that
-batch themselves vary the shapes (the table sizes the first one). ``experiment.prepare_config``
-runs first, so a config with phantoms enabled writes them into an empty ``data.root``, and one
-without data under ``data.root`` ends in its FileNotFoundError. The simulated devices must exist before JAX starts
-its backends (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` or ``jax_num_cpu_devices``;
-``experiments.launch.start`` sets the latter for ``--memory_table``).
+The batch is abstract too: the format's ``batch_spec(config)`` (global shapes and dtypes from
+config fields; formats whose batches vary in shape state the largest, see theirs), on the
+config ``abstract_batch`` prepares: a config with phantoms enabled, or whose ``data.root``
+holds every file of the format's ``data_files``, goes through ``experiment.prepare_config`` as
+a run does (phantoms written into an empty ``data.root``, data-derived fields such as the
+number of classes from the data); any other config (the released sizes without their data)
+is completed as far as it can be without its data: the format's ``complete_config`` runs on a
+copy and fills only the fields the config leaves unset (0, -1, '' or empty: LLaVA-Med's token
+ids from ``data.tokenizer``; RadFM keeps its stated vocabulary of 32000), and where it fails
+for want of the data (RP3D's label dict) the config's own fields stand (an unset one the batch
+needs, such as ``model.num_classes`` 0, is a ValueError naming it). The simulated devices must exist
+before JAX starts its backends (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` or
+``jax_num_cpu_devices``; ``experiments.launch.start`` sets the latter for ``--memory_table``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
 
 import jax
 import ml_collections
-import numpy as np
 
 from radjax import sharding
-from radjax.data import pipeline
+from radjax.data.errors import BadRecordError
 from radjax.train import experiment
 
 GIB = 2**30
@@ -70,21 +78,58 @@ class StepMemory:
         return self.argument_bytes + self.temp_bytes + self.new_output_bytes
 
 
-def example_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global shapes and dtypes of the first training batch ``config``'s pipeline yields (one
-    process, the whole ``train.batch_size``); prepares the config first (phantoms, derived
-    fields such as the number of classes)."""
-    fmt = experiment.prepare_config(config)
-    data, _ = pipeline.train_dataset(
-        fmt,
-        config.data,
-        global_batch=int(config.train.batch_size),
-        seed=int(config.seed),
-        process_index=0,
-        process_count=1,
-    )
-    batch = next(iter(data))
-    return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
+def _has_data(fmt: ModuleType, data_cfg: ml_collections.ConfigDict) -> bool:
+    """Whether ``data.root`` holds every file (or folder) of the format's ``data_files``."""
+    files = fmt.data_files(data_cfg)
+    return bool(files) and all((Path(data_cfg.root) / f).exists() for f in files)
+
+
+def _unset(value) -> bool:
+    """The placeholders configs leave for ``complete_config``: 0, -1, '', None, empty."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value in (0, -1)
+    if isinstance(value, str | tuple | list | Mapping | ml_collections.ConfigDict):
+        return len(value) == 0
+    return value is None
+
+
+def _fill_unset(config: ml_collections.ConfigDict, completed: ml_collections.ConfigDict) -> None:
+    """Copies into ``config`` every field of ``completed`` that ``config`` lacks or leaves
+    unset (``_unset``), recursing into sub-configs; fields ``config`` sets stay."""
+    for key, value in completed.items():
+        mine = config.get(key)
+        if isinstance(mine, ml_collections.ConfigDict) and len(mine):
+            if isinstance(value, ml_collections.ConfigDict):
+                _fill_unset(mine, value)
+        elif key not in config or _unset(mine):
+            config[key] = value
+
+
+def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Prepares ``config`` in place (module docstring) and returns the format's
+    ``batch_spec(config)``: the global shapes and dtypes of a training batch.
+
+    Raises:
+      ValueError: the format has no ``batch_spec``; a field the batch needs is unset.
+    """
+    fmt = experiment.format_module(config)
+    if not hasattr(fmt, "batch_spec"):
+        raise ValueError(f"the {config.paper} data format has no batch_spec(config)")
+    if config.data.get("phantoms", {}).get("enabled", False) or _has_data(fmt, config.data):
+        experiment.prepare_config(config)
+    elif hasattr(fmt, "complete_config"):
+        completed = copy.deepcopy(config)
+        try:
+            with completed.unlocked():
+                fmt.complete_config(completed)
+        except (FileNotFoundError, BadRecordError):
+            pass  # completed from the data only: the config's own fields stand
+        else:
+            with config.unlocked():
+                _fill_unset(config, completed)
+    return fmt.batch_spec(config)
 
 
 def sharded_batch(
@@ -145,8 +190,9 @@ def step_memory(
 
 
 def memory_table(config: ml_collections.ConfigDict, counts: Sequence[int]) -> list[StepMemory]:
-    """``step_memory`` for each device count, on the config's first training batch."""
-    batch = example_batch(config)
+    """``step_memory`` for each device count, on the config's abstract batch
+    (``abstract_batch``)."""
+    batch = abstract_batch(config)
     return [step_memory(config, batch, int(n)) for n in counts]
 
 

@@ -84,8 +84,8 @@ COUNTS = (1, 2, 4, 8)
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """``compiled(paper)``: (tiny config on fresh phantoms, its first batch's shapes, the
-    compiled step's memory for COUNTS), computed once per module."""
+    """``compiled(paper)``: (tiny config on fresh phantoms, its abstract batch
+    (``batch_spec``), the compiled step's memory for COUNTS), computed once per module."""
     import importlib
 
     done = {}
@@ -95,7 +95,7 @@ def compiled(tmp_path_factory):
             config = importlib.import_module(f"configs.{paper}").get_config("tiny")
             config.data.root = str(tmp_path_factory.mktemp(f"{paper}_phantoms"))
             config.data.phantoms.num_train = 64  # the batch shapes do not depend on it
-            batch = compiled_memory.example_batch(config)
+            batch = compiled_memory.abstract_batch(config)
             rows = [compiled_memory.step_memory(config, batch, n) for n in COUNTS]
             done[paper] = config, batch, rows
         return done[paper]

@@ -17,10 +17,12 @@ import dataclasses
 from pathlib import Path
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 
+from radjax.data import specs
 from radjax.data.errors import BadRecordError
 from radjax.data.phantoms import ensure_phantoms
 from radjax.data.readers import read_image
@@ -178,4 +180,19 @@ def load_example(
     target = np.asarray(Image.fromarray(framed).resize((low, low), Image.Resampling.BILINEAR)) > 127
     return dict(
         pixels=pixels, box=box.astype(np.float32), target=target[:, :, None].astype(np.float32)
+    )
+
+
+def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes and dtypes of a SAM training batch (``radjax.data.specs``) from config
+    fields: ``load_example``'s arrays with B = ``train.batch_size``, S = ``data.image_size``
+    and L = ``data.low_res_size``."""
+    size, low = int(config.data.image_size), int(config.data.low_res_size)
+    return specs.rows_of(
+        int(config.train.batch_size),
+        dict(
+            pixels=((size, size, 3), np.float32),
+            box=((4,), np.float32),
+            target=((low, low, 1), np.float32),
+        ),
     )

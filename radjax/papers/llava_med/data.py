@@ -40,9 +40,11 @@ import logging
 from pathlib import Path
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
+from radjax.data import specs
 from radjax.data.errors import BadRecordError
 from radjax.data.image_processing import LLAVA_MED_VERSIONS, llava_med_preprocess
 from radjax.data.phantoms import ensure_phantoms
@@ -183,6 +185,26 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
         m.patch_id, m.start_id, m.end_id = C.IMAGE_TOKEN_INDEX, -1, -1
     m.pad_token_id = int(tokenizer.pad_token_id)
     m.eos_token_id = int(tokenizer.eos_token_id)
+
+
+def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes and dtypes of a training batch (``radjax.data.specs``) from config
+    fields: the conversation records' arrays (the ``train`` split is a conversation list)
+    with B = ``train.batch_size``, L = ``data.max_length`` and S = ``data.image_size`` (0 =
+    the tower's ``model.vision.image_size``, as ``complete_config`` sets it)."""
+    d = config.data
+    length = int(d.max_length)
+    size = int(d.get("image_size", 0) or 0) or int(config.model.vision.image_size)
+    return specs.rows_of(
+        int(config.train.batch_size),
+        dict(
+            input_ids=((length,), np.int32),
+            labels=((length,), np.int32),
+            attention_mask=((length,), np.int32),
+            image_mask=((1,), np.bool_),
+            images=((size, size, 3), np.float32),
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------

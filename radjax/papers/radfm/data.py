@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
-from radjax.data import batching
+from radjax.data import batching, specs
 from radjax.data.errors import BadRecordError
 from radjax.data.phantoms import ensure_phantoms
 from radjax.data.pipeline import REPAIRED
@@ -762,6 +763,56 @@ def collate(
 def batch_rows(data_cfg: ml_collections.ConfigDict, is_3d: bool) -> int:
     """B of a batch: ``data.batch_size_3d`` (1) or ``data.batch_size_2d`` (4)."""
     return int(data_cfg.get("batch_size_3d", 1) if is_3d else data_cfg.get("batch_size_2d", 4))
+
+
+def geometry_spec(
+    data_cfg: ml_collections.ConfigDict, is_3d: bool, geometry: tuple[int, int, int]
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of a training batch of one kind at ``geometry`` = (S, D, size) on one
+    process: ``collate``'s fields with B = ``batch_rows`` and ``valid`` bool (B,) (the
+    pipeline takes ``skipped`` and ``pipeline.REPAIRED`` out before the step)."""
+    empty = collate([], data_cfg, geometry)
+    del empty[REPAIRED]
+    rows = {k: (v.shape[1:], v.dtype) for k, v in empty.items()}
+    return specs.rows_of(batch_rows(data_cfg, is_3d), {**rows, "valid": ((), np.bool_)})
+
+
+def _deepest_bucket(config: ml_collections.ConfigDict) -> int:
+    """The deepest 3D bucket the model reads: a multiple of 4 up to 64 (``bucket_depth``'s
+    limit) and up to ``model.vision.frames``."""
+    return max(4, min(64, int(config.model.vision.frames)) // 4 * 4)
+
+
+def _tokens(config: ml_collections.ConfigDict, is_3d: bool, geometry: tuple[int, int, int]) -> int:
+    """B x (L + S x ViT patches of one image): the rows' LLM and ViT sequence lengths."""
+    count, depth, size = geometry
+    v = config.model.vision
+    patches = -(-depth // int(v.frame_patch_size)) * (size // int(v.patch_size)) ** 2
+    return batch_rows(config.data, is_3d) * (int(config.data.max_length) + count * patches)
+
+
+def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes and dtypes of the largest training batch the config allows, on one process
+    (``radjax.data.specs``; ``geometry_spec``), from config fields.
+
+    Batches vary (all-2D or all-3D, S images, the depth bucket, half size for one deep 3D
+    row), so the candidates are the 2D batch of ``data.batch_size_2d`` rows at S =
+    ``data.max_images`` and the 3D batches of ``data.batch_size_3d`` rows at the deepest
+    bucket (``_deepest_bucket``) with S = ``data.max_images`` or, where a single row of more
+    than 6 images is held to depth 32, S = 6; their (S, D, size) follow ``batch_geometry``.
+    The largest is the one with the most tokens, B x (``data.max_length`` + S x ViT patches
+    of one image): what the activations of the LLM and the ViT grow with. ``train.batch_size``
+    is nominal here (the format sets the rows). The released sizes: the 2D batch, images
+    (4, 10, 1, 512, 512, 3).
+    """
+    d = config.data
+    images, depth = int(d.max_images), _deepest_bucket(config)
+    candidates = [(False, batch_geometry([(images, 1)] * batch_rows(d, False), False, d))]
+    for count in sorted({images, min(images, 6)}):
+        rows = batch_rows(d, True)
+        candidates.append((True, batch_geometry([(count, depth)] * rows, True, d)))
+    is_3d, geometry = max(candidates, key=lambda c: _tokens(config, *c))
+    return geometry_spec(d, is_3d, geometry)
 
 
 def _collate_global(

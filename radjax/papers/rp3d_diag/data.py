@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 
+from radjax.data import specs
 from radjax.data.errors import BadRecordError
 from radjax.data.phantoms import ensure_phantoms
 from radjax.data.readers import (
@@ -106,6 +108,39 @@ def num_classes(data_cfg: ml_collections.ConfigDict) -> int:
 def complete_config(config: ml_collections.ConfigDict) -> None:
     """Sets ``config.model.num_classes`` from the label dict (called after ``ensure_data``)."""
     config.model.num_classes = num_classes(config.data)
+
+
+def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes and dtypes of a training batch (``radjax.data.specs``), from config
+    fields: the module docstring's arrays with a leading B = ``train.batch_size``, N =
+    ``data.n_image`` (early fusion) or 1 (late), D = ``data.depth``, S = ``data.image_size``
+    and C = ``model.num_classes`` (``complete_config`` sets it from the label dict).
+
+    Raises:
+      ValueError: ``model.num_classes`` is not positive (naming it and how to set it), or
+        ``data.fusion`` is unknown.
+    """
+    d = config.data
+    if d.fusion not in ("late", "early"):
+        raise ValueError(f"data.fusion {d.fusion!r} unknown; use 'late' or 'early'")
+    n = int(d.n_image) if d.fusion == "early" else 1
+    depth, size = int(d.depth), int(d.image_size)
+    classes = specs.required(
+        config,
+        "model.num_classes",
+        f"the size of the label dict under data.root ({_label_dict_name(d)}); without the "
+        "data set --config.model.num_classes",
+    )
+    return specs.rows_of(
+        int(config.train.batch_size),
+        dict(
+            images=((n, depth, size, size, 1), np.float32),
+            marks=((n, depth), np.float32),
+            mods=((n,), np.int32),
+            keys=((n,), np.int32),
+            labels=((classes,), np.float32),
+        ),
+    )
 
 
 def data_files(data_cfg: ml_collections.ConfigDict) -> list[str]:

@@ -59,11 +59,12 @@ from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 
-from radjax.data import batching
+from radjax.data import batching, specs
 from radjax.data.errors import BadRecordError
 from radjax.data.image_processing import blip_preprocess
 from radjax.data.phantoms import ensure_phantoms
@@ -789,6 +790,16 @@ def _empty_example(data_cfg) -> dict[str, np.ndarray]:
         image_wh=np.zeros(2, np.float32),
         index=np.full((), -1, np.int32),
     )
+
+
+def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes and dtypes of a training batch on one process (``radjax.data.specs``)
+    from config fields: an example's arrays (``_empty_example``: S = ``data.image_size``, L =
+    ``data.max_length``) with B = ``data.batch_size`` rows (the format sets the rows;
+    ``train.batch_size`` is nominal) and ``valid`` bool (B,) (the pipeline takes ``skipped``
+    and ``pipeline.REPAIRED`` out before the step)."""
+    rows = {k: (v.shape, v.dtype) for k, v in _empty_example(config.data).items()}
+    return specs.rows_of(int(config.data.get("batch_size", 4)), {**rows, "valid": ((), np.bool_)})
 
 
 def _collate(data_cfg, examples: list[dict], records: list[dict], key) -> dict[str, np.ndarray]:
