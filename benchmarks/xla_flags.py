@@ -148,19 +148,20 @@ def table(results: dict[str, dict | str]) -> list[str]:
     return common.format_table(headers, rows).splitlines()
 
 
-def header(size_name: str, rounds: int, iters: int) -> list[str]:
+def header(names: list[str], size_name: str, rounds: int, iters: int) -> list[str]:
     import jax
 
     from benchmarks import common
 
-    ceiling = common.matmul_ceiling(2048)
+    ceiling, load = common.matmul_ceiling(2048), common.load_average()
+    load_text = "n/a" if load is None else f"{load:.2f}"
     lines = [
         f"XLA CPU options on {common.cpu_name()} ({common.cpu_isa()}), "
         f"{common.cpu_threads()} threads, jax {jax.__version__}, size {size_name}",
-        f"jnp f32 2048^2 matmul {ceiling.gflops:.0f} GFLOP/s, load {common.load_average()}; "
+        f"jnp f32 2048^2 matmul {ceiling.gflops:.0f} GFLOP/s, load {load_text}; "
         f"{rounds} round(s) x {iters} timed calls, the fastest round per row",
     ]
-    lines += [f"  {name}: {flags or '(no flags)'}" for name, flags in CANDIDATES.items()]
+    lines += [f"  {name}: {CANDIDATES[name] or '(no flags)'}" for name in names]
     return lines
 
 
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     names = args.only or list(CANDIDATES)
     if "default" not in names:
         names = ["default", *names]
-    head = header(args.size, args.rounds, args.iters)
+    head = header(names, args.size, args.rounds, args.iters)
     print("\n".join(head), flush=True)
     rounds: dict[str, list] = {n: [] for n in names}
     for _ in range(args.rounds):
