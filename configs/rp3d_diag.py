@@ -113,7 +113,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.batch_size = 8
     t.steps = 100_000
     t.grad_accum = 1  # microbatches per step (gradients averaged in the step)
-    t.remat_policy = ""  # '' | 'full' | a jax.checkpoint_policies name
+    # '' | 'full' | a jax.checkpoint_policies name. None: compiled peak per device (XLA CPU,
+    # batch 8 on 1 device) 42.8 GiB, 'full' 42.9, m.remat 47.8; fsdp=8: 5.6 GiB (README)
+    t.remat_policy = ""
     t.log_every = 50
     t.eval_every = 5_000
     t.eval_split = "test"

@@ -149,3 +149,20 @@ def test_completion_without_data_fills_only_unset_fields(tmp_path):
     radfm.data.root = str(tmp_path)
     compiled_memory.abstract_batch(radfm)
     assert radfm.model.llm.vocab_size == 32000
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["rp3d_diag", "radfm", "llava_med", "llava_med:stage=1", "uni_med", "auxol"]
+    + ["rp3d_diag:tiny", "radfm:tiny", "llava_med:tiny", "uni_med:tiny", "auxol:tiny,stage=sam"],
+)
+def test_remat_choices_are_valid(name):
+    """``train.remat_policy`` is one ``radjax.train.step`` takes ('' | 'full' | a
+    jax.checkpoint_policies name) and every ``model.*.remat`` flag a bool (their compiled
+    peaks: the package READMEs' "Memory" sections)."""
+    config = get_config(name)
+    policy = config.train.remat_policy
+    assert policy in ("", "full") or callable(getattr(jax.checkpoint_policies, policy, None))
+    flags = [v.remat for v in config.model.values() if hasattr(v, "remat")]
+    flags += [config.model.remat] if "remat" in config.model else []
+    assert all(isinstance(f, bool) for f in flags)
