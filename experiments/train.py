@@ -9,9 +9,10 @@ axis cannot split (a bad mesh or an incomplete config is a one-line error).
 per count and prints the per-device bytes XLA's analysis of each compiled program gives (state,
 batch, temporaries = gradients + activations + parameters FSDP gathers, peak) with their scaling
 against 1/N (``radjax.train.compiled_memory``): the devices are set in this process before JAX
-starts (``launch.start``), the batch shapes are the config's first training batch (a config with
-phantoms writes them into an empty ``data.root``; one without data under ``data.root`` is a
-one-line error), nothing is allocated or written in the workdir. ``--config <paper>:<arg>``
+starts (``launch.start``), the batch is the data format's abstract ``batch_spec(config)`` (no
+data needed: paper configs are tabled on a laptop; a field only the data can fill, such as
+RP3D's ``model.num_classes``, is a one-line error naming it), nothing is allocated or written
+in the workdir. ``--config <paper>:<arg>``
 names a config by name (``radjax.registry.config_file``) where no such file is.
 """
 
