@@ -84,6 +84,11 @@ def spec_axes(entry) -> tuple[str, ...]:
     return (entry,) if isinstance(entry, str) else tuple(entry or ())
 
 
+def spec_entries(spec: P, ndim: int) -> tuple:
+    """``spec``'s entries padded with None to ``ndim`` (one per array dimension)."""
+    return tuple(spec) + (None,) * (ndim - len(spec))
+
+
 def logical_to_spec(
     names: Sequence[str | None] | None, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
 ) -> P:
@@ -106,7 +111,7 @@ def logical_to_spec(
 def _fit_spec(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
     """Drops mesh axes that do not divide the dimension they shard (small tiny-config dims)."""
     fitted = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    for dim, entry in zip(shape, spec_entries(spec, len(shape))):
         kept, size = [], 1
         for a in spec_axes(entry):
             if dim % (size * mesh.shape[a]) == 0:
@@ -124,7 +129,7 @@ def _fsdp_fallback(spec: P, shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
     stay as they are. Without it such arrays are whole on every fsdp device, and the state
     per device stops scaling as 1/N (released RP3D: 2.25x over 1/N at fsdp=8)."""
     size = mesh.shape.get("fsdp", 1)
-    entries = tuple(spec) + (None,) * (len(shape) - len(spec))
+    entries = spec_entries(spec, len(shape))
     if size == 1 or any("fsdp" in spec_axes(e) for e in entries):
         return spec
     best, best_shard = None, 0

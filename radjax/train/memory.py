@@ -152,7 +152,7 @@ def _fallbacks(tree: Any, shardings: Any) -> list[Fallback]:
         }  # fsdp may sit on another dim
         dropped = tuple(
             (d, tuple(a for a in sharding.spec_axes(w) if a not in placed))
-            for d, w in enumerate(_padded(wanted, value.ndim))
+            for d, w in enumerate(sharding.spec_entries(wanted, value.ndim))
             if set(sharding.spec_axes(w)) - placed
         )
         if dropped:
@@ -160,10 +160,6 @@ def _fallbacks(tree: Any, shardings: Any) -> list[Fallback]:
             nbytes = int(np.prod(value.shape, dtype=np.int64)) * _itemsize(value.dtype)
             out.append(Fallback(key, tuple(value.shape), dropped, nbytes))
     return out
-
-
-def _padded(spec, ndim: int) -> tuple:
-    return tuple(spec) + (None,) * (ndim - len(spec))
 
 
 def _count(tree: Any) -> int:
