@@ -266,6 +266,30 @@ GEN_ROWS = {
 }
 
 
+def radjax_generate(size: Size, model, seed: int = 0):
+    """radjax's greedy generation of ``size.new_tokens`` for every row of the benchmark prompt,
+    as a call with no arguments (the eos id is one argmax never returns: no row stops early)."""
+    from flax import nnx
+
+    from radjax.train import generation
+
+    graphdef, state = nnx.split(model)
+    ids = jnp.asarray(_prompt(size, seed))
+
+    def call():
+        return generation.generate(
+            graphdef,
+            state,
+            input_ids=ids,
+            attention_mask=jnp.ones_like(ids),
+            max_new_tokens=size.new_tokens,
+            eos_token_id=size.vocab,
+            pad_token_id=0,
+        )
+
+    return call
+
+
 def run_generation(
     size: Size,
     reference,
@@ -285,24 +309,11 @@ def run_generation(
     import torch
     from flax import nnx
 
-    from radjax.train import generation
-
     ids = _prompt(size, seed)
     mask = np.ones_like(ids)
     graphdef, state = nnx.split(model)
     j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
-    no_eos = size.vocab  # an id argmax never returns: every row generates all new tokens
-
-    def rj_generate():
-        return generation.generate(
-            graphdef,
-            state,
-            input_ids=j_ids,
-            attention_mask=j_mask,
-            max_new_tokens=size.new_tokens,
-            eos_token_id=no_eos,
-            pad_token_id=0,
-        )
+    rj_generate = radjax_generate(size, model, seed)
 
     @jax.jit
     def rj_prefill(state, ids, mask):

@@ -51,10 +51,8 @@ def _build(size_name: str) -> dict:
     three train-step tables and of greedy generation, at ``size_name``."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
     from benchmarks import decoder, radfm, rp3d_diag
-    from radjax.train import generation
 
     out = {}
     size = rp3d_diag.SIZES[size_name]
@@ -66,19 +64,7 @@ def _build(size_name: str) -> dict:
     train = decoder.RadjaxTrain(model, decoder._train_batch(dsize, 0))
     out["decoder train"] = (train, train.compile_s, train.loss)
 
-    graphdef, state = nnx.split(model)
-    ids = jnp.asarray(decoder._prompt(dsize, 0))
-
-    def generate():
-        return generation.generate(
-            graphdef,
-            state,
-            input_ids=ids,
-            attention_mask=jnp.ones_like(ids),
-            max_new_tokens=dsize.new_tokens,
-            eos_token_id=dsize.vocab,
-            pad_token_id=0,
-        )
+    generate = decoder.radjax_generate(dsize, model)
 
     t0 = time.perf_counter()
     tokens = jax.block_until_ready(generate())
