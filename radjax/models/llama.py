@@ -34,8 +34,9 @@ compile time grows with ``num_layers``). ``DecoderConfig.scan_layers`` keeps one
 ``jax.lax.scan``: one compiled layer, whatever the depth. The converters stack checkpoints
 for it (``radjax.convert.llama``); the KV-cache path slices the stack layer by layer. LoRA
 (``radjax.nn.lora``) adapts both: stacked kernels get per-layer adapters stacked the same
-way. Under the scan no dropout runs (attention or LoRA): the scan body does not carry
-per-layer RNG state, so both are rejected there.
+way. Dropout (attention or LoRA) runs under the scan too: each layer keeps its own stream,
+stacked like its weights, and ``scan_layers`` writes the streams' counts back: attention
+dropout draws the very masks of the unscanned model, and every call draws new ones.
 
 Not implemented: attention / MLP biases, and the ``dynamic``, ``yarn`` and ``longrope``
 RoPE scalings (``from_hf_config`` rejects such configs).
@@ -103,11 +104,6 @@ class DecoderConfig:
         kv = self.num_kv_heads or self.num_heads
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DecoderConfig: dropout must be in [0, 1), got {self.dropout}")
-        if self.scan_layers and self.dropout:
-            raise ValueError(
-                "DecoderConfig: scan_layers with attention dropout is not "
-                "supported (per-layer dropout streams); use scan_layers=False"
-            )
         if self.model_type not in MODEL_TYPES:
             raise ValueError(
                 f"DecoderConfig: model_type {self.model_type!r} not one of {MODEL_TYPES}"

@@ -23,7 +23,7 @@ scan_layers=True)``) gets adapters stacked on the same leading axis (``lora_a`` 
 ``lora_b`` (L, r, out), logical axis ``layers`` first), one per layer; ``lax.scan`` slices
 them with the kernel, and ``merge_lora`` folds ``A[l] @ B[l]`` into ``W[l]`` layer by layer.
 Copying ``lora_a[l]`` / ``lora_b[l]`` into layer ``l`` of the unscanned model gives the same
-outputs. Dropout > 0 is refused there (see LoRALinear).
+outputs. Dropout there draws from one stream per layer (see LoRALinear).
 
 Only modules invoked through ``__call__`` see the adapter: a Linear whose kernel is read
 directly (e.g. ``Decoder.lm_head``, used as ``lm_head.kernel`` in an einsum) would silently
@@ -75,8 +75,9 @@ class LoRALinear(nnx.Module):
     (``DecoderConfig(scan_layers=True)``), gets stacked adapters ``lora_a`` (*stacked, in,
     rank) and ``lora_b`` (*stacked, rank, out) with the kernel's leading logical axes
     (``layers``): one independent adapter per layer, sliced by ``lax.scan`` together with
-    the kernel, so ``__call__`` inside the scan body sees 2-D weights. Dropout is refused on
-    stacked kernels (the scan body cannot carry per-layer RNG updates out).
+    the kernel, so ``__call__`` inside the scan body sees 2-D weights. Dropout on a stacked
+    kernel gets one stream per layer (keys and counts of shape (*stacked,)), which
+    ``radjax.nn.stack.scan_layers`` slices and writes back like the weights' slices.
 
     Args:
       base: the ``nnx.Linear`` to adapt (kernel (in, out) or stacked (*stacked, in, out)).
@@ -103,12 +104,6 @@ class LoRALinear(nnx.Module):
         self.scaling = self.alpha / self.rank
         *lead, din, dout = base.kernel.shape
         self.stacked = tuple(int(n) for n in lead)
-        if self.stacked and dropout:
-            raise ValueError(
-                f"LoRALinear: dropout on a stacked (scanned) kernel {base.kernel.shape} is not "
-                "supported (lax.scan drops the per-layer RNG updates, so every step would "
-                "reuse one mask); use dropout=0 or unscanned layers"
-            )
         axes = base.kernel.get_metadata().get("out_sharding") or (None,) * base.kernel.ndim
         lead_axes, (in_axis, out_axis) = tuple(axes[:-2]), tuple(axes[-2:])
         bound = 1.0 / (din**0.5)
@@ -122,7 +117,10 @@ class LoRALinear(nnx.Module):
             jnp.zeros((*lead, self.rank, dout), self.param_dtype),
             out_sharding=(*lead_axes, None, out_axis),
         )
-        self.lora_dropout = nnx.Dropout(dropout, rngs=rngs if dropout else None)
+        self.lora_dropout = nnx.Dropout(dropout, rngs=rngs if dropout and not lead else None)
+        if dropout and lead:
+            # one stream per stacked layer: keys and counts (*stacked,), sliced by the scan
+            self.lora_dropout.rngs = rngs[self.lora_dropout.rng_collection].split(self.stacked)
 
     def base_forward(self, x: jax.Array) -> jax.Array:
         """The wrapped nnx.Linear's output, computed as nnx.Linear computes it."""

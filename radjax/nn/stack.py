@@ -46,16 +46,24 @@ def unstack_module(stacked: nnx.Module, num_layers: int) -> list[nnx.Module]:
 
 def scan_layers(stacked: nnx.Module, carry: Any, call: LayerCall, *, remat: bool = False) -> Any:
     """``call(layer, carry)`` for each layer of a stacked module, as one ``lax.scan`` step
-    each (one compiled layer whatever the depth); ``remat`` checkpoints every step. The
-    layers' state is read, not written back (no BatchNorm statistics or RNG counters)."""
+    each (one compiled layer whatever the depth); ``remat`` checkpoints every step.
+
+    The layers' RNG state (the per-layer (num_layers,) keys and counts of their dropout
+    streams) is written back after the scan, as a Python loop over the layers would leave it:
+    each layer draws from its own key, and the next call draws fresh masks. Other state is
+    read, not written back (no BatchNorm statistics)."""
     graphdef, state = nnx.split(stacked)
 
     def body(carry, layer_state):
-        return call(nnx.merge(graphdef, layer_state, copy=True), carry), None
+        layer = nnx.merge(graphdef, layer_state, copy=True)
+        carry = call(layer, carry)
+        return carry, nnx.state(layer, nnx.RngState)
 
     if remat:
         body = jax.checkpoint(body, prevent_cse=False)
-    return jax.lax.scan(body, carry, state)[0]
+    carry, rng_state = jax.lax.scan(body, carry, state)
+    nnx.update(stacked, rng_state)
+    return carry
 
 
 def run_layers(

@@ -113,16 +113,6 @@ def test_scanned_generation_equals_unscanned(models):
 
 
 def test_scan_config_and_stacking_errors():
-    with pytest.raises(ValueError, match="scan_layers with attention dropout"):
-        DecoderConfig(
-            vocab_size=8,
-            hidden_size=8,
-            num_layers=2,
-            num_heads=2,
-            intermediate_size=8,
-            scan_layers=True,
-            dropout=0.1,
-        )
     flat = {"layers/0/w": np.zeros(2), "layers/2/w": np.zeros(2), "norm/scale": np.ones(2)}
     with pytest.raises(ConversionError, match=r"layers/<i>/w: layers \[1\] missing, \[2\]"):
         stack_layers(flat, "layers", 2, caller="test")

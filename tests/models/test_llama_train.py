@@ -1,6 +1,7 @@
 """LLaMA decoder training: sharded forward + backward on a 2x4 CPU mesh equal to unsharded,
 remat (``DecoderConfig.remat``) keeps loss and gradients, a jitted train step lowers the
-loss, attention dropout (``DecoderConfig.dropout``) acts in train mode only."""
+loss, attention dropout (``DecoderConfig.dropout``) acts in train mode only and draws the same
+masks under ``scan_layers``."""
 
 import dataclasses
 import functools
@@ -14,6 +15,7 @@ from flax import nnx
 
 import radjax  # noqa: F401  (eager sharding off)
 from radjax import sharding
+from radjax.convert.torch_io import stack_layers
 from radjax.models.llama import Decoder, DecoderConfig
 from radjax.train import optim
 from radjax.train import step as step_lib
@@ -123,6 +125,44 @@ def test_remat_same_loss_and_grads():
         )
     )
     assert "checkpoint" in jaxpr or "remat" in jaxpr
+
+
+def _flat(state):
+    """'/'-joined path -> numpy value (key data for PRNG keys)."""
+    out = {}
+    for k, v in nnx.to_flat_state(state):
+        a = v.get_value() if hasattr(v, "get_value") else v
+        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a = jax.random.key_data(a)
+        out["/".join(map(str, k))] = np.asarray(a)
+    return out
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_dropout_draws_the_unscanned_masks(remat):
+    """Attention dropout under ``scan_layers``: each layer keeps its own stream and the scan
+    writes the counts back, so two train-mode calls give the unscanned model's losses,
+    gradients and RNG state, and the second call draws new masks."""
+    batch = _batch()
+    cfg = dataclasses.replace(CFG, dropout=0.3)
+    plain = nnx.split(_build(cfg), nnx.Param, ...)
+    scanned = nnx.split(
+        _build(dataclasses.replace(cfg, scan_layers=True, remat=remat)), nnx.Param, ...
+    )
+    losses = []
+    for _ in range(2):
+        want_loss, want_grads, want_rng = _loss_and_grads(*plain, batch, True)
+        loss, grads, rng = _loss_and_grads(*scanned, batch, True)
+        np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+        for name, want, got in (("grads", want_grads, grads), ("rng", want_rng, rng)):
+            want = stack_layers(_flat(want), "layers", cfg.num_layers, caller=name)
+            got = _flat(got)
+            assert set(got) == set(want), name
+            for path, value in got.items():
+                np.testing.assert_allclose(value, want[path], rtol=1e-4, atol=1e-6, err_msg=path)
+        plain, scanned = (*plain[:2], want_rng), (*scanned[:2], rng)  # rest = the RNG state
+        losses.append(float(loss))
+    assert losses[0] != losses[1]  # fresh masks on the second call
 
 
 def test_train_step_lowers_loss():

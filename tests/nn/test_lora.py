@@ -264,5 +264,51 @@ def test_stacked_kernel_gets_per_layer_adapters():
             rtol=1e-5,
             atol=1e-5,
         )
-    with pytest.raises(ValueError, match="dropout on a stacked"):
-        LoRALinear(base, rank=2, alpha=4, dropout=0.1, rngs=nnx.Rngs(0))
+
+
+def test_scanned_lora_dropout_one_stream_per_layer():
+    """LoRA dropout under ``scan_layers``: each layer's adapter draws from its own stream
+    (stacked keys and counts); copying layer l's adapters and stream into the unscanned
+    model gives the same train-mode logits on two successive calls, which differ."""
+    import dataclasses
+
+    plain = decoder()
+    scanned = Decoder(dataclasses.replace(CFG, scan_layers=True), rngs=nnx.Rngs(0))
+    for model in (plain, scanned):
+        apply_lora(
+            model,
+            rank=4,
+            alpha=8,
+            dropout=0.5,
+            targets=LLAMA_ALL_LINEAR,
+            rngs=nnx.Rngs(params=1, dropout=2),
+        )
+        randomize_b(model)
+    q = scanned.layers.self_attn.q_proj
+    keys = jax.random.key_data(q.lora_dropout.rngs.key[...])
+    assert keys.shape[0] == CFG.num_layers and q.lora_dropout.rngs.count.shape == (2,)
+    assert not np.array_equal(keys[0], keys[1])  # per-layer masks differ
+    for path, node in nnx.iter_graph(scanned):
+        if not isinstance(node, LoRALinear):
+            continue
+        for i, layer in enumerate(plain.layers):
+            target = layer
+            for name in path[1:]:
+                target = getattr(target, name)
+            target.kernel[...] = node.kernel[...][i]
+            target.lora_a[...] = node.lora_a[...][i]
+            target.lora_b[...] = node.lora_b[...][i]
+            target.lora_dropout.rngs.key[...] = node.lora_dropout.rngs.key[...][i]
+    plain.train()
+    scanned.train()
+    calls = []
+    for _ in range(2):
+        # called in place: the streams' counts advance (the scan writes them back)
+        want, got = np.asarray(plain(IDS)), np.asarray(scanned(IDS))
+        assert_close(got, want, 1e-5, "scanned vs unscanned LoRA dropout")
+        calls.append(got)
+    np.testing.assert_array_equal(np.asarray(q.lora_dropout.rngs.count[...]), [2, 2])
+    assert not np.allclose(calls[0], calls[1], atol=1e-4)
+    scanned.eval()
+    plain.eval()
+    assert_close(np.asarray(forward(scanned)), np.asarray(forward(plain)), 1e-5, "eval")

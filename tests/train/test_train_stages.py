@@ -214,11 +214,25 @@ def test_scanned_lora_train_steps_move_only_adapters():
             np.testing.assert_array_equal(after[path], value, err_msg=path)
 
 
-def test_scanned_lora_dropout_is_refused():
+def test_scanned_lora_dropout_streams_advance_per_step():
+    """LoRA dropout on scanned layers (Uni-Med's paper setting): every adapter's per-layer
+    stream counts one draw per train step, so each step draws new masks."""
     config = make_config(scan=True, lora_rank=4)
     config.model.lora.dropout = 0.1
-    with pytest.raises(ValueError, match="dropout on a stacked"):
-        build(config)
+    exp = build(config)
+    state = exp.init()
+    with jax.set_mesh(exp.mesh):
+        for _ in range(3):
+            state, metrics = exp.train_step(state, {"ids": IDS})
+    counts = {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+        if "lora_dropout" in jax.tree_util.keystr(path) and "count" in jax.tree_util.keystr(path)
+    }
+    assert counts and all(c.shape == (2,) for c in counts.values()), counts
+    for path, count in counts.items():
+        np.testing.assert_array_equal(count, [3, 3], err_msg=path)
+    assert np.isfinite(float(metrics["loss"]))
 
 
 def test_optim_groups_with_lora():
