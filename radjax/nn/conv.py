@@ -1,20 +1,31 @@
 """Convolution primitive for ``nnx.Conv(conv_general_dilated=...)``.
 
-XLA's CPU convolutions are far from its matmuls in two cases that ResNets hit all the time,
-so those are rewritten as matmuls (exact up to summation order; gradients become matmuls too):
+XLA's CPU convolutions run far below its matmuls (Intel Xeon, 2 threads, forward + backward
+of RP3D's ResNet-50 3x3 convs at 16x16..2x2: XLA 509 ms, torch's oneDNN 85 ms, the same
+convs as matmuls 72 ms; ``benchmarks/conv.py``), so channels-last convolutions are rewritten
+as matmuls (exact up to summation order; gradients become matmuls too):
 
-* pointwise (1x1) convolutions: a matmul over channels of the (strided) input;
+* pointwise (1x1) convolutions: a matmul over channels of the (strided) input (every backend);
 * kernels whose window is larger than the input or the output map (a 3x3 conv on the 2x2
-  maps at the end of a ResNet-50 on 64x64 slices runs at ~2 GFLOP/s, 40x slower than on
-  4x4 maps; the backward of a strided 3x3 conv onto 2x2 outputs likewise): the maps are
-  tiny, so the patches are gathered and multiplied by the kernel.
+  maps at the end of a ResNet-50 on 64x64 slices ran at ~2 GFLOP/s in XLA): im2col, on every
+  backend (those maps are tiny);
+* on the CPU, every other one: a kernel as large as its stride, unpadded (a ViT's patch
+  embedding), by a reshape into patches and a matmul; any other window by im2col.
 
-Everything else (grouped, input-dilated, channels-first, sharded-output convs, and the common
-case) goes to ``jax.lax.conv_general_dilated`` unchanged.
+im2col gathers the window's strided slices of the padded input side by side on the channel
+axis ((N, *out, prod(window) * C_in), window-major, as the (*window, C_in, C_out) kernel
+flattens) and multiplies by the kernel. The patches are recomputed in the backward pass
+(``jax.checkpoint``), so the step keeps only the conv's input, as XLA's convolution does.
+
+Everything else (grouped, input-dilated, channels-first, sharded-output convs, and the
+general case on GPUs / TPUs) goes to ``jax.lax.conv_general_dilated`` unchanged.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,24 +66,47 @@ def _pointwise(lhs, rhs, strides, pads, precision, preferred_element_type):
     )
 
 
-def _patches(
-    lhs, rhs, strides, padding, dilation, dimension_numbers, precision, preferred_element_type
-):
-    """Gathers (N, *out, Cin * prod(window)) patches and multiplies by the kernel."""
-    patches = jax.lax.conv_general_dilated_patches(
-        lhs,
-        rhs.shape[:-2],
-        strides,
-        padding,
-        rhs_dilation=dilation,
-        dimension_numbers=dimension_numbers,
+def _patchify(lhs, rhs, precision, preferred_element_type):
+    """Kernel = stride, no padding: (N, *out, *window, C_in) blocks by a reshape, then a
+    matmul with the (*window, C_in, C_out) kernel."""
+    window, n, cin = rhs.shape[:-2], lhs.shape[0], lhs.shape[-1]
+    out = [size // k for size, k in zip(lhs.shape[1:-1], window)]
+    x = lhs[(slice(None), *(slice(0, o * k) for o, k in zip(out, window)))]
+    x = x.reshape(n, *itertools.chain.from_iterable(zip(out, window)), cin)
+    d = len(window)
+    x = x.transpose(0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
+    x = x.reshape(n, *out, math.prod(window) * cin)
+    return jnp.matmul(
+        x,
+        rhs.reshape(-1, rhs.shape[-1]),
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    # patch features are ordered (in_channels, *window); match the kernel to that order.
-    kernel = jnp.moveaxis(rhs, -2, 0).reshape(-1, rhs.shape[-1])
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3, 4, 5, 6, 7), prevent_cse=False)
+def _im2col(lhs, rhs, strides, pads, dilation, out_sizes, precision, preferred_element_type):
+    """(N, *spatial, C_in) x (*window, C_in, C_out) -> (N, *out, C_out): the window's
+    strided slices of the padded input, side by side on the channel axis, times the kernel."""
+    window = rhs.shape[:-2]
+    x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
+    cols = [
+        x[
+            (
+                slice(None),
+                *(
+                    slice(i * d, i * d + (o - 1) * s + 1, s)
+                    for i, d, o, s in zip(offset, dilation, out_sizes, strides)
+                ),
+            )
+        ]
+        for offset in itertools.product(*(range(k) for k in window))
+    ]
     return jnp.matmul(
-        patches, kernel, precision=precision, preferred_element_type=preferred_element_type
+        jnp.concatenate(cols, axis=-1),
+        rhs.reshape(-1, rhs.shape[-1]),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
     )
 
 
@@ -110,16 +144,21 @@ def conv_general_dilated(
         ]
         if all(k == 1 for k in window):
             return _pointwise(lhs, rhs, window_strides, pads, precision, preferred_element_type)
-        if any(e > n for e, n in zip(extent, in_sizes)) or any(
+        tiny_maps = any(e > n for e, n in zip(extent, in_sizes)) or any(
             e > n for e, n in zip(extent, out_sizes)
-        ):
-            return _patches(
+        )
+        on_cpu = jax.default_backend() == "cpu"
+        if on_cpu and tuple(window_strides) == tuple(window) and set(dilation) == {1}:
+            if all(lo == hi == 0 for lo, hi in pads):
+                return _patchify(lhs, rhs, precision, preferred_element_type)
+        if tiny_maps or on_cpu:
+            return _im2col(
                 lhs,
                 rhs,
-                window_strides,
-                pads,
+                tuple(window_strides),
+                tuple(tuple(p) for p in pads),
                 dilation,
-                dimension_numbers,
+                tuple(out_sizes),
                 precision,
                 preferred_element_type,
             )

@@ -66,8 +66,9 @@ def test_padded_fifo_queue_trains_as_the_original_list_and_compiles_once():
         outs.append(np.asarray(logits))
     assert step._cache_size() == 1  # one program for feedback and no feedback
     want_params, want_outs = _reference(feedback, images, masks)
+    # 7 AdamW steps apart; the padded queue's batch sums in another order
     for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(want_params), strict=True):
-        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-5)
     for got, want in zip(outs, want_outs, strict=True):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
     assert int(state.steps) == 7  # no step while the queue was empty
