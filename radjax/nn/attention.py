@@ -61,8 +61,11 @@ def dot_product_attention(
     b, lq, h, dh = q.shape
     kv_spec = _KV_SPECS[kv_layout]
     kv_heads = k.shape[kv_spec.index("k")]
-    q = q.reshape(b, lq, kv_heads, h // kv_heads, dh)
-    scores = jnp.einsum(f"bqkgd,{kv_spec}->bkgqs", q, k, preferred_element_type=jnp.float32)
+    if kv_heads == h:  # plain multi-head: no group axis (a size-1 one costs XLA CPU transposes)
+        scores = jnp.einsum(f"bqkd,{kv_spec}->bkqs", q, k, preferred_element_type=jnp.float32)
+    else:
+        q = q.reshape(b, lq, kv_heads, h // kv_heads, dh)
+        scores = jnp.einsum(f"bqkgd,{kv_spec}->bkgqs", q, k, preferred_element_type=jnp.float32)
     scores = scores.reshape(b, h, lq, -1) * (dh**-0.5)
     if bias is not None:
         scores = scores + bias
@@ -70,6 +73,9 @@ def dot_product_attention(
         scores = jnp.where(mask, scores, MASK_FILL)
     probs = jax.nn.softmax(scores, axis=-1)
     weights = dropout(probs) if dropout is not None else probs
+    if kv_heads == h:
+        out = jnp.einsum(f"bkqs,{kv_spec}->bqkd", weights.astype(v.dtype), v)
+        return out, probs, scores
     weights = weights.reshape(b, kv_heads, h // kv_heads, lq, -1).astype(v.dtype)
     out = jnp.einsum(f"bkgqs,{kv_spec}->bqkgd", weights, v)
     return out.reshape(b, lq, h, dh), probs, scores
