@@ -172,7 +172,7 @@ def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, np.ndarray
       ``model.lora`` on, the LoRA adapters.
     """
     from radjax.convert.llama import from_hf_llama
-    from radjax.convert.torch_io import load_state_dict
+    from radjax.convert.torch_io import load_state_dict, stack_layers
     from radjax.papers.uni_med.convert import from_uni_med_connector, split_checkpoint
 
     m, out = config.model, {}
@@ -190,7 +190,12 @@ def pretrained_params(config: ml_collections.ConfigDict) -> dict[str, np.ndarray
         out.update({f"connector/{k}": v for k, v in values.items()})
         lora = {k: v for k, v in rest.items() if ".lora_" in k}
         if lora and int(m.get("lora", {}).get("rank", 0)) > 0:
-            out.update(from_uni_med_lora(lora))
+            adapters = from_uni_med_lora(lora)
+            if decoder_config(m).scan_layers:  # one stacked adapter per projection
+                adapters = stack_layers(
+                    adapters, "lang_model/layers", int(m.llm.num_layers), caller=m.checkpoint
+                )
+            out.update(adapters)
     return out
 
 

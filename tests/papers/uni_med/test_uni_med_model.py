@@ -234,9 +234,13 @@ def _uni_med_sd(rng, c) -> dict[str, np.ndarray]:
     return sd
 
 
-def test_pretrained_params_fill_the_model_under_original_keys(tmp_path):
+@pytest.mark.parametrize("scan", [False, True])
+def test_pretrained_params_fill_the_model_under_original_keys(tmp_path, scan):
+    """Every parameter but ln_vision comes from the three files, unscanned or with the LLM's
+    layers (base weights and LoRA adapters) stacked for ``scan_layers``."""
     rng = np.random.default_rng(0)
     c = small_config()
+    c.model.llm.scan_layers = scan
     eva, llama, ckpt = _eva_sd(rng, c), _llama_sd(rng, c), _uni_med_sd(rng, c)
     save_file(eva, str(tmp_path / "eva_vit_g.safetensors"))
     (tmp_path / "llm").mkdir()
@@ -265,8 +269,13 @@ def test_pretrained_params_fill_the_model_under_original_keys(tmp_path):
     np.testing.assert_array_equal(
         values["connector/llm_proj/fc2/kernel"][3], ckpt["llm_proj.3.2.weight"].T
     )
+    down_b = (
+        "lang_model/layers/mlp/down_proj/lora_b"
+        if scan
+        else "lang_model/layers/0/mlp/down_proj/lora_b"
+    )
     np.testing.assert_array_equal(
-        values["lang_model/layers/0/mlp/down_proj/lora_b"],
+        values[down_b][0] if scan else values[down_b],
         ckpt["llm_model.base_model.model.model.layers.0.mlp.down_proj.lora_B.default.weight"].T,
     )
 
