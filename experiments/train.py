@@ -27,12 +27,15 @@ flags.mark_flag_as_required("workdir")
 
 
 def dry_run(mesh_text: str) -> None:
-    """Prints the abstract state's parameter count and per-device bytes on a mesh."""
-    from radjax.train import memory
+    """Prints the abstract state's parameter count and per-device bytes on a mesh (the config
+    completed as ``--memory_table`` completes it: released configs need no data)."""
+    from radjax.train import compiled_memory, memory
 
     try:
-        report = memory.state_memory(launch.CONFIG.value, launch.parse_mesh(mesh_text))
-    except ValueError as e:
+        config = launch.CONFIG.value
+        compiled_memory.prepare_abstract(config)
+        report = memory.state_memory(config, launch.parse_mesh(mesh_text))
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"experiments.train --dry_run: {e}")
     print("\n".join(report.lines()))
 

@@ -108,7 +108,7 @@ def _fill_unset(config: ml_collections.ConfigDict, completed: ml_collections.Con
 
 
 def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
-    """Prepares ``config`` in place (module docstring) and returns the format's
+    """Prepares ``config`` in place (``prepare_abstract``) and returns the format's
     ``batch_spec(config)``: the global shapes and dtypes of a training batch.
 
     Raises:
@@ -117,6 +117,14 @@ def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtyp
     fmt = experiment.format_module(config)
     if not hasattr(fmt, "batch_spec"):
         raise ValueError(f"the {config.paper} data format has no batch_spec(config)")
+    prepare_abstract(config)
+    return fmt.batch_spec(config)
+
+
+def prepare_abstract(config: ml_collections.ConfigDict) -> None:
+    """Completes ``config`` in place for an abstract build (module docstring): as a run does
+    where the data (or phantoms) are there, else as far as the format can without its data."""
+    fmt = experiment.format_module(config)
     if config.data.get("phantoms", {}).get("enabled", False) or _has_data(fmt, config.data):
         experiment.prepare_config(config)
     elif hasattr(fmt, "complete_config"):
@@ -129,7 +137,6 @@ def abstract_batch(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtyp
         else:
             with config.unlocked():
                 _fill_unset(config, completed)
-    return fmt.batch_spec(config)
 
 
 def sharded_batch(

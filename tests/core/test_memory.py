@@ -51,6 +51,21 @@ def test_radfm_paper_config_is_sized_without_allocating():
         parse_mesh("fsdp:16")
 
 
+def test_llava_med_paper_config_is_sized_after_abstract_completion():
+    """The released LLaVA-Med leaves its token ids and vocabulary to the data format:
+    ``prepare_abstract`` completes them without data (from ``data.tokenizer``), as
+    ``--dry_run`` does, and the LLaMA-7B-sized state is counted."""
+    from configs import llava_med
+
+    config = llava_med.get_config()
+    with pytest.raises(ValueError, match="prepare_config"):
+        memory.state_memory(config, {"fsdp": 8})
+    compiled_memory.prepare_abstract(config)
+    report = memory.state_memory(config, {"fsdp": 8})
+    assert 6.7e9 < report.num_params < 7.2e9  # LLaMA-7B + CLIP ViT-L/14 + projector
+    assert report.per_device_bytes["trainable"] < 1.1 * 4 * report.num_trainable / 8
+
+
 def test_dry_run_lists_the_parameters_a_mesh_axis_cannot_split():
     """fsdp=7 divides no width of the tiny RP3D model: those parameters stay replicated over
     fsdp and the report names them (path, shape, the axis and dimension); fsdp=8 splits all."""
