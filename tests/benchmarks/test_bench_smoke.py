@@ -11,6 +11,8 @@ takes 15-80 s on 2 cores): the compiled rows' plumbing is tested, not inductor.
 
 import io
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -171,8 +173,22 @@ def test_summary_section_keeps_other_machines_rows():
     assert header == "| " + " | ".join(common.SUMMARY_HEADERS) + " |"
 
 
-def test_runner_runs_the_named_benchmarks_and_writes_their_rows(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("isolate", ["0", "1"])
+def test_runner_runs_the_named_benchmarks_and_writes_their_rows(
+    tmp_path, monkeypatch, capsys, isolate
+):
+    """In this process (--isolate 0), or each benchmark through its --child process, here
+    stood in for by main() on the child's arguments (the fakes exist only in this process)."""
     ran = []
+    children = []
+
+    def child_process(argv, check):
+        assert argv[:3] == [sys.executable, "-m", "benchmarks.run"]
+        children.append(argv[argv.index("--child") + 1])
+        bench_run.main(argv[3:])
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(bench_run.subprocess, "run", child_process)
 
     def fake(order, name):
         def report(size_name, *, warmup, iters, ceiling, out):
@@ -188,8 +204,10 @@ def test_runner_runs_the_named_benchmarks_and_writes_their_rows(tmp_path, monkey
     monkeypatch.setattr(bench_run, "header", lambda size_name: probe)
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n")
-    bench_run.main(["--size", "tiny", "--only", "one", "three", "--summary", str(readme)])
+    argv = ["--size", "tiny", "--only", "one", "three", "--summary", str(readme)]
+    bench_run.main([*argv, "--isolate", isolate])
     assert ran == ["one", "three"] and "2 rows" in capsys.readouterr().out
+    assert children == (["one", "three"] if isolate == "1" else [])
     rows = common._section_rows(readme.read_text().split(common.SUMMARY_BEGIN)[1])
     assert [r[1:4] for r in rows] == [["one: train step", "tiny", "1.25"],
                                       ["three: train step", "tiny", "1.25"]]  # fmt: skip
