@@ -36,7 +36,7 @@ repetition penalties and other logits processors (but ``min_new_tokens``), stopp
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from radjax import runtime
 from radjax.nn.kv_cache import map_rows
 
 NEG_INF = -jnp.inf
@@ -160,6 +161,7 @@ def generate(
     eos = (eos_token_id,) if isinstance(eos_token_id, int) else tuple(int(e) for e in eos_token_id)
     if num_beams < 1:
         raise ValueError(f"generate: num_beams must be >= 1, got {num_beams}")
+    top_level = not _traced(state, input_ids, inputs_embeds, attention_mask)
     if num_beams > 1:
         if do_sample:
             raise ValueError(
@@ -169,7 +171,7 @@ def generate(
             raise ValueError(
                 f"generate: early_stopping must be False, True or 'never', got {early_stopping!r}"
             )
-        return _beam_search(
+        return _decode_jit(_beam_search, _BEAM_STATIC, top_level)(
             graphdef,
             state,
             input_ids,
@@ -185,7 +187,7 @@ def generate(
             min_new=min_new,
         )
     sampling = (float(temperature), int(top_k), float(top_p)) if do_sample else None
-    return _generate(
+    return _decode_jit(_generate, _GENERATE_STATIC, top_level)(
         graphdef,
         state,
         input_ids,
@@ -212,11 +214,24 @@ def forbid_eos(
     return jnp.where(is_eos & (step < min_new), NEG_INF, logits)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnums=0,
-    static_argnames=("max_new_tokens", "eos", "pad", "sampling"),
-)
+@functools.cache
+def _decode_jit(fn: Callable, static_argnames: tuple[str, ...], top_level: bool = True) -> Callable:
+    """``fn`` jitted (graphdef static), built on first use; at the top level with the runtime's
+    decode options (they depend on the backend, which must not start at import). Inside
+    another jit (``top_level=False``) the enclosing program's options apply."""
+    options = runtime.decode_compiler_options() if top_level else None
+    return jax.jit(fn, static_argnums=0, static_argnames=static_argnames, compiler_options=options)
+
+
+def _traced(*trees) -> bool:
+    """Whether any array of ``trees`` is a tracer (this call runs inside a jit)."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
+
+
+_GENERATE_STATIC = ("max_new_tokens", "eos", "pad", "sampling")
+_BEAM_STATIC = ("max_new_tokens", "eos", "pad", "num_beams", "length_penalty", "early_stopping")
+
+
 def _generate(
     graphdef,
     state,
@@ -276,18 +291,6 @@ def _generate(
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnums=0,
-    static_argnames=(
-        "max_new_tokens",
-        "eos",
-        "pad",
-        "num_beams",
-        "length_penalty",
-        "early_stopping",
-    ),
-)
 def _beam_search(
     graphdef,
     state,

@@ -58,3 +58,40 @@ def test_the_cpu_program_has_no_loop():
     """With JAX's own lowering each draw compiles to a while loop; radjax's is straight-line."""
     hlo = jax.jit(lambda k: jax.random.normal(k, (8,))).lower(jax.random.key(0)).as_text()
     assert "while" not in hlo
+
+
+def test_decode_loops_compile_without_ynnpack_dots_and_training_keeps_them():
+    """On the CPU, generation's decode loop is compiled with XLA's own dots (the runtime's
+    decode options); an ordinary jitted matmul still goes to YNNPACK."""
+    from flax import nnx
+
+    from radjax.models.llama import Decoder, DecoderConfig
+    from radjax.train import generation
+
+    assert runtime.decode_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    x = np.ones((64, 64), np.float32)
+    assert "ynn_fusion" in jax.jit(lambda a: a @ a).lower(x).compile().as_text()
+    cfg = DecoderConfig(
+        vocab_size=64, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=128
+    )
+    graphdef, state = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)))
+    ids = np.ones((2, 4), np.int32)
+    decode = generation._decode_jit(generation._generate, generation._GENERATE_STATIC)
+    text = (
+        decode.lower(
+            graphdef,
+            state,
+            ids,
+            None,
+            np.ones_like(ids),
+            {},
+            None,
+            max_new_tokens=3,
+            eos=(0,),
+            pad=0,
+            sampling=None,
+        )  # fmt: skip
+        .compile()
+        .as_text()
+    )
+    assert "while" in text and "ynn_fusion" not in text
