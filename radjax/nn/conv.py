@@ -1,8 +1,8 @@
 """Convolution primitive for ``nnx.Conv(conv_general_dilated=...)``.
 
 XLA's CPU convolutions run far below its matmuls (Intel Xeon, 2 threads, forward + backward
-of RP3D's ResNet-50 3x3 convs at 16x16..2x2: XLA 509 ms, torch's oneDNN 85 ms, the same
-convs as matmuls 72 ms; ``benchmarks/conv.py``), so channels-last convolutions are rewritten
+of RP3D's ResNet-50 convs at 64x64..2x2: XLA 477 ms, torch's oneDNN 81 ms, the same convs as
+matmuls 70 ms; ``benchmarks/conv.py``), so channels-last convolutions are rewritten
 as matmuls (exact up to summation order; gradients become matmuls too):
 
 * pointwise (1x1) convolutions: a matmul over channels of the (strided) input (every backend);
@@ -148,9 +148,9 @@ def conv_general_dilated(
             e > n for e, n in zip(extent, out_sizes)
         )
         on_cpu = jax.default_backend() == "cpu"
-        if on_cpu and tuple(window_strides) == tuple(window) and set(dilation) == {1}:
-            if all(lo == hi == 0 for lo, hi in pads):
-                return _patchify(lhs, rhs, precision, preferred_element_type)
+        unpadded = all(lo == hi == 0 for lo, hi in pads)
+        if on_cpu and unpadded and tuple(window_strides) == tuple(window) and set(dilation) == {1}:
+            return _patchify(lhs, rhs, precision, preferred_element_type)
         if tiny_maps or on_cpu:
             return _im2col(
                 lhs,
