@@ -141,33 +141,23 @@ def run(size: str, iters: int) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    body = [
-        [
-            r["name"],
-            f"{r['gflop']:.3f}",
-            r["count"],
-            f"{r['xla'] * 1e3:.2f}",
-            f"{r['radjax'] * 1e3:.2f}",
-            f"{r['torch'] * 1e3:.2f}",
-            f"{r['xla'] / r['radjax']:.2f}",
-            f"{r['torch'] / r['radjax']:.2f}",
-        ]
-        for r in rows
+def _cells(name: str, gflop: str, count, t: dict, digits: int) -> list:
+    """One table row: times in ms (``digits`` decimals) and the two ratios over radjax."""
+    ms = [f"{t[k] * 1e3:.{digits}f}" for k in ("xla", "radjax", "torch")]
+    return [
+        name,
+        gflop,
+        count,
+        *ms,
+        f"{t['xla'] / t['radjax']:.2f}",
+        f"{t['torch'] / t['radjax']:.2f}",
     ]
+
+
+def table(rows: list[dict]) -> str:
+    body = [_cells(r["name"], f"{r['gflop']:.3f}", r["count"], r, 2) for r in rows]
     total = {k: sum(r[k] * r["count"] for r in rows) for k in ("xla", "radjax", "torch")}
-    body.append(
-        [
-            "total (x count)",
-            "",
-            "",
-            f"{total['xla'] * 1e3:.1f}",
-            f"{total['radjax'] * 1e3:.1f}",
-            f"{total['torch'] * 1e3:.1f}",
-            f"{total['xla'] / total['radjax']:.2f}",
-            f"{total['torch'] / total['radjax']:.2f}",
-        ]
-    )
+    body.append(_cells("total (x count)", "", "", total, 1))
     headers = ["conv (fwd + bwd)", "GFLOP", "count", "xla ms", "radjax ms", "torch ms"]
     return common.format_table([*headers, "xla/radjax", "torch/radjax"], body)
 

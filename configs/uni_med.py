@@ -110,8 +110,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             model_type="llama",
             dtype="float32",
             # The original sets no use_grad_checkpoint_llm; radjax scans the layers with remat
-            # (same numbers): peak at fsdp=8, 4 rows a device, 14.5 GiB (unscanned: 122 GiB,
-            # 117 with remat; README "Memory")
+            # (same computation; LoRA dropout masks from per-layer streams): peak at fsdp=8, 4
+            # rows a device, 14.95 GiB (unscanned: 122 GiB, 117 with remat; README "Memory")
             remat=True,
             scan_layers=True,
         )

@@ -54,21 +54,29 @@ def _explicit_pads(
     return [tuple(p) for p in padding]
 
 
-def _pointwise(lhs, rhs, strides, pads, precision, preferred_element_type):
-    """1x1 conv: pad, subsample by the strides, matmul over channels."""
-    x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
-    x = x[(slice(None), *(slice(None, None, s) for s in strides))]
+def _times_kernel(patches, rhs, precision, preferred_element_type):
+    """(N, *out, prod(window) * C_in) patches times the (*window, C_in, C_out) kernel,
+    flattened window-major: (N, *out, C_out)."""
     return jnp.matmul(
-        x,
-        rhs.reshape(rhs.shape[-2:]),
+        patches,
+        rhs.reshape(-1, rhs.shape[-1]),
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
 
 
+def _pointwise(lhs, rhs, strides, pads, precision, preferred_element_type):
+    """1x1 conv: pad, subsample by the strides, matmul over channels."""
+    x = jnp.pad(lhs, [(0, 0), *pads, (0, 0)])
+    x = x[(slice(None), *(slice(None, None, s) for s in strides))]
+    return _times_kernel(x, rhs, precision, preferred_element_type)
+
+
 def _patchify(lhs, rhs, precision, preferred_element_type):
-    """Kernel = stride, no padding: (N, *out, *window, C_in) blocks by a reshape, then a
-    matmul with the (*window, C_in, C_out) kernel."""
+    """Kernel = stride, no padding: (N, *out, *window, C_in) blocks by a reshape (cropping a
+    ragged edge, as the conv does), then a matmul with the (*window, C_in, C_out) kernel.
+    ``radjax.nn.patch_embed`` orders tokens as its originals' rearranges do; this keeps the
+    conv's (N, *out) order and its kernel's window-major flattening, in any rank."""
     window, n, cin = rhs.shape[:-2], lhs.shape[0], lhs.shape[-1]
     out = [size // k for size, k in zip(lhs.shape[1:-1], window)]
     x = lhs[(slice(None), *(slice(0, o * k) for o, k in zip(out, window)))]
@@ -76,12 +84,7 @@ def _patchify(lhs, rhs, precision, preferred_element_type):
     d = len(window)
     x = x.transpose(0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
     x = x.reshape(n, *out, math.prod(window) * cin)
-    return jnp.matmul(
-        x,
-        rhs.reshape(-1, rhs.shape[-1]),
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+    return _times_kernel(x, rhs, precision, preferred_element_type)
 
 
 @functools.partial(jax.checkpoint, static_argnums=(2, 3, 4, 5, 6, 7), prevent_cse=False)
@@ -102,12 +105,7 @@ def _im2col(lhs, rhs, strides, pads, dilation, out_sizes, precision, preferred_e
         ]
         for offset in itertools.product(*(range(k) for k in window))
     ]
-    return jnp.matmul(
-        jnp.concatenate(cols, axis=-1),
-        rhs.reshape(-1, rhs.shape[-1]),
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-    )
+    return _times_kernel(jnp.concatenate(cols, axis=-1), rhs, precision, preferred_element_type)
 
 
 def conv_general_dilated(
